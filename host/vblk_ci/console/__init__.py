@@ -1,0 +1,1 @@
+"""Serial console: background drain, failure pattern table and classifier."""

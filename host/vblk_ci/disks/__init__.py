@@ -1,0 +1,1 @@
+"""Disk specifications and their QEMU/guest mapping."""

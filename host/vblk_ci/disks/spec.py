@@ -1,0 +1,88 @@
+"""DiskSpec: what one hot-plugged virtio-blk disk looks like.
+
+Deliberately small; a later change grows it into the TOML scenario schema.
+``validate()`` raises ``UsageError`` naming the offending field.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..errors import UsageError
+
+BACKENDS = ("null", "file")
+FORMATS = ("raw", "qcow2")
+
+_ID_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_.-]{0,30}$")
+# virtio-blk serials are at most 20 bytes (VIRTIO_BLK_ID_BYTES); keep them printable.
+_SERIAL_RE = re.compile(r"^[A-Za-z0-9_.-]{1,20}$")
+
+
+@dataclass(frozen=True)
+class DiskSpec:
+    id: str
+    serial: str
+    backend: str = "null"
+    size_bytes: int = 64 << 20
+    num_queues: int = 2
+    queue_size: int = 256
+    path: Path | None = None
+    format: str = "raw"
+    read_only: bool = False
+    logical_block_size: int = 512
+
+    @property
+    def node_name(self) -> str:
+        """The blockdev node the device is attached to."""
+        return f"{self.id}-fmt"
+
+    @property
+    def file_node_name(self) -> str:
+        """The protocol node under the format node (file backend only)."""
+        return f"{self.id}-file"
+
+    def validate(self) -> "DiskSpec":
+        def bad(field: str, why: str) -> UsageError:
+            return UsageError(f"disk {self.id!r}: {field}: {why}")
+
+        if not isinstance(self.id, str) or not _ID_RE.match(self.id):
+            raise bad("id", "must start with a letter and use letters, digits, '_', '.', '-' (max 31)")
+        if not isinstance(self.serial, str) or not _SERIAL_RE.match(self.serial):
+            raise bad("serial", "must be 1-20 characters of letters, digits, '_', '.', '-'")
+        if self.backend not in BACKENDS:
+            raise bad("backend", f"must be one of {', '.join(BACKENDS)}, not {self.backend!r}")
+        if not _is_int(self.logical_block_size) or self.logical_block_size not in (512, 1024, 2048, 4096):
+            raise bad("logical_block_size", "must be 512, 1024, 2048 or 4096")
+        if not _is_int(self.size_bytes) or self.size_bytes <= 0:
+            raise bad("size_bytes", "must be a positive integer")
+        if self.size_bytes % self.logical_block_size:
+            raise bad("size_bytes", f"must be a multiple of logical_block_size ({self.logical_block_size})")
+        if not _is_int(self.num_queues) or not 1 <= self.num_queues <= 1024:
+            raise bad("num_queues", "must be an integer in 1..1024")
+        if not _is_int(self.queue_size) or not 2 <= self.queue_size <= 1024 or self.queue_size & (self.queue_size - 1):
+            raise bad("queue_size", "must be a power of two in 2..1024")
+        if not isinstance(self.read_only, bool):
+            raise bad("read_only", "must be true or false")
+        if self.backend == "file":
+            if self.path is None:
+                raise bad("path", "is required for the file backend")
+            if self.format not in FORMATS:
+                raise bad("format", f"must be one of {', '.join(FORMATS)}, not {self.format!r}")
+        elif self.path is not None:
+            raise bad("path", "is only valid with the file backend")
+        return self
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def create_sparse_file(path: Path, size_bytes: int) -> Path:
+    """Create (or truncate) a sparse raw image of ``size_bytes``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "wb") as f:
+        f.truncate(size_bytes)
+    return path

@@ -1,0 +1,1 @@
+"""The VM: pure argv builders, accelerator choice, and the Machine object."""

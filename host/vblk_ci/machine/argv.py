@@ -1,0 +1,213 @@
+"""Pure functions that build QEMU argv lists and QMP argument dicts.
+
+No I/O here: everything QEMU-version dependent comes in through ``QemuCaps``
+(probed once by ``machine.qemuinfo``), every path through ``MachinePaths``.
+Tested as exact lists in ``tests/unit/test_argv.py``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+from ..disks.spec import DiskSpec
+
+AGENT_PORT_NAME = "org.vblk-ci.agent"
+
+# Panic on anything the console classifier would call a finding, and never reboot:
+# a crash ends the run at once instead of waiting for a timeout.
+BASE_CMDLINE = (
+    "console=ttyS0",
+    "panic=-1",
+    "oops=panic",
+    "panic_on_warn=1",
+    "softlockup_panic=1",
+    "hung_task_panic=1",
+)
+
+
+@dataclass(frozen=True)
+class QemuCaps:
+    """What the QEMU binary supports (see ``qemuinfo.probe_caps``)."""
+
+    version: tuple[int, int, int]
+    cpu_max: bool = True
+    panic_exit_failure: bool = True
+
+
+@dataclass(frozen=True)
+class MachinePaths:
+    """Where the sockets and QEMU-written logs live.
+
+    Sockets go in a short directory (``sun_path`` holds 108 bytes), logs in the run dir.
+    """
+
+    console_sock: Path
+    console_log: Path
+    qmp_sock: Path
+    agent_sock: Path
+
+    @classmethod
+    def make(cls, sock_dir: Path, run_dir: Path) -> "MachinePaths":
+        sock_dir, run_dir = Path(sock_dir), Path(run_dir)
+        return cls(
+            console_sock=sock_dir / "console.sock",
+            console_log=run_dir / "console.log",
+            qmp_sock=sock_dir / "qmp.sock",
+            agent_sock=sock_dir / "agent.sock",
+        )
+
+
+@dataclass(frozen=True)
+class MachineSpec:
+    qemu: str
+    kernel: Path
+    initrd: Path | None = None
+    accel: str = "tcg"
+    smp: int = 2
+    memory_mb: int = 1024
+    append: tuple[str, ...] = ()
+    disk_slots: int = 4
+
+
+def qopt(value: object) -> str:
+    """Escape a value for a QEMU ``key=value,...`` option string (',' doubles)."""
+    return str(value).replace(",", ",,")
+
+
+def kernel_cmdline(extra: Sequence[str] = ()) -> str:
+    return " ".join((*BASE_CMDLINE, *extra))
+
+
+def accel_args(accel: str) -> list[str]:
+    if accel not in ("tcg", "kvm"):
+        raise ValueError(f"unknown accelerator {accel!r}")
+    return ["-accel", accel]
+
+
+def cpu_args(accel: str, caps: QemuCaps) -> list[str]:
+    if accel == "kvm":
+        return ["-cpu", "host"]
+    return ["-cpu", "max" if caps.cpu_max else "qemu64"]
+
+
+def machine_args(smp: int, memory_mb: int) -> list[str]:
+    return ["-M", "q35", "-smp", str(smp), "-m", str(memory_mb)]
+
+
+def isolation_args() -> list[str]:
+    """No default devices, no display, no network, no reboot loop."""
+    return ["-nodefaults", "-no-reboot", "-display", "none", "-nic", "none"]
+
+
+def boot_args(kernel: Path, initrd: Path | None, append: Sequence[str]) -> list[str]:
+    argv = ["-kernel", str(kernel)]
+    if initrd is not None:
+        argv += ["-initrd", str(initrd)]
+    return argv + ["-append", kernel_cmdline(append)]
+
+
+def serial_args(sock: Path, logfile: Path) -> list[str]:
+    """ttyS0 on a socket we listen on; QEMU also keeps the whole log itself."""
+    return [
+        "-chardev", f"socket,id=ser0,path={qopt(sock)},logfile={qopt(logfile)}",
+        "-serial", "chardev:ser0",
+    ]
+
+
+def qmp_args(sock: Path) -> list[str]:
+    """QMP as a socket client: we listen first, so there is no start-up race."""
+    return [
+        "-chardev", f"socket,id=qmp0,path={qopt(sock)}",
+        "-mon", "chardev=qmp0,mode=control",
+    ]
+
+
+def agent_args(sock: Path) -> list[str]:
+    return [
+        "-chardev", f"socket,id=agent0,path={qopt(sock)}",
+        "-device", "virtio-serial-pci,id=vser0",
+        "-device", f"virtserialport,bus=vser0.0,chardev=agent0,name={AGENT_PORT_NAME}",
+    ]
+
+
+def root_port_id(slot: int) -> str:
+    return f"rp{slot}"
+
+
+def root_port_args(slots: int) -> list[str]:
+    """One PCIe root port per hot-plug slot (q35's pcie.0 refuses hotplug)."""
+    argv: list[str] = []
+    for i in range(slots):
+        argv += ["-device", f"pcie-root-port,id={root_port_id(i)},bus=pcie.0,chassis={i + 1},slot={i + 1}"]
+    return argv
+
+
+def panic_args(caps: QemuCaps) -> list[str]:
+    """pvpanic makes a guest panic visible to QEMU (GUEST_PANICKED) and end it."""
+    argv = ["-device", "pvpanic"]
+    if caps.panic_exit_failure:
+        argv += ["-action", "panic=exit-failure"]
+    return argv
+
+
+def build_argv(spec: MachineSpec, paths: MachinePaths, caps: QemuCaps) -> list[str]:
+    if spec.smp < 1 or spec.memory_mb < 64 or spec.disk_slots < 0:
+        raise ValueError("smp >= 1, memory_mb >= 64 and disk_slots >= 0 required")
+    return [
+        spec.qemu,
+        *accel_args(spec.accel),
+        *machine_args(spec.smp, spec.memory_mb),
+        *cpu_args(spec.accel, caps),
+        *isolation_args(),
+        *boot_args(spec.kernel, spec.initrd, spec.append),
+        *serial_args(paths.console_sock, paths.console_log),
+        *qmp_args(paths.qmp_sock),
+        *agent_args(paths.agent_sock),
+        *root_port_args(spec.disk_slots),
+        *panic_args(caps),
+    ]
+
+
+# --- QMP arguments for hotplug -------------------------------------------------------------
+
+
+def blockdev_add_args(disk: DiskSpec) -> dict:
+    """``blockdev-add`` arguments for the node the device attaches to."""
+    if disk.backend == "null":
+        return {
+            "driver": "null-co",
+            "node-name": disk.node_name,
+            "size": disk.size_bytes,
+            "read-zeroes": True,
+            "read-only": disk.read_only,
+        }
+    if disk.backend == "file":
+        return {
+            "driver": disk.format,
+            "node-name": disk.node_name,
+            "read-only": disk.read_only,
+            "file": {
+                "driver": "file",
+                "node-name": disk.file_node_name,
+                "filename": str(disk.path),
+                "read-only": disk.read_only,
+            },
+        }
+    raise ValueError(f"unknown backend {disk.backend!r}")
+
+
+def device_add_args(disk: DiskSpec, bus: str) -> dict:
+    """``device_add`` arguments; numbers stay JSON numbers (QEMU >= 9.2 rejects strings)."""
+    return {
+        "driver": "virtio-blk-pci",
+        "id": disk.id,
+        "bus": bus,
+        "drive": disk.node_name,
+        "serial": disk.serial,
+        "num-queues": disk.num_queues,
+        "queue-size": disk.queue_size,
+        "logical_block_size": disk.logical_block_size,
+        "physical_block_size": disk.logical_block_size,
+    }

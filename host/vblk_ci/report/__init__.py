@@ -1,0 +1,1 @@
+"""Reporters: JSON, JUnit, Markdown step summary, terminal progress."""

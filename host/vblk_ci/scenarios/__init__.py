@@ -1,0 +1,20 @@
+"""Scenarios, one per file, and the suites that group them."""
+
+from __future__ import annotations
+
+from ..errors import UsageError
+from .base import Scenario, ScenarioContext, get, register, registered
+from . import smoke  # noqa: F401  (registers itself)
+
+SUITES: dict[str, tuple[str, ...]] = {
+    "smoke": ("smoke",),
+}
+
+
+def suite(name: str) -> list[type[Scenario]]:
+    if name not in SUITES:
+        raise UsageError(f"unknown suite {name!r} (known: {', '.join(sorted(SUITES))})")
+    return [get(n) for n in SUITES[name]]
+
+
+__all__ = ["SUITES", "Scenario", "ScenarioContext", "get", "register", "registered", "suite"]

@@ -1,0 +1,127 @@
+"""Scenario base class, registry and the context a scenario runs checks through.
+
+A scenario declares ``name`` and ``description``, says why it cannot run in
+``requires()`` (a list of human-readable reasons; empty = can run), and performs
+named checks with ``ctx.check(name, fn)``. ``fn(rec)`` fills ``rec`` (a dict kept
+with the check result, e.g. engine JSON) and raises ``CheckFailed`` (or lets an
+``AgentError`` escape) when the check does not hold. A check also fails if the
+console shows a finding. Infrastructure errors are recorded and re-raised: they
+end the run with an ``error`` verdict, not a failure.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any, Callable, ClassVar
+
+from ..errors import AgentError, CheckFailed, InfraError, UsageError
+from ..events import ERROR, FAIL, PASS, CheckEnd, CheckStart, ConsoleFinding, Emit
+from ..result import SKIP, CheckResult
+
+CheckFn = Callable[[dict], Any]
+
+
+class Scenario:
+    name: ClassVar[str] = ""
+    description: ClassVar[str] = ""
+
+    def requires(self, ctx: "ScenarioContext") -> list[str]:
+        """Reasons this scenario cannot run here; empty when it can."""
+        return []
+
+    def run(self, ctx: "ScenarioContext") -> None:
+        raise NotImplementedError
+
+
+_REGISTRY: dict[str, type[Scenario]] = {}
+
+
+def register(cls: type[Scenario]) -> type[Scenario]:
+    """Class decorator: make a scenario available by name; rejects malformed ones."""
+    if not cls.name or not cls.name.replace("-", "").replace("_", "").isalnum():
+        raise TypeError(f"{cls.__qualname__}: scenario name {cls.name!r} must be a non-empty identifier")
+    if not cls.description:
+        raise TypeError(f"{cls.__qualname__}: scenario {cls.name!r} needs a description")
+    if cls.run is Scenario.run:
+        raise TypeError(f"{cls.__qualname__}: scenario {cls.name!r} must implement run()")
+    if cls.name in _REGISTRY and _REGISTRY[cls.name] is not cls:
+        raise TypeError(f"scenario {cls.name!r} registered twice")
+    _REGISTRY[cls.name] = cls
+    return cls
+
+
+def get(name: str) -> type[Scenario]:
+    try:
+        return _REGISTRY[name]
+    except KeyError:
+        raise UsageError(f"unknown scenario {name!r} (known: {', '.join(sorted(_REGISTRY))})") from None
+
+
+def registered() -> dict[str, type[Scenario]]:
+    return dict(_REGISTRY)
+
+
+class ScenarioContext:
+    """What a scenario sees: the machine, its agent, a scratch dir, the event sink."""
+
+    def __init__(self, scenario: str, machine, run_dir: Path, emit: Emit, reported_findings: set[str]):
+        self.scenario = scenario
+        self.machine = machine
+        self.run_dir = Path(run_dir)
+        self.emit = emit
+        self.checks: list[CheckResult] = []
+        self._reported = reported_findings
+
+    @property
+    def agent(self):
+        return self.machine.agent
+
+    @property
+    def timeouts(self):
+        return self.machine.timeouts
+
+    def scratch(self) -> Path:
+        path = self.run_dir / "scenarios" / self.scenario
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+
+    def check(self, name: str, fn: CheckFn) -> CheckResult:
+        full = f"{self.scenario}/{name}"
+        self.emit(CheckStart(full))
+        rec: dict = {}
+        started = time.monotonic()
+        status, detail, infra = PASS, "", None
+        try:
+            fn(rec)
+        except (CheckFailed, AgentError) as exc:
+            status, detail = FAIL, str(exc)
+        except InfraError as exc:
+            status, detail, infra = ERROR, str(exc), exc
+        status, detail = self._judge_console(status, detail)
+        result = CheckResult(self.scenario, name, status, detail, time.monotonic() - started, rec)
+        self.checks.append(result)
+        self.emit(CheckEnd(full, status == PASS, detail.splitlines()[0] if detail else "", result.seconds))
+        if infra is not None:
+            raise infra
+        return result
+
+    def skip(self, name: str, reason: str) -> CheckResult:
+        result = CheckResult(self.scenario, name, SKIP, reason)
+        self.checks.append(result)
+        return result
+
+    def _judge_console(self, status: str, detail: str) -> tuple[str, str]:
+        console = self.machine.console
+        if console is None or not console.crashed.is_set():
+            return status, detail
+        findings = console.findings()
+        for f in findings:
+            if f.title not in self._reported:
+                self._reported.add(f.title)
+                self.emit(ConsoleFinding(f.title, f.excerpt))
+        if not findings:
+            return status, detail
+        titles = "; ".join(f.title for f in findings)
+        note = f"console: {titles}"
+        return (FAIL if status == PASS else status), (f"{detail}\n{note}" if detail else note)
