@@ -56,7 +56,7 @@ def test_smoke_passes(smoke):
     result, _, run_dir = smoke
     assert result.status == "pass", f"{result.reason}\n(run dir {run_dir})"
     assert result.exit_code == 0
-    assert [c.status for c in result.checks()] == ["pass"] * 6
+    assert [c.status for c in result.checks()] == ["pass"] * 7
 
 
 def test_smoke_events_in_order(smoke):

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from vblk_ci.disks.spec import DiskSpec
+from vblk_ci.disks.spec import DiskSpec, InjectError
 from vblk_ci.errors import UsageError
 from vblk_ci.machine import argv as A
 from vblk_ci.machine.accel import judge_probe, probe_argv
@@ -100,6 +100,19 @@ def test_blockdev_add_file_raw_read_only():
     }
 
 
+def test_blockdev_add_blkdebug_sits_between_format_and_file():
+    rule = InjectError(event="read_aio", sector=65536)
+    disk = DiskSpec(id="d3", serial="s3", backend="file", path=Path("/r/d3.raw"), inject_errors=(rule,))
+    assert A.blockdev_add_args(disk) == {
+        "driver": "raw", "node-name": "d3-fmt", "read-only": False,
+        "file": {
+            "driver": "blkdebug", "node-name": "d3-dbg",
+            "inject-error": [{"event": "read_aio", "errno": 5, "once": False, "sector": 65536}],
+            "image": {"driver": "file", "node-name": "d3-file", "filename": "/r/d3.raw", "read-only": False},
+        },
+    }
+
+
 def test_blockdev_add_qcow2():
     disk = DiskSpec(id="d2", serial="s2", backend="file", path=Path("/r/d2.qcow2"), format="qcow2")
     assert A.blockdev_add_args(disk)["driver"] == "qcow2"
@@ -133,6 +146,9 @@ def test_device_add_numbers_stay_numbers():
     ({"path": Path("/x")}, "path"),
     ({"backend": "file", "path": Path("/x"), "format": "vmdk"}, "format"),
     ({"read_only": "yes"}, "read_only"),
+    ({"inject_errors": (InjectError(),)}, "inject_errors"),
+    ({"backend": "file", "path": Path("/x"), "inject_errors": (InjectError(event="bogus"),)}, "inject_errors"),
+    ({"backend": "file", "path": Path("/x"), "inject_errors": (InjectError(sector=-1),)}, "inject_errors"),
 ])
 def test_disk_spec_validate(changes, field):
     disk = DiskSpec(**{"id": "d0", "serial": "s0", **changes})

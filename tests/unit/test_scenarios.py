@@ -12,7 +12,7 @@ from vblk_ci.console.classify import Finding
 from vblk_ci.errors import AgentError, CheckFailed, MachineTimeout, QmpError
 from vblk_ci.machine.machine import Timeouts, event_match
 from vblk_ci.scenarios import SUITES, Scenario, ScenarioContext, register, suite
-from vblk_ci.scenarios.smoke import DISK_SIZE, Smoke
+from vblk_ci.scenarios.smoke import BAD_OFFSET, DISK_SIZE, Smoke
 
 
 # -- pure helpers -------------------------------------------------------------------------------
@@ -97,7 +97,8 @@ class FakeAgent:
         self.calls.append(("engine", tuple(args)))
         op = args[args.index("--op") + 1]
         offset = int(args[args.index("--offset") + 1])
-        default = {"exit_code": 0, "errors": 0, "mismatches": 0, "results": [1] if offset == DISK_SIZE else [0]}
+        res = {DISK_SIZE: -34, BAD_OFFSET: 1}.get(offset, 0)
+        default = {"exit_code": 0, "errors": 0, "mismatches": 0, "results": [res]}
         return {**default, **self.engine_results.get((op, offset), {})}
 
     def wait_disk_gone(self, name, timeout_s=10.0):
@@ -136,15 +137,17 @@ def test_smoke_all_pass(tmp_path):
     checks, rec = run_smoke(FakeMachine(agent), tmp_path)
     assert {n: c.status for n, c in checks.items()} == {
         "hotplug": "pass", "passthru-write-verify": "pass", "passthru-write-block-verify": "pass",
-        "block-write-passthru-verify": "pass", "passthru-read-past-end-ioerr": "pass", "unplug": "pass"}
+        "block-write-passthru-verify": "pass", "passthru-read-device-error": "pass",
+        "passthru-read-past-end-erange": "pass", "unplug": "pass"}
     engine = [c[1] for c in agent.calls if c[0] == "engine"]
     assert engine[0] == ("--path", "/dev/vdac0", "--op", "write", "--offset", "0", "--length", "1048576",
                          "--bs", "4096", "--qd", "4", "--seed", "11")
     assert engine[3][:4] == ("--path", "/dev/vda", "--op", "verify")
     assert engine[4][:4] == ("--path", "/dev/vda", "--op", "write") and "13" in engine[4]
-    assert engine[6][:6] == ("--path", "/dev/vdac0", "--op", "read", "--offset", str(DISK_SIZE))
+    assert engine[6][:6] == ("--path", "/dev/vdac0", "--op", "read", "--offset", str(BAD_OFFSET))
+    assert engine[7][:6] == ("--path", "/dev/vdac0", "--op", "read", "--offset", str(DISK_SIZE))
     assert checks["passthru-write-verify"].data["verify"]["mismatches"] == 0
-    assert [type(e).__name__ for e in rec.events].count("CheckEnd") == 6
+    assert [type(e).__name__ for e in rec.events].count("CheckEnd") == 7
     assert rec.of(E.DiskPlugged)[0].chardev == "/dev/vdac0"
     assert rec.of(E.DiskUnplugged)[0].seconds == 0.1
 
@@ -154,7 +157,8 @@ def test_smoke_all_pass(tmp_path):
     ({("verify", 1 << 20): {"errors": 1, "first_error": {"res": -5}}}, "passthru-write-block-verify", "1 I/O errors"),
     ({("write", 2 << 20): {"exit_code": 3, "stderr": "cannot open /dev/vda\n"}}, "block-write-passthru-verify",
      "exited 3: cannot open /dev/vda"),
-    ({("read", DISK_SIZE): {"results": [-34]}}, "passthru-read-past-end-ioerr", "cqe->res = -34, expected 1"),
+    ({("read", BAD_OFFSET): {"results": [0]}}, "passthru-read-device-error", "cqe->res = 0, expected 1"),
+    ({("read", DISK_SIZE): {"results": [1]}}, "passthru-read-past-end-erange", "cqe->res = 1, expected -34"),
 ])
 def test_smoke_single_failures(tmp_path, override, failing, message):
     checks, _ = run_smoke(FakeMachine(FakeAgent(override)), tmp_path)
@@ -168,7 +172,7 @@ def test_smoke_without_chardev_skips_io_but_still_unplugs(tmp_path):
     assert checks["hotplug"].status == "fail"
     assert "appeared but no char device" in checks["hotplug"].detail
     assert checks["hotplug"].data["disks"] == [{"name": "vda", "chardev": None}]
-    assert [c.status for c in checks.values()][1:] == ["skip", "skip", "skip", "skip", "pass"]
+    assert [c.status for c in checks.values()][1:] == ["skip", "skip", "skip", "skip", "skip", "pass"]
     assert list(checks)[-1] == "unplug"
 
 
@@ -177,7 +181,7 @@ def test_console_finding_fails_the_check_and_is_reported_once(tmp_path):
     console.crashed.set()
     checks, rec = run_smoke(FakeMachine(FakeAgent(), console), tmp_path)
     # The hotplug check fails on the finding; the I/O checks are not run; unplug still is (and fails).
-    assert [c.status for c in checks.values()] == ["fail", "skip", "skip", "skip", "skip", "fail"]
+    assert [c.status for c in checks.values()] == ["fail", "skip", "skip", "skip", "skip", "skip", "fail"]
     assert "console: WARNING in virtblk_done" in checks["hotplug"].detail
     assert [e.title for e in rec.of(E.ConsoleFinding)] == ["WARNING in virtblk_done"]
 

@@ -20,6 +20,30 @@ _ID_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_.-]{0,30}$")
 _SERIAL_RE = re.compile(r"^[A-Za-z0-9_.-]{1,20}$")
 
 
+# blkdebug events a rule may name (QEMU's BlkdebugEvent subset the suites use).
+INJECT_EVENTS = ("read_aio", "write_aio", "flush_to_disk", "pwritev", "preadv")
+
+
+@dataclass(frozen=True)
+class InjectError:
+    """One blkdebug ``inject-error`` rule, fixed when the disk is plugged.
+
+    The disk graph becomes format -> blkdebug -> file: blkdebug must be the
+    format node's direct child for ``read_aio``/``write_aio`` to reach it.
+    """
+
+    event: str = "read_aio"
+    sector: int | None = None
+    errno: int = 5  # EIO: QEMU's virtio-blk answers VIRTIO_BLK_S_IOERR
+    once: bool = False
+
+    def qmp(self) -> dict:
+        rule: dict = {"event": self.event, "errno": self.errno, "once": self.once}
+        if self.sector is not None:
+            rule["sector"] = self.sector
+        return rule
+
+
 @dataclass(frozen=True)
 class DiskSpec:
     id: str
@@ -32,6 +56,7 @@ class DiskSpec:
     format: str = "raw"
     read_only: bool = False
     logical_block_size: int = 512
+    inject_errors: tuple[InjectError, ...] = ()
 
     @property
     def node_name(self) -> str:
@@ -42,6 +67,11 @@ class DiskSpec:
     def file_node_name(self) -> str:
         """The protocol node under the format node (file backend only)."""
         return f"{self.id}-file"
+
+    @property
+    def debug_node_name(self) -> str:
+        """The blkdebug node between format and file, when errors are injected."""
+        return f"{self.id}-dbg"
 
     def validate(self) -> "DiskSpec":
         def bad(field: str, why: str) -> UsageError:
@@ -72,6 +102,15 @@ class DiskSpec:
                 raise bad("format", f"must be one of {', '.join(FORMATS)}, not {self.format!r}")
         elif self.path is not None:
             raise bad("path", "is only valid with the file backend")
+        if self.inject_errors and self.backend != "file":
+            raise bad("inject_errors", "needs the file backend (blkdebug sits above the file node)")
+        for rule in self.inject_errors:
+            if not isinstance(rule, InjectError) or rule.event not in INJECT_EVENTS:
+                raise bad("inject_errors", f"event must be one of {', '.join(INJECT_EVENTS)}")
+            if rule.sector is not None and (not _is_int(rule.sector) or rule.sector < 0):
+                raise bad("inject_errors", "sector must be a non-negative integer")
+            if not _is_int(rule.errno) or rule.errno <= 0:
+                raise bad("inject_errors", "errno must be a positive integer")
         return self
 
 

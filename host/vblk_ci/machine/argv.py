@@ -184,16 +184,24 @@ def blockdev_add_args(disk: DiskSpec) -> dict:
             "read-only": disk.read_only,
         }
     if disk.backend == "file":
+        child = {
+            "driver": "file",
+            "node-name": disk.file_node_name,
+            "filename": str(disk.path),
+            "read-only": disk.read_only,
+        }
+        if disk.inject_errors:
+            child = {
+                "driver": "blkdebug",
+                "node-name": disk.debug_node_name,
+                "inject-error": [rule.qmp() for rule in disk.inject_errors],
+                "image": child,
+            }
         return {
             "driver": disk.format,
             "node-name": disk.node_name,
             "read-only": disk.read_only,
-            "file": {
-                "driver": "file",
-                "node-name": disk.file_node_name,
-                "filename": str(disk.path),
-                "read-only": disk.read_only,
-            },
+            "file": child,
         }
     raise ValueError(f"unknown backend {disk.backend!r}")
 

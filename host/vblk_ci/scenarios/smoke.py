@@ -1,13 +1,15 @@
-"""smoke: one hot-plugged disk, data through both paths, the error path, unplug.
+"""smoke: one hot-plugged disk, data through both paths, both error paths, unplug.
 
 The disk is backed by a sparse raw file in the run dir (null-co would discard
-the writes the data checks read back). Each step runs vblk-engine in the guest
-through the agent and keeps its JSON with the check.
+the writes the data checks read back), behind a blkdebug node that fails reads
+of one block with EIO, so the device's own error status can be seen in
+cqe->res. Each step runs vblk-engine in the guest through the agent and keeps
+its JSON with the check.
 """
 
 from __future__ import annotations
 
-from ..disks.spec import DiskSpec, create_sparse_file
+from ..disks.spec import DiskSpec, InjectError, create_sparse_file
 from ..errors import AgentError, CheckFailed, MachineTimeout
 from ..events import DiskPlugged, DiskUnplugged
 from .base import Scenario, ScenarioContext, register
@@ -16,6 +18,10 @@ MiB = 1 << 20
 DISK_SIZE = 64 * MiB
 BLOCK = 4096
 VIRTIO_BLK_S_IOERR = 1
+ERANGE = 34
+# The block whose reads QEMU fails with EIO: mid-disk, away from the data checks
+# and from anything the guest's partition scan reads.
+BAD_OFFSET = 32 * MiB
 
 
 def engine_args(path: str, op: str, offset: int, length: int, seed: int = 1, qd: int = 1, bs: int = BLOCK) -> list[str]:
@@ -48,7 +54,8 @@ class Smoke(Scenario):
     name = "smoke"
     description = (
         "Hot-plug one file-backed disk; write/verify through /dev/vdXc0 and across the block "
-        "path; read past the end gets VIRTIO_BLK_S_IOERR in cqe->res; unplug removes both nodes."
+        "path; a device read error comes back as VIRTIO_BLK_S_IOERR in cqe->res; a read past "
+        "the end is refused with -ERANGE; unplug removes both nodes."
     )
 
     def __init__(self, slot: int = 0):
@@ -59,6 +66,7 @@ class Smoke(Scenario):
         disk = DiskSpec(
             id="smoke0", serial="vblk-smoke0", backend="file", path=image,
             size_bytes=DISK_SIZE, num_queues=2, queue_size=256,
+            inject_errors=(InjectError(event="read_aio", sector=BAD_OFFSET // 512),),
         ).validate()
         state: dict = {}
 
@@ -95,12 +103,21 @@ class Smoke(Scenario):
             expect_clean("write", run_engine(ctx, rec, "write", engine_args(b, "write", 2 * MiB, MiB, seed=13, qd=4)))
             expect_clean("verify", run_engine(ctx, rec, "verify", engine_args(c, "verify", 2 * MiB, MiB, seed=13, qd=4)))
 
-        def read_past_end(rec: dict) -> None:
-            result = run_engine(ctx, rec, "read", engine_args(state["chardev"], "read", DISK_SIZE, BLOCK))
+        def read_device_error(rec: dict) -> None:
+            result = run_engine(ctx, rec, "read", engine_args(state["chardev"], "read", BAD_OFFSET, BLOCK))
             res = (result.get("results") or [None])[0]
             if res != VIRTIO_BLK_S_IOERR:
                 raise CheckFailed(
-                    f"read one block past the end: cqe->res = {res}, expected {VIRTIO_BLK_S_IOERR} (VIRTIO_BLK_S_IOERR)"
+                    f"read of the block QEMU fails: cqe->res = {res}, expected {VIRTIO_BLK_S_IOERR} "
+                    "(VIRTIO_BLK_S_IOERR from the device)"
+                )
+
+        def read_past_end(rec: dict) -> None:
+            result = run_engine(ctx, rec, "read", engine_args(state["chardev"], "read", DISK_SIZE, BLOCK))
+            res = (result.get("results") or [None])[0]
+            if res != -ERANGE:
+                raise CheckFailed(
+                    f"read one block past the end: cqe->res = {res}, expected {-ERANGE} (-ERANGE, refused by the driver)"
                 )
 
         def unplug(rec: dict) -> None:
@@ -118,7 +135,8 @@ class Smoke(Scenario):
             ("passthru-write-verify", passthru_roundtrip),
             ("passthru-write-block-verify", passthru_to_block),
             ("block-write-passthru-verify", block_to_passthru),
-            ("passthru-read-past-end-ioerr", read_past_end),
+            ("passthru-read-device-error", read_device_error),
+            ("passthru-read-past-end-erange", read_past_end),
             ("unplug", unplug),
         ]
         hotplug_result = ctx.check(*steps[0])
