@@ -41,6 +41,13 @@ def pattern(seed, offset, length):
                     for o in range(offset, offset + length, 8))
 
 
+def _copy_sources(dest):
+    """The engine's sources (every .c/.h) and Makefile, as the image build copies them."""
+    for src in ENGINE_SRC.iterdir():
+        if src.suffix in (".c", ".h") or src.name == "Makefile":
+            shutil.copy(src, dest / src.name)
+
+
 @pytest.fixture(scope="module")
 def engine(tmp_path_factory):
     """Path of a freshly built vblk-engine, or skip with the reason."""
@@ -51,8 +58,7 @@ def engine(tmp_path_factory):
     if not LIBURING_A.exists():
         pytest.skip(f"{LIBURING_A} missing: install liburing-dev for the static build")
     build = tmp_path_factory.mktemp("engine-build")
-    for name in ("vblk-engine.c", "Makefile"):
-        shutil.copy(ENGINE_SRC / name, build / name)
+    _copy_sources(build)
     proc = subprocess.run(["make", "-C", str(build)], capture_output=True, text=True,
                           timeout=300)
     assert proc.returncode == 0, f"engine build failed:\n{proc.stdout}\n{proc.stderr}"
@@ -247,8 +253,7 @@ def test_rdonly_open_still_reads(engine, disk):
 def test_make_clean_and_install(tmp_path):
     if not LIBURING_A.exists() or shutil.which("make") is None:
         pytest.skip("needs make and liburing.a")
-    for name in ("vblk-engine.c", "Makefile"):
-        shutil.copy(ENGINE_SRC / name, tmp_path / name)
+    _copy_sources(tmp_path)
     dest = tmp_path / "root"
     subprocess.run(["make", "-C", str(tmp_path), "install", f"DESTDIR={dest}"], check=True,
                    capture_output=True, timeout=300)
@@ -281,3 +286,245 @@ def test_agent_engine_method_runs_the_real_engine(engine, disk):
         "write", 0, 0, "")
     assert (verify["mismatches"], verify["bytes"]) == (0, 32768)
     assert bad["type"] == "EngineFailed" and bad["data"]["exit_code"] == 2
+
+
+# --------------------------------------------------------------------------- new ops
+
+
+@pytest.mark.parametrize("args", [
+    ["--path", "x", "--op", "mix"],                                  # no --runtime/--ios
+    ["--path", "x", "--op", "mix", "--ios", "10", "--bs", "1000"],   # bs not 512-aligned
+    ["--path", "x", "--op", "mix", "--ios", "10", "--length", "6k"],  # length % bs
+    ["--path", "x", "--op", "read", "--path2", "y"],
+    ["--path", "x", "--op", "verify", "--runtime", "1"],
+    ["--path", "x", "--op", "verify", "--ios", "3"],
+    ["--path", "x", "--op", "flush", "--bench"],
+    ["--path", "x", "--op", "verify", "--batch-submit", "2"],
+    ["--path", "x", "--op", "read", "--ranges", "2"],
+    ["--path", "x", "--op", "write", "--unmap"],
+    ["--path", "x", "--op", "read", "--with-trim"],
+    ["--path", "x", "--op", "read", "--init-seed", "1"],
+    ["--path", "x", "--op", "read", "--zero"],
+    ["--path", "x", "--op", "read", "--vec", "0"],
+    ["--path", "x", "--op", "read", "--vec", "513"],                 # > bs / 8
+    ["--path", "x", "--op", "read", "--type", "0x100000000"],
+    ["--path", "x", "--op", "flush", "--ios", "0"],
+    ["--path", "x", "--op", "mix", "--runtime", "-1"],
+    ["--path", "x", "--op", "mix", "--runtime", "soon"],
+    ["--path", "x", "--op", "randread", "--data-len", "8"],          # raw knobs: basic ops only
+    ["--path", "x", "--op", "randread", "--length", "2k"],           # length < bs
+    ["--path", "x", "--op", "discard", "--bs", "1000"],
+    ["--path", "x", "--op", "randwrite", "--batch-submit", "0"],
+    ["--path", "x", "--op", "mix", "--ios", "10", "--batch-complete", "2"],
+    ["--path", "x", "--op", "mix", "--ios", "10", "--bench"],
+])
+def test_bad_usage_of_new_options_exits_2(engine, args):
+    proc = run(engine, *args, expect_rc=2)
+    assert proc.stdout == ""
+    assert len(proc.stderr.splitlines()) == 1
+    assert proc.stderr.startswith("vblk-engine: ")
+
+
+@pytest.mark.parametrize("args", [
+    ["--op", "get-id"],
+    ["--op", "read", "--type", "5"],
+    ["--op", "read", "--data-len", "512"],
+    ["--op", "read", "--fixed", "--vec", "2"],
+])
+def test_passthrough_only_options_on_block_path_exit_2(engine, disk, args):
+    proc = run(engine, "--path", disk, *args, expect_rc=2)
+    assert proc.stdout == "" and len(proc.stderr.splitlines()) == 1
+    assert proc.stderr.startswith("vblk-engine: ")
+
+
+def test_block_flush_discard_write_zeroes(engine, disk):
+    job(engine, "--path", disk, "--op", "write", "--length", "64k")
+    f = job(engine, "--path", disk, "--op", "flush")
+    assert (f["op"], f["ios"], f["results"], f["bytes"]) == ("flush", 1, [0], 0)
+    f3 = job(engine, "--path", disk, "--op", "flush", "--ios", "3", "--qd", "2")
+    assert f3["results"] == [0, 0, 0]
+    z = job(engine, "--path", disk, "--op", "write-zeroes", "--offset", "8k", "--length", "8k")
+    assert (z["ios"], z["results"], z["unmap"], z["ranges"]) == (2, [0, 0], False, 1)
+    d = job(engine, "--path", disk, "--op", "discard", "--offset", "32k", "--length", "16k",
+            "--ranges", "2")
+    assert (d["ios"], d["results"], d["ranges"], d["bytes"]) == (2, [0, 0], 2, 16384)
+    data = disk.read_bytes()
+    assert data[8192:16384] == bytes(8192)
+    assert data[32768:49152] == bytes(16384)    # a punched hole in a file reads zero
+    assert data[:8192] == pattern(1, 0, 8192)
+    assert data[16384:32768] == pattern(1, 16384, 16384)
+    v = job(engine, "--path", disk, "--op", "verify", "--zero", "--offset", "8k", "--length", "8k")
+    assert (v["zero"], v["mismatches"], v["errors"]) == (True, 0, 0)
+
+
+def test_block_vec_and_fixed_buffers(engine, disk):
+    w = job(engine, "--path", disk, "--op", "write", "--length", "64k", "--vec", "5",
+            "--seed", "8", "--qd", "4")
+    assert (w["vec"], w["errors"], w["bytes"]) == (5, 0, 65536)
+    assert disk.read_bytes()[:65536] == pattern(8, 0, 65536)
+    v = job(engine, "--path", disk, "--op", "verify", "--length", "64k", "--fixed", "--seed", "8",
+            "--qd", "4")
+    assert (v["fixed"], v["mismatches"], v["errors"]) == (True, 0, 0)
+    v = job(engine, "--path", disk, "--op", "verify", "--length", "64k", "--vec", "3",
+            "--seed", "8")
+    assert (v["mismatches"], v["errors"]) == (0, 0)
+
+
+def test_bad_ptr_is_efault_not_a_crash(engine, disk):
+    r = job(engine, "--path", disk, "--op", "read", "--bad-ptr", "--length", "8k")
+    assert r["bad_ptr"] is True
+    assert r["results"] == [-14, -14] and r["errors"] == 2
+
+
+def test_new_passthru_ops_on_char_device_without_uring_cmd(engine):
+    if not os.path.exists("/dev/zero"):
+        pytest.skip("/dev/zero is missing")
+    for args in (["--op", "flush"], ["--op", "get-id"], ["--op", "discard", "--ranges", "2"],
+                 ["--op", "write-zeroes", "--unmap"], ["--op", "read", "--vec", "4"],
+                 ["--op", "write", "--fixed"], ["--op", "read", "--type", "99", "--flag", "1",
+                                                "--cmd-op", "7", "--data-len", "3"]):
+        r = job(engine, "--path", "/dev/zero", *args)
+        assert r["mode"] == "passthru"
+        assert r["errors"] == 1 and r["results"][0] < 0, args
+    r = job(engine, "--path", "/dev/zero", "--op", "get-id")
+    assert r["id"] is None
+    r = job(engine, "--path", "/dev/zero", "--op", "read", "--type", "99", "--data-len", "3")
+    assert r["raw"] == {"type": 99, "cmd_op": None, "flag": None, "data_len": 3}
+
+
+# --------------------------------------------------------------------------- mix
+
+MIX_COUNTS = ("writes", "reads", "flushes", "discards", "write_zeroes")
+
+
+def mix(engine, disk, *args):
+    return job(engine, "--path", disk, "--path2", disk, "--op", "mix", "--length", "256k",
+               *args)
+
+
+def test_mix_same_file_twice_verifies_clean(engine, disk):
+    r = mix(engine, disk, "--ios", "1500", "--seed", "5", "--qd", "8")
+    assert (r["op"], r["ios"], r["errors"], r["mismatches"]) == ("mix", 1500, 0, 0)
+    m = r["mix"]
+    assert sum(m[k] for k in MIX_COUNTS) == 1500
+    assert m["writes"] > 0 and m["reads"] > 0 and m["flushes"] > 0
+    assert m["discards"] == m["write_zeroes"] == 0          # only with --with-trim
+    assert m["verified_blocks"] > 0
+    pp = m["per_path"]
+    assert set(pp) == {"path", "path2"}
+    for key in MIX_COUNTS:
+        assert pp["path"][key] + pp["path2"][key] == m[key]
+    assert pp["path"]["reads"] > 0 and pp["path2"]["reads"] > 0
+    assert pp["path"]["mode"] == "block" and pp["path2"]["path"] == str(disk)
+
+
+def test_mix_is_deterministic_for_a_seed(engine, disk):
+    runs = [mix(engine, disk, "--ios", "800", "--seed", "42", "--qd", qd, "--with-trim")
+            for qd in (1, 16)]
+    # everything but overlap_waits (how often qd made an I/O wait) is fixed by the seed
+    a, b = ({k: v for k, v in r["mix"].items() if k != "overlap_waits"} for r in runs)
+    assert a == b
+    assert a["discards"] > 0 and a["write_zeroes"] > 0
+    assert all(r["mismatches"] == 0 and r["errors"] == 0 for r in runs)
+    other = mix(engine, disk, "--ios", "800", "--seed", "43", "--with-trim")
+    assert other["mix"]["per_path"] != a["per_path"]
+
+
+def test_mix_with_trim_and_unmap_keeps_expectations(engine, disk):
+    job(engine, "--path", disk, "--op", "write", "--length", "256k", "--seed", "3")
+    r = mix(engine, disk, "--ios", "1500", "--seed", "6", "--qd", "4", "--with-trim",
+            "--unmap", "--init-seed", "3")
+    assert (r["errors"], r["mismatches"]) == (0, 0)
+    assert r["mix"]["unmap"] is True and r["mix"]["init_seed"] == 3
+    assert r["mix"]["unverified_blocks"] > 0                 # discarded blocks are unknown
+
+
+def test_mix_detects_a_corrupted_block(engine, disk):
+    job(engine, "--path", disk, "--op", "write", "--length", "64k", "--seed", "3")
+    with open(disk, "r+b") as f:                # one bad word in each of the 16 blocks
+        for blk in range(16):
+            f.seek(blk * 4096 + 8 * blk)
+            f.write(b"XXXXXXXX")
+    r = job(engine, "--path", disk, "--op", "mix", "--length", "64k", "--ios", "300",
+            "--seed", "2", "--init-seed", "3")
+    assert r["errors"] == 0 and r["mismatches"] > 0
+    fm = r["first_mismatch"]
+    assert fm["got"] == "0x5858585858585858"
+    blk = fm["offset"] // 4096
+    assert fm["offset"] == blk * 4096 + 8 * blk
+    assert fm["expected"] == "0x%016x" % splitmix64(3 ^ (fm["offset"] // 8))
+    assert fm["target"] == "path" and fm["io"] >= 0
+
+
+def test_mix_runtime_bounds_the_job(engine, disk):
+    r = mix(engine, disk, "--runtime", "0.3", "--qd", "4")
+    assert r["ios"] > 0 and r["errors"] == 0 and r["mismatches"] == 0
+    assert r["runtime_ns"] == 300_000_000
+    assert r["elapsed_ns"] >= 300_000_000
+
+
+# --------------------------------------------------------------------------- bench
+
+PCTS = ("p50", "p90", "p99", "p999")
+
+
+def check_lat(lat, samples):
+    assert set(PCTS) <= set(lat)
+    values = [lat[p] for p in PCTS]
+    assert values == sorted(values), lat
+    assert lat["min"] <= lat["p50"] and lat["p999"] <= lat["max"]
+    assert lat["samples"] == samples
+    assert sum(count for _, count in lat["hist"]) == samples
+    los = [lo for lo, _ in lat["hist"]]
+    assert los == sorted(los) and len(set(los)) == len(los)
+
+
+@pytest.mark.parametrize("op,extra", [
+    ("randread", ["--batch-submit", "4", "--batch-complete", "2"]),
+    ("randwrite", []),
+    ("read", ["--bench", "--fixed"]),
+    ("write", ["--ios", "300", "--vec", "2"]),
+])
+def test_bench_output_shape(engine, disk, op, extra):
+    job(engine, "--path", disk, "--op", "write", "--length", "1m")
+    args = ["--path", disk, "--op", op, "--length", "1m", "--qd", "8", *extra]
+    if "--ios" not in extra:
+        args += ["--ios", "500"]
+    r = job(engine, *args)
+    b = r["bench"]
+    n = 300 if "300" in extra else 500
+    assert PROTOCOL_FIELDS <= set(r)
+    assert r["op"] == op and r["ios"] == b["ios"] == n and r["errors"] == 0
+    assert r["bytes"] == n * 4096
+    assert b["iops"] > 0 and b["bw_bytes_s"] > 0 and b["elapsed_ns"] > 0
+    assert b["syscalls"] == b["submit_calls"] + b["wait_calls"] > 0
+    assert b["syscalls_per_io"] == pytest.approx(b["syscalls"] / n, abs=1e-3)
+    assert b["random"] is op.startswith("rand")
+    check_lat(b["slat"], n)
+    check_lat(b["clat"], n)
+    assert "results" not in r
+
+
+def test_bench_batches_cut_syscalls(engine, disk):
+    common = ["--path", disk, "--op", "randread", "--length", "1m", "--ios", "512", "--qd", "16"]
+    one = job(engine, *common)["bench"]
+    batched = job(engine, *common, "--batch-submit", "8", "--batch-complete", "8")["bench"]
+    assert (one["batch_submit"], batched["batch_submit"]) == (1, 8)
+    assert one["submit_calls"] == 512                        # one SQE per submit
+    assert batched["submit_calls"] < one["submit_calls"]
+    assert batched["syscalls_per_io"] < one["syscalls_per_io"]
+
+
+def test_bench_runtime_and_qd1_sequential(engine, disk):
+    r = job(engine, "--path", disk, "--op", "read", "--length", "64k", "--runtime", "0.2")
+    b = r["bench"]
+    assert r["runtime_ns"] == 200_000_000 and b["ios"] > 0
+    assert r["elapsed_ns"] >= 200_000_000
+    assert 1.0 <= b["syscalls_per_io"] <= 2.0               # a submit, and a wait unless done
+    check_lat(b["clat"], b["ios"])
+
+
+def test_bench_defaults_to_one_pass(engine, disk):
+    r = job(engine, "--path", disk, "--op", "randwrite", "--length", "64k", "--bs", "8k")
+    assert r["ios"] == 8 and r["bench"]["ios"] == 8 and r["bytes"] == 65536
+    assert r["bench"]["batch_submit"] == 1 and r["bench"]["batch_complete"] == 1

@@ -1,0 +1,144 @@
+// SPDX-License-Identifier: GPL-2.0-only
+/*
+ * vblk-engine JSON output: the fields every job prints.  The mode-specific
+ * parts (basic.c, mix.c, bench.c) are printed between head and tail.
+ */
+#include <errno.h>
+#include <inttypes.h>
+#include <stdio.h>
+#include <string.h>
+
+#include "engine.h"
+
+static const char *const tgt_names[MAX_TARGETS] = { "path", "path2" };
+
+static void print_json_chars(const char *s, bool ascii)
+{
+	const unsigned char *p;
+
+	putchar('"');
+	for (p = (const unsigned char *)s; *p; p++) {
+		if (*p == '"' || *p == '\\')
+			printf("\\%c", *p);
+		else if (*p < 0x20 || (ascii && *p >= 0x7f))
+			printf("\\u%04x", *p);
+		else
+			putchar(*p);
+	}
+	putchar('"');
+}
+
+/* A path: bytes >= 0x80 pass through (UTF-8 names stay readable). */
+void print_json_string(const char *s)
+{
+	print_json_chars(s, false);
+}
+
+/* Device data (the GET_ID serial): anything outside printable ASCII escaped. */
+void print_json_ascii(const char *s)
+{
+	print_json_chars(s, true);
+}
+
+static const char *bool_str(bool b)
+{
+	return b ? "true" : "false";
+}
+
+static void print_raw(const char *name, const struct raw_u32 *r, bool first)
+{
+	printf("%s\"%s\": ", first ? "" : ", ", name);
+	if (r->set)
+		printf("%" PRIu32, r->v);
+	else
+		fputs("null", stdout);
+}
+
+/* mix and bench say which I/O and target an error or mismatch came from. */
+static bool extended(const struct job *job)
+{
+	return job->op == OP_MIX || job->bench;
+}
+
+static void print_first_error(const struct engine *e)
+{
+	const struct stats *st = &e->st;
+
+	printf(", \"errors\": %" PRIu64 ", \"first_error\": ", st->errors);
+	if (!st->have_error) {
+		fputs("null", stdout);
+		return;
+	}
+	printf("{\"offset\": %" PRIu64 ", \"res\": %d", st->error_offset,
+	       st->error_res);
+	if (extended(e->job))
+		printf(", \"io\": %" PRIu64 ", \"kind\": \"%s\", \"target\": \"%s\"",
+		       st->error_seq, kind_names[st->error_kind],
+		       tgt_names[st->error_tgt]);
+	putchar('}');
+}
+
+static void print_first_mismatch(const struct engine *e)
+{
+	const struct stats *st = &e->st;
+
+	printf(", \"mismatches\": %" PRIu64 ", \"first_mismatch\": ", st->mismatches);
+	if (!st->have_mismatch) {
+		fputs("null", stdout);
+		return;
+	}
+	printf("{\"offset\": %" PRIu64 ", \"expected\": \"0x%016" PRIx64
+	       "\", \"got\": \"0x%016" PRIx64 "\"", st->mismatch_offset,
+	       st->mismatch_expected, st->mismatch_got);
+	if (extended(e->job))
+		printf(", \"io\": %" PRIu64 ", \"target\": \"%s\"", st->mismatch_seq,
+		       tgt_names[st->mismatch_tgt]);
+	putchar('}');
+}
+
+static void print_options(const struct engine *e)
+{
+	const struct job *job = e->job;
+
+	printf(", \"sqe64\": %s, \"expect_error\": %s, \"rdonly\": %s",
+	       bool_str(job->sqe64), bool_str(job->expect_error), bool_str(job->rdonly));
+	printf(", \"iopoll\": %s, \"fixed\": %s, \"vec\": %u, \"bad_ptr\": %s",
+	       bool_str(job->iopoll), bool_str(job->fixed), job->vec,
+	       bool_str(job->bad_ptr));
+	fputs(", \"raw\": {", stdout);
+	print_raw("type", &job->type, true);
+	print_raw("cmd_op", &job->cmd_op, false);
+	print_raw("flag", &job->flag, false);
+	print_raw("data_len", &job->data_len, false);
+	putchar('}');
+}
+
+void print_result_head(const struct engine *e)
+{
+	const struct job *job = e->job;
+	const struct stats *st = &e->st;
+
+	fputs("{\"path\": ", stdout);
+	print_json_string(job->path);
+	printf(", \"mode\": \"%s\", \"op\": \"%s\"",
+	       e->tgt[0].passthru ? "passthru" : "block", op_names[job->op]);
+	printf(", \"offset\": %" PRIu64 ", \"length\": %" PRIu64 ", \"bs\": %" PRIu64,
+	       job->offset, job->length, job->bs);
+	printf(", \"qd\": %u, \"seed\": %" PRIu64 ", \"ios\": %" PRIu64, job->qd,
+	       job->seed, st->ios);
+	printf(", \"bytes\": %" PRIu64 ", \"elapsed_ns\": %" PRIu64, st->bytes,
+	       st->elapsed_ns);
+	print_first_error(e);
+	print_first_mismatch(e);
+	print_options(e);
+}
+
+int print_result_tail(void)
+{
+	fputs("}\n", stdout);
+	if (fflush(stdout) || ferror(stdout)) {
+		fprintf(stderr, "vblk-engine: cannot write result: %s\n", strerror(errno));
+		return -1;
+	}
+	return 0;
+}

@@ -1,0 +1,297 @@
+// SPDX-License-Identifier: GPL-2.0-only
+/*
+ * vblk-engine setup: open the targets, the checks that depend on what they
+ * are, the ring, the per-slot buffers and iovec arrays, registered buffers.
+ */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "engine.h"
+
+void setup_error(const char *what, const char *path, int err)
+{
+	fprintf(stderr, "vblk-engine: %s %s: %s\n", what, path, strerror(err));
+}
+
+void runtime_error(const struct engine *e, int err)
+{
+	fprintf(stderr, "vblk-engine: io_uring_enter failed on %s: %s\n",
+		e->job->path, strerror(err));
+}
+
+static int open_target(struct target *t, const char *path, bool rdonly)
+{
+	struct stat st;
+	int flags;
+
+	t->path = path;
+	t->fd = open(path, (rdonly ? O_RDONLY : O_RDWR) | O_CLOEXEC);
+	if (t->fd < 0) {
+		setup_error("cannot open", path, errno);
+		return -1;
+	}
+	if (fstat(t->fd, &st)) {
+		setup_error("cannot stat", path, errno);
+		return -1;
+	}
+	if (S_ISCHR(st.st_mode)) {
+		t->passthru = true;
+		return 0;
+	}
+	if (!S_ISBLK(st.st_mode) && !S_ISREG(st.st_mode)) {
+		setup_error("unsupported file type", path, EINVAL);
+		return -1;
+	}
+	t->blkdev = S_ISBLK(st.st_mode);
+	/* Set after fstat: a char device open with O_DIRECT fails outright. */
+	flags = fcntl(t->fd, F_GETFL);
+	if (flags < 0 || fcntl(t->fd, F_SETFL, flags | O_DIRECT) < 0) {
+		setup_error("cannot set O_DIRECT on", path, errno);
+		return -1;
+	}
+	return 0;
+}
+
+static int open_targets(struct engine *e)
+{
+	const struct job *job = e->job;
+
+	e->tgt[0].fd = e->tgt[1].fd = -1;
+	e->ntgt = 1;
+	if (open_target(&e->tgt[0], job->path, job->rdonly))
+		return -1;
+	if (!job->path2)
+		return 0;
+	e->ntgt = 2;
+	return open_target(&e->tgt[1], job->path2, job->rdonly);
+}
+
+static bool any_passthru(const struct engine *e)
+{
+	unsigned int i;
+
+	for (i = 0; i < e->ntgt; i++)
+		if (e->tgt[i].passthru)
+			return true;
+	return false;
+}
+
+static bool any_block(const struct engine *e)
+{
+	unsigned int i;
+
+	for (i = 0; i < e->ntgt; i++)
+		if (!e->tgt[i].passthru)
+			return true;
+	return false;
+}
+
+/* Usage checks that depend on the kind of target (exit 2). */
+static int check_targets(const struct engine *e)
+{
+	const struct job *job = e->job;
+	const char *msg = NULL;
+
+	if (!any_passthru(e) && (job->type.set || job->cmd_op.set ||
+				 job->flag.set || job->data_len.set))
+		msg = "--type/--cmd-op/--flag/--data-len need a passthrough char device";
+	else if (!any_passthru(e) && job->op == OP_GET_ID)
+		msg = "--op get-id needs a passthrough char device";
+	else if (any_block(e) && job->fixed && job->vec)
+		msg = "--fixed with --vec has no block-path operation";
+	if (!msg)
+		return 0;
+	usage_error("%s", msg);
+	return -1;
+}
+
+static int setup_ring(struct engine *e)
+{
+	struct io_uring_params p;
+	int ret;
+
+	memset(&p, 0, sizeof(p));
+	p.flags = IORING_SETUP_SUBMIT_ALL;
+	if (any_passthru(e)) {
+		p.flags |= IORING_SETUP_CQE32;
+		if (!e->job->sqe64)
+			p.flags |= IORING_SETUP_SQE128;
+	}
+	if (e->job->iopoll)
+		p.flags |= IORING_SETUP_IOPOLL;
+	ret = io_uring_queue_init_params(e->job->qd, &e->ring, &p);
+	if (ret < 0) {
+		setup_error("io_uring setup failed for", e->job->path, -ret);
+		return -1;
+	}
+	e->ring_ready = true;
+	e->sqe128 = p.flags & IORING_SETUP_SQE128;
+	return 0;
+}
+
+static uint64_t max_u64(uint64_t a, uint64_t b)
+{
+	return a > b ? a : b;
+}
+
+/* Bytes of data buffer each slot needs for the job. */
+static size_t slot_bytes(const struct job *job)
+{
+	uint64_t n = job->bs;
+
+	if (job->op == OP_MIX)
+		n = job->bs * MIX_MAX_BLOCKS;
+	else if (job->op == OP_DISCARD || job->op == OP_WZEROES)
+		n = (uint64_t)job->ranges * sizeof(struct vblk_range);
+	/* A larger --data-len must not let the kernel write past the buffer. */
+	if (job->data_len.set && !job->vec && job->data_len.v <= MAX_BS)
+		n = max_u64(n, job->data_len.v);
+	return (size_t)((n + BUF_ALIGN - 1) & ~(uint64_t)(BUF_ALIGN - 1));
+}
+
+/* iovec entries per slot: --vec, or more if --data-len claims more. */
+static unsigned int slot_iovs(const struct job *job)
+{
+	unsigned int n = job->vec;
+
+	if (job->data_len.set && job->data_len.v > n)
+		n = job->data_len.v > MAX_VEC ? MAX_VEC : job->data_len.v;
+	return n;
+}
+
+static int setup_slot(struct engine *e, struct slot *s, unsigned int i)
+{
+	unsigned int niov = slot_iovs(e->job);
+	int ret;
+
+	s->buf_index = i;
+	ret = posix_memalign(&s->buf, BUF_ALIGN, e->buf_size);
+	if (ret) {
+		s->buf = NULL;
+		setup_error("cannot allocate buffers for", e->job->path, ret);
+		return -1;
+	}
+	memset(s->buf, 0, e->buf_size);
+	if (!niov)
+		return 0;
+	/* calloc: entries beyond what an I/O fills stay zero-length */
+	s->iov = calloc(niov, sizeof(*s->iov));
+	if (!s->iov) {
+		setup_error("cannot allocate iovecs for", e->job->path, ENOMEM);
+		return -1;
+	}
+	return 0;
+}
+
+static int setup_slots(struct engine *e)
+{
+	unsigned int i;
+
+	e->buf_size = slot_bytes(e->job);
+	e->slots = calloc(e->job->qd, sizeof(*e->slots));
+	e->free_slots = calloc(e->job->qd, sizeof(*e->free_slots));
+	if (!e->slots || !e->free_slots) {
+		setup_error("out of memory for", e->job->path, ENOMEM);
+		return -1;
+	}
+	for (i = 0; i < e->job->qd; i++) {
+		if (setup_slot(e, &e->slots[i], i))
+			return -1;
+		e->free_slots[e->nr_free++] = &e->slots[i];
+	}
+	return 0;
+}
+
+static int register_buffers(struct engine *e)
+{
+	struct iovec *iov;
+	unsigned int i;
+	int ret;
+
+	iov = calloc(e->job->qd, sizeof(*iov));
+	if (!iov) {
+		setup_error("out of memory for", e->job->path, ENOMEM);
+		return -1;
+	}
+	for (i = 0; i < e->job->qd; i++) {
+		iov[i].iov_base = e->slots[i].buf;
+		iov[i].iov_len = e->buf_size;
+	}
+	ret = io_uring_register_buffers(&e->ring, iov, e->job->qd);
+	free(iov);
+	if (ret < 0) {
+		setup_error("cannot register buffers for", e->job->path, -ret);
+		return -1;
+	}
+	return 0;
+}
+
+/* An address that was mapped a moment ago and is not any more. */
+static int setup_bad_addr(struct engine *e)
+{
+	void *p = mmap(NULL, BUF_ALIGN, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS,
+		       -1, 0);
+
+	if (p == MAP_FAILED) {
+		setup_error("cannot map a page for --bad-ptr on", e->job->path, errno);
+		return -1;
+	}
+	if (munmap(p, BUF_ALIGN)) {
+		setup_error("cannot unmap a page for --bad-ptr on", e->job->path, errno);
+		return -1;
+	}
+	e->bad_addr = p;
+	return 0;
+}
+
+void engine_teardown(struct engine *e)
+{
+	unsigned int i;
+
+	if (e->slots) {
+		for (i = 0; i < e->job->qd; i++) {
+			free(e->slots[i].buf);
+			free(e->slots[i].iov);
+		}
+	}
+	free(e->slots);
+	free(e->free_slots);
+	if (e->ring_ready)
+		io_uring_queue_exit(&e->ring);
+	for (i = 0; i < MAX_TARGETS; i++) {
+		if (e->tgt[i].fd >= 0)
+			close(e->tgt[i].fd);
+	}
+}
+
+/* Returns 0, EXIT_USAGE or EXIT_SETUP (after a stderr line). */
+int engine_setup(struct engine *e, const struct job *job)
+{
+	int ret = EXIT_SETUP;
+
+	memset(e, 0, sizeof(*e));
+	e->job = job;
+	if (open_targets(e))
+		goto fail;
+	if (check_targets(e)) {
+		ret = EXIT_USAGE;
+		goto fail;
+	}
+	if (setup_ring(e) || setup_slots(e))
+		goto fail;
+	if (job->fixed && register_buffers(e))
+		goto fail;
+	if (job->bad_ptr && setup_bad_addr(e))
+		goto fail;
+	return 0;
+fail:
+	engine_teardown(e);
+	return ret;
+}
