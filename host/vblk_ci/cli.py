@@ -106,6 +106,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     from .report.terminal import TerminalReporter
     from .runner import Plan, run
 
+    from .scenarios import suite
+
+    suite(args.suite)  # an unknown suite is a usage error before anything is created
     kernel = _artifact(args.kernel, ENV_KERNEL, "kernel image", "--kernel")
     initramfs = _artifact(args.initramfs, ENV_INITRAMFS, "initramfs", "--initramfs")
     stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")

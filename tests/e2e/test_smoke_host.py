@@ -1,15 +1,14 @@
 """End to end on the host's QEMU: the real smoke suite, plus meta runs proving the
 harness reports a launch failure and a guest panic.
 
-Needs VBLK_CI_KERNEL and VBLK_CI_INITRAMFS (the built appliance kernel and guest
-initramfs); skipped with the reason otherwise. Run: pytest -m e2e tests/e2e
+The artifacts come from VBLK_CI_KERNEL/VBLK_CI_INITRAMFS or out of VBLK_CI_IMAGE
+(see conftest.py); skipped with the reason otherwise. Run: pytest -m e2e tests/e2e
 """
 
 from __future__ import annotations
 
 import gzip
 import json
-import os
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
@@ -24,24 +23,14 @@ from vblk_ci.runner import Plan, run
 pytestmark = pytest.mark.e2e
 
 
-def _artifact(env: str) -> Path:
-    value = os.environ.get(env)
-    if not value:
-        pytest.skip(f"{env} is not set (point it at the built artifact)")
-    path = Path(value)
-    if not path.is_file():
-        pytest.skip(f"{env}={value} does not exist")
-    return path
+@pytest.fixture(scope="module")
+def kernel(appliance) -> Path:
+    return appliance["kernel"]
 
 
 @pytest.fixture(scope="module")
-def kernel() -> Path:
-    return _artifact("VBLK_CI_KERNEL")
-
-
-@pytest.fixture(scope="module")
-def initramfs() -> Path:
-    return _artifact("VBLK_CI_INITRAMFS")
+def initramfs(appliance) -> Path:
+    return appliance["initramfs"]
 
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,65 @@
+"""Where the e2e tests get the real appliance artifacts from.
+
+VBLK_CI_KERNEL + VBLK_CI_INITRAMFS name files directly; otherwise, with
+VBLK_CI_IMAGE (set by ./tests/run after it builds the image), the kernel and
+initramfs are copied out of that image through the Docker engine, so the host's
+QEMU boots exactly what the image ships. With neither, the tests skip and say why.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import tarfile
+from pathlib import Path
+
+import pytest
+
+IMAGE_ARTIFACTS = {"kernel": "/opt/vblk-ci/bzImage", "initramfs": "/opt/vblk-ci/initramfs.cpio.gz"}
+
+
+def _from_env() -> dict[str, Path] | None:
+    paths = {"kernel": os.environ.get("VBLK_CI_KERNEL"), "initramfs": os.environ.get("VBLK_CI_INITRAMFS")}
+    if not all(paths.values()):
+        return None
+    missing = [p for p in paths.values() if not Path(p).is_file()]
+    if missing:
+        pytest.skip(f"artifact named in the environment does not exist: {', '.join(missing)}")
+    return {k: Path(v) for k, v in paths.items()}
+
+
+def _copy_out_of_image(image: str, dest: Path) -> dict[str, Path]:
+    import docker  # only needed on this path
+
+    client = docker.from_env()
+    container = client.containers.create(image, command=["version"])
+    try:
+        out = {}
+        for name, path in IMAGE_ARTIFACTS.items():
+            stream, _ = container.get_archive(path)
+            with tarfile.open(fileobj=io.BytesIO(b"".join(stream))) as tar:
+                member = tar.getmembers()[0]
+                data = tar.extractfile(member).read()
+            out[name] = dest / Path(path).name
+            out[name].write_bytes(data)
+        return out
+    finally:
+        container.remove(force=True)
+
+
+@pytest.fixture(scope="session")
+def image() -> str:
+    name = os.environ.get("VBLK_CI_IMAGE")
+    if not name:
+        pytest.skip("VBLK_CI_IMAGE is not set (./tests/run builds the image and sets it)")
+    return name
+
+
+@pytest.fixture(scope="session")
+def appliance(tmp_path_factory) -> dict[str, Path]:
+    found = _from_env()
+    if found:
+        return found
+    if not os.environ.get("VBLK_CI_IMAGE"):
+        pytest.skip("set VBLK_CI_KERNEL and VBLK_CI_INITRAMFS, or VBLK_CI_IMAGE to take them from the image")
+    return _copy_out_of_image(os.environ["VBLK_CI_IMAGE"], tmp_path_factory.mktemp("appliance"))
