@@ -1,0 +1,656 @@
+"""Build the guest kernel: Debian's 6.12 source + the driver series + config fragments.
+
+Stdlib only (runs in a bare Docker build stage too).  Flow:
+
+1. key = sha256(base source, patches in series order, fragments, gcc, variant,
+   module flag, extra make args).  ``<cache>/kernels/<key>/bzImage`` exists ->
+   return it at once.
+2. One persistent source tree per variant, ``<cache>/trees/<variant>/``: the
+   tarball extracted once and committed to git as "base <version>".  A series
+   is applied with ``git reset --hard <base>; git clean -ffdxq; git am`` each
+   patch, which rewrites only files that differ, so their mtimes drive an
+   incremental make.
+3. Objects live in ``<cache>/trees/<variant>-build/`` (``make O=``): tinyconfig +
+   kvm_guest.config + fragments via merge_config.sh, olddefconfig, then every
+   option the fragments ask for is checked in the final .config.
+4. ``make bzImage`` [``modules``]; bzImage, kernel.config, manifest.json
+   [, virtio_blk.ko] and build.log are published atomically to the cache.
+
+CLI: ``python3 -m vblk_ci.build.kernel --help``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import fcntl
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterator
+
+from vblk_ci.build import BuildError, repo_root
+from vblk_ci.build import cache as _cache
+
+#: Bump when the build procedure changes in a way that changes its output.
+BUILDER_VERSION = "1"
+DEFAULT_TARBALL = "/usr/src/linux-source-6.12.tar.xz"
+KVM_GUEST_FRAGMENT = "kernel/configs/kvm_guest.config"
+BZIMAGE_REL = "arch/x86/boot/bzImage"
+MODULE_REL = "drivers/block/virtio_blk.ko"
+LOG_TAIL_LINES = 40
+PROGRESS_INTERVAL_S = 30.0
+
+# Fixed identity and dates: the base commit and the patch commits are then the
+# same on every machine, and nothing depends on who built it or when.
+_GIT_ENV = {
+    "GIT_AUTHOR_NAME": "vblk-ci",
+    "GIT_AUTHOR_EMAIL": "vblk-ci@localhost",
+    "GIT_COMMITTER_NAME": "vblk-ci",
+    "GIT_COMMITTER_EMAIL": "vblk-ci@localhost",
+    "GIT_AUTHOR_DATE": "2024-01-01T00:00:00+0000",
+    "GIT_COMMITTER_DATE": "2024-01-01T00:00:00+0000",
+    "GIT_CONFIG_NOSYSTEM": "1",
+    "GIT_TERMINAL_PROMPT": "0",
+}
+_KBUILD_ENV = {
+    "KBUILD_BUILD_USER": "vblk-ci",
+    "KBUILD_BUILD_HOST": "vblk-ci",
+    "KBUILD_BUILD_TIMESTAMP": "2024-01-01",
+    # Set but empty: setlocalversion then appends no "+" for a git tree.
+    "LOCALVERSION": "",
+    "LC_ALL": "C",
+}
+
+_VARIANT_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+_CONFIG_SET_RE = re.compile(r"^(CONFIG_[A-Za-z0-9_]+)=(.*)$")
+_CONFIG_UNSET_RE = re.compile(r"^# (CONFIG_[A-Za-z0-9_]+) is not set$")
+
+Progress = Callable[[str], None]
+
+
+def _default_series_dir() -> str:
+    return str(repo_root() / "driver")
+
+
+@dataclass
+class KernelBuildOptions:
+    """What to build.  Every field has a default that builds the appliance's kernel."""
+
+    source_tarball: str | None = DEFAULT_TARBALL
+    #: An already-extracted tree to use instead of the tarball (copied into the cache once).
+    source_dir: str | None = None
+    #: Directory with a quilt-style ``series`` file; missing/empty series = no patches.
+    series_dir: str | None = field(default_factory=_default_series_dir)
+    #: False builds the unpatched base (the Docker stage's first, cacheable build).
+    apply_series: bool = True
+    #: Config fragments merged after tinyconfig + kvm_guest.config; None = the variant's defaults.
+    fragments: list[str] | None = None
+    variant: str = "default"
+    cache_dir: str | None = None
+    jobs: int | None = None
+    #: CONFIG_VIRTIO_BLK=m, also ``make modules`` and ship drivers/block/virtio_blk.ko.
+    virtio_blk_module: bool = False
+    #: Extra ``make`` arguments, e.g. ["C=1", "W=1"].
+    make_args: list[str] = field(default_factory=list)
+
+
+@dataclass
+class KernelArtifact:
+    bzimage: Path
+    config: Path
+    manifest: Path
+    key: str
+    built: bool
+    seconds: float
+    module: Path | None = None
+    kernel_release: str = ""
+    log: Path | None = None
+
+    def to_json(self) -> dict:
+        d = dataclasses.asdict(self)
+        return {k: (str(v) if isinstance(v, Path) else v) for k, v in d.items()}
+
+
+@dataclass
+class Patch:
+    name: str
+    path: Path
+    sha256: str
+
+
+# --------------------------------------------------------------------------- inputs
+
+
+def parse_series(series_dir: str | os.PathLike[str] | None) -> list[Patch]:
+    """The patches a quilt-style ``series`` file lists, in order.
+
+    Blank lines and ``#`` comments are ignored, as are quilt options after the
+    file name (``foo.patch -p1``).  No directory, no file, or an empty file
+    means no patches.  A listed file that does not exist is a BuildError.
+    """
+    if not series_dir:
+        return []
+    d = Path(series_dir)
+    series = d / "series"
+    if not series.is_file():
+        return []
+    patches: list[Patch] = []
+    missing: list[str] = []
+    for lineno, raw in enumerate(series.read_text(encoding="utf-8").splitlines(), 1):
+        line = raw.split("#", 1)[0].strip()
+        if not line:
+            continue
+        name = line.split()[0]
+        path = d / name
+        if not path.is_file():
+            missing.append(f"{name} (series line {lineno})")
+            continue
+        patches.append(Patch(name, path, _cache.sha256_file(path)))
+    if missing:
+        raise BuildError(f"{series}: patch file(s) listed but missing: {', '.join(missing)}")
+    return patches
+
+
+def variant_fragments(variant: str, config_dir: str | os.PathLike[str] | None = None) -> list[Path]:
+    """base.config, plus <variant>.config when it exists (e.g. debug.config)."""
+    cdir = Path(config_dir) if config_dir else repo_root() / "kernel-config"
+    frags = [cdir / "base.config"]
+    if variant != "default":
+        extra = cdir / f"{variant}.config"
+        if extra.is_file():
+            frags.append(extra)
+    return frags
+
+
+def resolve_fragments(opts: KernelBuildOptions) -> list[Path]:
+    frags = [Path(f) for f in opts.fragments] if opts.fragments else variant_fragments(opts.variant)
+    missing = [str(f) for f in frags if not f.is_file()]
+    if missing:
+        raise BuildError(f"config fragment(s) not found: {', '.join(missing)}")
+    return frags
+
+
+MODULE_FRAGMENT = "# vblk-ci: virtio_blk as a module\nCONFIG_VIRTIO_BLK=m\n"
+
+
+def parse_config_lines(text: str) -> dict[str, str]:
+    """CONFIG_X -> value from .config / fragment text; ``# CONFIG_X is not set`` -> "n"."""
+    out: dict[str, str] = {}
+    for raw in text.splitlines():
+        line = raw.strip()
+        m = _CONFIG_SET_RE.match(line)
+        if m:
+            out[m.group(1)] = m.group(2)
+            continue
+        m = _CONFIG_UNSET_RE.match(line)
+        if m:
+            out[m.group(1)] = "n"
+    return out
+
+
+def requested_options(fragment_texts: list[str]) -> dict[str, str]:
+    """What the fragments ask for, later fragments overriding earlier ones."""
+    req: dict[str, str] = {}
+    for text in fragment_texts:
+        req.update(parse_config_lines(text))
+    return req
+
+
+def verify_config(requested: dict[str, str], config_text: str) -> list[str]:
+    """Human-readable lines for every requested option that did not land in the .config."""
+    actual = parse_config_lines(config_text)
+    problems: list[str] = []
+    for name, want in requested.items():
+        got = actual.get(name, "n" if want in ("y", "m", "n") else None)
+        if want == "n":
+            ok = got in (None, "n")
+        else:
+            ok = got == want
+        if not ok:
+            shown = "not set" if got in (None, "n") else got
+            problems.append(f"{name}: requested {want}, got {shown}")
+    return problems
+
+
+def gcc_version() -> str:
+    try:
+        out = subprocess.run(["gcc", "--version"], capture_output=True, text=True, check=True).stdout
+    except (OSError, subprocess.CalledProcessError) as e:
+        raise BuildError(f"gcc --version failed: {e}") from e
+    return out.splitlines()[0].strip() if out else "unknown"
+
+
+def _base_identity(opts: KernelBuildOptions, cache: Path) -> str:
+    if opts.source_dir:
+        src = Path(opts.source_dir)
+        if not (src / "Makefile").is_file():
+            raise BuildError(f"{src} is not a kernel source tree (no Makefile)")
+        return "tree:" + _cache.hash_tree_stat(src)
+    if not opts.source_tarball:
+        raise BuildError("neither source_tarball nor source_dir is set")
+    tb = Path(opts.source_tarball)
+    if not tb.is_file():
+        raise BuildError(f"kernel source tarball not found: {tb} (apt-get install linux-source-6.12)")
+    return "tarball:" + _cache.sha256_file(tb, memo_dir=cache)
+
+
+def compute_key(
+    opts: KernelBuildOptions,
+    *,
+    base_identity: str,
+    patches: list[Patch],
+    fragments: list[Path],
+    compiler: str,
+) -> str:
+    parts: list[tuple[str, str]] = [("builder", BUILDER_VERSION), ("base", base_identity)]
+    for p in patches:
+        parts.append(("patch", p.sha256))
+    for f in fragments:
+        parts.append(("fragment", _cache.sha256_file(f)))
+    parts += [
+        ("compiler", compiler),
+        ("variant", opts.variant),
+        ("virtio_blk_module", "1" if opts.virtio_blk_module else "0"),
+        ("make_args", json.dumps(list(opts.make_args))),
+    ]
+    return _cache.combine(parts)
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _env(extra: dict[str, str] | None = None) -> dict[str, str]:
+    env = dict(os.environ)
+    env.update(_KBUILD_ENV)
+    env.update(_GIT_ENV)
+    if extra:
+        env.update(extra)
+    return env
+
+
+def _run(cmd: list[str], cwd: Path | None = None, what: str | None = None, log: Path | None = None) -> str:
+    """Run *cmd*; its combined output is returned (and appended to *log*); BuildError on failure."""
+    try:
+        proc = subprocess.run(
+            cmd, cwd=cwd, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, errors="replace"
+        )
+    except OSError as e:
+        raise BuildError(f"{what or cmd[0]}: cannot run {cmd[0]}: {e}") from e
+    if log is not None:
+        with open(log, "a", encoding="utf-8") as f:
+            f.write(f"$ {' '.join(cmd)}\n{proc.stdout}")
+    if proc.returncode != 0:
+        tail = "\n".join(proc.stdout.splitlines()[-LOG_TAIL_LINES:])
+        raise BuildError(f"{what or ' '.join(cmd)} failed (exit {proc.returncode}):\n{tail}")
+    return proc.stdout
+
+
+def _git(tree: Path, *args: str, what: str | None = None) -> str:
+    return _run(["git", *args], cwd=tree, what=what or f"git {args[0]}")
+
+
+@contextlib.contextmanager
+def _locked(path: Path) -> Iterator[None]:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def _say(progress: Progress | None, msg: str) -> None:
+    if progress is not None:
+        progress(msg)
+
+
+def _tree_version(tree: Path) -> str:
+    vals: dict[str, str] = {}
+    try:
+        with open(tree / "Makefile", encoding="utf-8") as f:
+            for _ in range(10):
+                m = re.match(r"^(VERSION|PATCHLEVEL|SUBLEVEL|EXTRAVERSION)\s*=\s*(\S*)", f.readline())
+                if m:
+                    vals[m.group(1)] = m.group(2)
+    except OSError:
+        return "unknown"
+    v = ".".join(vals.get(k, "0") for k in ("VERSION", "PATCHLEVEL", "SUBLEVEL"))
+    return v + vals.get("EXTRAVERSION", "")
+
+
+# --------------------------------------------------------------------------- tree
+
+
+def _prepare_tree(opts: KernelBuildOptions, tree: Path, objdir: Path, state_path: Path,
+                  base_identity: str, progress: Progress | None) -> dict:
+    """Make sure *tree* is a git repo of the base source; returns its state dict."""
+    state = _cache.read_json(state_path)
+    ok = (
+        state.get("base_identity") == base_identity
+        and state.get("base_commit")
+        and (tree / ".git").is_dir()
+        and (tree / "Makefile").is_file()
+    )
+    if ok:
+        return state
+    for d in (tree, objdir):
+        if d.exists():
+            shutil.rmtree(d)
+    tree.parent.mkdir(parents=True, exist_ok=True)
+    tmp = tree.parent / f".{tree.name}.extracting"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir()
+    t0 = time.monotonic()
+    if opts.source_dir:
+        _say(progress, f"copy source tree {opts.source_dir}")
+        _run(["cp", "-a", f"{opts.source_dir}/.", str(tmp)], what="copy source tree")
+        shutil.rmtree(tmp / ".git", ignore_errors=True)
+    else:
+        _say(progress, f"extract {opts.source_tarball}")
+        _run(["tar", "-xf", str(opts.source_tarball), "--strip-components=1", "-C", str(tmp)],
+             what="extract kernel source")
+    if not (tmp / "Makefile").is_file():
+        raise BuildError(f"{tmp}: no Makefile after extracting the kernel source")
+    version = _tree_version(tmp)
+    _say(progress, f"git init base {version} ({time.monotonic() - t0:.0f}s so far)")
+    _git(tmp, "init", "-q")
+    for k, v in (("core.checkStat", "minimal"), ("core.trustctime", "false"), ("gc.auto", "0"),
+                 ("core.autocrlf", "false"), ("user.name", "vblk-ci"), ("user.email", "vblk-ci@localhost")):
+        _git(tmp, "config", k, v)
+    # -f: Debian's top-level .gitignore ends with "/*" + "!/debian/", which would add nothing.
+    _git(tmp, "add", "-f", "-A", ".", what="git add base tree")
+    _git(tmp, "commit", "-q", "--no-verify", "-m", f"base {version}", what="git commit base tree")
+    base = _git(tmp, "rev-parse", "HEAD").strip()
+    os.rename(tmp, tree)
+    state = {"base_identity": base_identity, "base_commit": base, "version": version, "applied": None, "head": None}
+    _cache.write_json_atomic(state_path, state)
+    _say(progress, f"base tree ready in {time.monotonic() - t0:.0f}s")
+    return state
+
+
+def _apply_series(tree: Path, state: dict, state_path: Path, patches: list[Patch],
+                  progress: Progress | None) -> None:
+    want = [p.sha256 for p in patches]
+    if (tree / ".git" / "rebase-apply").exists():
+        subprocess.run(["git", "am", "--abort"], cwd=tree, env=_env(), capture_output=True)
+    head = _git(tree, "rev-parse", "HEAD").strip()
+    if state.get("applied") == want and state.get("head") == head:
+        dirty = _git(tree, "status", "--porcelain", "--untracked-files=all", "--ignored").strip()
+        if not dirty:
+            _say(progress, f"series of {len(patches)} patch(es) already applied")
+            return
+    _say(progress, f"apply series: {len(patches)} patch(es)")
+    state["applied"] = None
+    _cache.write_json_atomic(state_path, state)
+    _git(tree, "reset", "-q", "--hard", state["base_commit"], what="git reset to base")
+    _git(tree, "clean", "-ffdxq", what="git clean")
+    for i, p in enumerate(patches, 1):
+        proc = subprocess.run(["git", "am", "-q", "--keep-cr", str(p.path.resolve())], cwd=tree, env=_env(),
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, errors="replace")
+        if proc.returncode != 0:
+            subprocess.run(["git", "am", "--abort"], cwd=tree, env=_env(), capture_output=True)
+            msg = "\n".join(proc.stdout.strip().splitlines()[-LOG_TAIL_LINES:])
+            raise BuildError(f"patch {i}/{len(patches)} {p.name} does not apply (git am):\n{msg}")
+    state["applied"] = want
+    state["head"] = _git(tree, "rev-parse", "HEAD").strip()
+    _cache.write_json_atomic(state_path, state)
+
+
+# --------------------------------------------------------------------------- configure + compile
+
+
+def _configure(tree: Path, objdir: Path, fragments: list[Path], module: bool, log: Path,
+               progress: Progress | None) -> None:
+    _say(progress, f"configure: tinyconfig + kvm_guest.config + {', '.join(f.name for f in fragments)}"
+         + (" + virtio_blk=m" if module else ""))
+    objdir.mkdir(parents=True, exist_ok=True)
+    cfg = objdir / ".config"
+    old: tuple[bytes, int, int] | None = None
+    if cfg.is_file():
+        st = cfg.stat()
+        old = (cfg.read_bytes(), st.st_atime_ns, st.st_mtime_ns)
+    frag_paths = [f.resolve() for f in fragments]
+    texts = [f.read_text(encoding="utf-8") for f in frag_paths]
+    if module:
+        mod = objdir / "vblk-ci-module.config"
+        mod.write_text(MODULE_FRAGMENT, encoding="utf-8")
+        frag_paths.append(mod)
+        texts.append(MODULE_FRAGMENT)
+    o = f"O={objdir}"
+    _run(["make", "-s", o, "tinyconfig"], cwd=tree, what="make tinyconfig", log=log)
+    _run(["bash", "scripts/kconfig/merge_config.sh", "-m", "-O", str(objdir), str(cfg),
+          KVM_GUEST_FRAGMENT, *map(str, frag_paths)], cwd=tree, what="merge_config.sh", log=log)
+    _run(["make", "-s", o, "olddefconfig"], cwd=tree, what="make olddefconfig", log=log)
+    new_text = cfg.read_text(encoding="utf-8")
+    problems = verify_config(requested_options(texts), new_text)
+    if problems:
+        raise BuildError(
+            "config options requested by the fragments did not land in .config "
+            "(unmet dependencies or a choice resolved otherwise):\n  " + "\n  ".join(problems))
+    if old is not None and old[0] == new_text.encode("utf-8"):
+        # Same config as last time: keep its mtime so make does not resync Kconfig.
+        os.utime(cfg, ns=(old[1], old[2]))
+
+
+def _compile(tree: Path, objdir: Path, jobs: int, targets: list[str], make_args: list[str], log: Path,
+             progress: Progress | None) -> None:
+    cmd = ["make", f"O={objdir}", f"-j{jobs}", *make_args, *targets]
+    _say(progress, f"compile: make -j{jobs} {' '.join([*make_args, *targets])} (log: {log})")
+    t0 = time.monotonic()
+    last_report = t0
+    steps = 0
+    tail: deque[str] = deque(maxlen=LOG_TAIL_LINES)
+    with open(log, "a", encoding="utf-8") as lf:
+        lf.write(f"$ {' '.join(cmd)}\n")
+        lf.flush()
+        try:
+            proc = subprocess.Popen(cmd, cwd=tree, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                    text=True, errors="replace", bufsize=1)
+        except OSError as e:
+            raise BuildError(f"cannot run make: {e}") from e
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            lf.write(line)
+            tail.append(line.rstrip("\n"))
+            if line.startswith("  ") and not line.startswith("   "):
+                steps += 1
+            now = time.monotonic()
+            if now - last_report >= PROGRESS_INTERVAL_S:
+                last_report = now
+                _say(progress, f"compile: {steps} steps, {now - t0:.0f}s ({line.strip()[:60]})")
+        rc = proc.wait()
+    if rc != 0:
+        raise BuildError(f"make {' '.join(targets)} failed (exit {rc}); last {LOG_TAIL_LINES} lines of {log}:\n"
+                         + "\n".join(tail))
+
+
+# --------------------------------------------------------------------------- entry point
+
+
+def _artifact_from_dir(d: Path, key: str, built: bool, seconds: float) -> KernelArtifact:
+    manifest = _cache.read_json(d / "manifest.json")
+    mod = d / "virtio_blk.ko"
+    log = d / "build.log"
+    return KernelArtifact(
+        bzimage=d / "bzImage", config=d / "kernel.config", manifest=d / "manifest.json", key=key, built=built,
+        seconds=seconds, module=mod if mod.is_file() else None,
+        kernel_release=str(manifest.get("kernel_release", "")), log=log if log.is_file() else None)
+
+
+def kernel_key(opts: KernelBuildOptions) -> str:
+    """The cache key *opts* would build (reads inputs, builds nothing)."""
+    cache = _cache.cache_root(opts.cache_dir)
+    patches = parse_series(opts.series_dir) if opts.apply_series else []
+    return compute_key(opts, base_identity=_base_identity(opts, cache), patches=patches,
+                       fragments=resolve_fragments(opts), compiler=gcc_version())
+
+
+def build_kernel(opts: KernelBuildOptions | None = None, progress: Progress | None = None) -> KernelArtifact:
+    """Build (or fetch from the cache) the kernel *opts* describe."""
+    opts = opts or KernelBuildOptions()
+    t0 = time.monotonic()
+    if not _VARIANT_RE.match(opts.variant):
+        raise BuildError(f"bad variant name {opts.variant!r}")
+    cache = _cache.cache_root(opts.cache_dir)
+    cache.mkdir(parents=True, exist_ok=True)
+    patches = parse_series(opts.series_dir) if opts.apply_series else []
+    fragments = resolve_fragments(opts)
+    compiler = gcc_version()
+    base_identity = _base_identity(opts, cache)
+    key = compute_key(opts, base_identity=base_identity, patches=patches, fragments=fragments, compiler=compiler)
+    out = cache / "kernels" / key
+    if (out / "bzImage").is_file() and (out / "manifest.json").is_file():
+        secs = time.monotonic() - t0
+        _say(progress, f"kernel {key[:12]} cached ({out})")
+        return _artifact_from_dir(out, key, built=False, seconds=secs)
+
+    trees = cache / "trees"
+    tree = trees / opts.variant
+    slot = opts.variant + "-build"
+    if opts.make_args:  # different flags would recompile everything: keep their objects apart
+        slot += "-" + _cache.sha256_bytes(json.dumps(list(opts.make_args)).encode())[:8]
+    objdir = trees / slot
+    state_path = trees / f"{opts.variant}.json"
+    jobs = opts.jobs or len(os.sched_getaffinity(0)) or 1
+
+    with _locked(trees / f"{opts.variant}.lock"):
+        if (out / "bzImage").is_file() and (out / "manifest.json").is_file():  # built while we waited
+            return _artifact_from_dir(out, key, built=False, seconds=time.monotonic() - t0)
+        state = _prepare_tree(opts, tree, objdir, state_path, base_identity, progress)
+        _apply_series(tree, state, state_path, patches, progress)
+        objdir.mkdir(parents=True, exist_ok=True)
+        log = objdir / "build.log"
+        log.write_text(f"vblk-ci kernel build {key}\n", encoding="utf-8")
+        _configure(tree, objdir, fragments, opts.virtio_blk_module, log, progress)
+        targets = ["bzImage"] + (["modules"] if opts.virtio_blk_module else [])
+        t_make = time.monotonic()
+        _compile(tree, objdir, jobs, targets, list(opts.make_args), log, progress)
+        make_secs = time.monotonic() - t_make
+        release_file = objdir / "include" / "config" / "kernel.release"
+        release = release_file.read_text().strip() if release_file.is_file() else ""
+
+        stage = _cache.staging_dir(cache / "kernels", key)
+        try:
+            shutil.copy2(objdir / BZIMAGE_REL, stage / "bzImage")
+            shutil.copy2(objdir / ".config", stage / "kernel.config")
+            if opts.virtio_blk_module:
+                ko = objdir / MODULE_REL
+                if not ko.is_file():
+                    raise BuildError(f"virtio_blk_module set but {MODULE_REL} was not built (is CONFIG_VIRTIO_BLK=m?)")
+                shutil.copy2(ko, stage / "virtio_blk.ko")
+            shutil.copy2(log, stage / "build.log")
+            seconds = time.monotonic() - t0
+            manifest = {
+                "key": key,
+                "kernel_release": release,
+                "variant": opts.variant,
+                "virtio_blk_module": opts.virtio_blk_module,
+                "make_args": list(opts.make_args),
+                "compiler": compiler,
+                "base": base_identity,
+                "base_tarball_sha256": base_identity.split(":", 1)[1] if base_identity.startswith("tarball:") else None,
+                "base_commit": state.get("base_commit"),
+                "head_commit": state.get("head"),
+                "series": [{"name": p.name, "sha256": p.sha256} for p in patches],
+                "fragments": [{"path": str(f), "sha256": _cache.sha256_file(f)} for f in fragments],
+                "build_seconds": round(seconds, 1),
+                "make_seconds": round(make_secs, 1),
+                "bzimage_bytes": (stage / "bzImage").stat().st_size,
+                "builder_version": BUILDER_VERSION,
+            }
+            _cache.write_json_atomic(stage / "manifest.json", manifest)
+        except BaseException:
+            shutil.rmtree(stage, ignore_errors=True)
+            raise
+        _cache.publish_dir(stage, out)
+    _say(progress, f"kernel {release} {key[:12]} built in {seconds:.0f}s")
+    return _artifact_from_dir(out, key, built=True, seconds=seconds)
+
+
+# --------------------------------------------------------------------------- CLI
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python3 -m vblk_ci.build.kernel", description=__doc__.split("\n\n")[0])
+    src = p.add_mutually_exclusive_group()
+    src.add_argument("--tarball", default=DEFAULT_TARBALL, help="kernel source tarball (default %(default)s)")
+    src.add_argument("--source-dir", help="an already-extracted kernel tree to use instead of the tarball")
+    ser = p.add_mutually_exclusive_group()
+    ser.add_argument("--series-dir", help="directory with the quilt 'series' file (default <repo>/driver)")
+    ser.add_argument("--no-series", action="store_true", help="build the unpatched base tree")
+    p.add_argument("--fragment", action="append", dest="fragments", metavar="FILE",
+                   help="config fragment (repeatable; default kernel-config/base.config [+ <variant>.config])")
+    p.add_argument("--variant", default="default", help="build variant (default %(default)s)")
+    p.add_argument("--cache-dir", help="cache root (default $VBLK_CI_CACHE or ~/.cache/vblk-ci)")
+    p.add_argument("-j", "--jobs", type=int, help="make -j (default: number of CPUs)")
+    p.add_argument("--virtio-blk-module", action="store_true", help="CONFIG_VIRTIO_BLK=m, ship virtio_blk.ko")
+    p.add_argument("--make-arg", action="append", dest="make_args", default=[], metavar="ARG",
+                   help="extra make argument, e.g. --make-arg C=1 (repeatable)")
+    p.add_argument("--print-key", action="store_true", help="print the cache key and exit")
+    p.add_argument("--output-dir", help="also copy bzImage, kernel.config, kernel-manifest.json [virtio_blk.ko] here")
+    p.add_argument("--json", action="store_true", help="print the artifact as JSON")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress lines")
+    return p
+
+
+def options_from_args(a: argparse.Namespace) -> KernelBuildOptions:
+    opts = KernelBuildOptions(
+        source_tarball=None if a.source_dir else a.tarball,
+        source_dir=a.source_dir,
+        apply_series=not a.no_series,
+        fragments=a.fragments,
+        variant=a.variant,
+        cache_dir=a.cache_dir,
+        jobs=a.jobs,
+        virtio_blk_module=a.virtio_blk_module,
+        make_args=list(a.make_args),
+    )
+    if a.series_dir:
+        opts.series_dir = a.series_dir
+    return opts
+
+
+def main(argv: list[str] | None = None) -> int:
+    a = _parser().parse_args(argv)
+    opts = options_from_args(a)
+    t0 = time.monotonic()
+
+    def progress(msg: str) -> None:
+        print(f"[kernel {time.monotonic() - t0:6.1f}s] {msg}", file=sys.stderr, flush=True)
+
+    try:
+        if a.print_key:
+            print(kernel_key(opts))
+            return 0
+        art = build_kernel(opts, None if a.quiet else progress)
+        if a.output_dir:
+            od = Path(a.output_dir)
+            od.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(art.bzimage, od / "bzImage")
+            shutil.copy2(art.config, od / "kernel.config")
+            shutil.copy2(art.manifest, od / "kernel-manifest.json")
+            if art.module:
+                shutil.copy2(art.module, od / "virtio_blk.ko")
+    except BuildError as e:
+        print(f"vblk-ci kernel build: {e}", file=sys.stderr)
+        return 3
+    if a.json:
+        print(json.dumps(art.to_json(), indent=2))
+    else:
+        print(art.bzimage)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

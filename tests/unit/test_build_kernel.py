@@ -1,0 +1,309 @@
+"""Kernel builder: cache key, series parsing, fragment verification, series application.
+
+No kernel is compiled here: the git part runs on a tiny fake source tarball.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import tarfile
+import time
+from pathlib import Path
+
+import pytest
+
+from vblk_ci.build import BuildError
+from vblk_ci.build import kernel as K
+
+needs_git = pytest.mark.skipif(shutil.which("git") is None, reason="git not installed")
+needs_gcc = pytest.mark.skipif(shutil.which("gcc") is None, reason="gcc not installed")
+
+
+def _series(d: Path, lines: list[str], patches: dict[str, str]) -> Path:
+    d.mkdir(parents=True, exist_ok=True)
+    (d / "series").write_text("\n".join(lines) + "\n")
+    for name, body in patches.items():
+        (d / name).write_text(body)
+    return d
+
+
+def _key(opts: K.KernelBuildOptions, **kw) -> str:
+    patches = K.parse_series(opts.series_dir) if opts.apply_series else []
+    return K.compute_key(
+        opts,
+        base_identity=kw.get("base", "tarball:abc"),
+        patches=patches,
+        fragments=[Path(f) for f in opts.fragments or []],
+        compiler=kw.get("compiler", "gcc (Debian 12.2.0-14) 12.2.0"),
+    )
+
+
+@pytest.fixture
+def inputs(tmp_path: Path) -> K.KernelBuildOptions:
+    series = _series(tmp_path / "driver", ["0001-a.patch", "0002-b.patch"],
+                     {"0001-a.patch": "patch a\n", "0002-b.patch": "patch b\n"})
+    frag = tmp_path / "base.config"
+    frag.write_text("CONFIG_VIRTIO_BLK=y\n")
+    return K.KernelBuildOptions(series_dir=str(series), fragments=[str(frag)], cache_dir=str(tmp_path / "cache"))
+
+
+# --------------------------------------------------------------------------- key
+
+
+def test_key_is_stable_when_nothing_changes(inputs: K.KernelBuildOptions) -> None:
+    assert _key(inputs) == _key(inputs)
+
+
+def test_key_changes_with_a_patch(inputs: K.KernelBuildOptions) -> None:
+    before = _key(inputs)
+    p = Path(inputs.series_dir) / "0002-b.patch"
+    p.write_text("patch b, v2\n")
+    assert _key(inputs) != before
+    p.write_text("patch b\n")
+    assert _key(inputs) == before
+
+
+def test_key_changes_with_patch_order(inputs: K.KernelBuildOptions) -> None:
+    before = _key(inputs)
+    (Path(inputs.series_dir) / "series").write_text("0002-b.patch\n0001-a.patch\n")
+    assert _key(inputs) != before
+
+
+def test_key_ignores_series_comments_and_mtimes(inputs: K.KernelBuildOptions) -> None:
+    before = _key(inputs)
+    s = Path(inputs.series_dir) / "series"
+    s.write_text("# the series\n\n0001-a.patch   # first\n0002-b.patch -p1\n")
+    os.utime(Path(inputs.series_dir) / "0001-a.patch", (1, 1))
+    assert _key(inputs) == before
+
+
+def test_key_changes_with_a_fragment(inputs: K.KernelBuildOptions) -> None:
+    before = _key(inputs)
+    Path(inputs.fragments[0]).write_text("CONFIG_VIRTIO_BLK=m\n")
+    assert _key(inputs) != before
+
+
+def test_key_changes_with_variant_module_compiler_base_and_make_args(inputs: K.KernelBuildOptions) -> None:
+    base = _key(inputs)
+    keys = {
+        base,
+        _key(K.KernelBuildOptions(**{**inputs.__dict__, "variant": "debug"})),
+        _key(K.KernelBuildOptions(**{**inputs.__dict__, "virtio_blk_module": True})),
+        _key(K.KernelBuildOptions(**{**inputs.__dict__, "make_args": ["W=1"]})),
+        _key(inputs, compiler="gcc 14"),
+        _key(inputs, base="tarball:def"),
+        _key(K.KernelBuildOptions(**{**inputs.__dict__, "apply_series": False})),
+    }
+    assert len(keys) == 7
+
+
+def test_key_ignores_unrelated_files_in_the_series_dir(inputs: K.KernelBuildOptions) -> None:
+    before = _key(inputs)
+    (Path(inputs.series_dir) / "0000-cover-letter.patch").write_text("cover letter\n")
+    (Path(inputs.series_dir) / "README").write_text("notes\n")
+    assert _key(inputs) == before
+
+
+@needs_gcc
+def test_kernel_key_end_to_end_uses_tarball_hash(inputs: K.KernelBuildOptions, tmp_path: Path) -> None:
+    tb = tmp_path / "linux.tar.xz"
+    tb.write_bytes(b"not really a tarball")
+    inputs.source_tarball = str(tb)
+    k1 = K.kernel_key(inputs)
+    assert k1 == K.kernel_key(inputs)
+    tb.write_bytes(b"another tarball")
+    assert K.kernel_key(inputs) != k1
+
+
+def test_missing_tarball_is_a_build_error(inputs: K.KernelBuildOptions, tmp_path: Path) -> None:
+    inputs.source_tarball = str(tmp_path / "nope.tar.xz")
+    with pytest.raises(BuildError, match="nope.tar.xz"):
+        K.kernel_key(inputs)
+
+
+# --------------------------------------------------------------------------- series
+
+
+def test_series_parsing_ignores_comments_blank_lines_and_options(tmp_path: Path) -> None:
+    d = _series(tmp_path, ["# comment", "", "  0001-x.patch  ", "0002-y.patch -p1 # trailing", "   # indented"],
+                {"0001-x.patch": "x", "0002-y.patch": "y"})
+    assert [p.name for p in K.parse_series(d)] == ["0001-x.patch", "0002-y.patch"]
+
+
+def test_missing_patch_file_is_named(tmp_path: Path) -> None:
+    d = _series(tmp_path, ["0001-x.patch", "0002-gone.patch"], {"0001-x.patch": "x"})
+    with pytest.raises(BuildError, match="0002-gone.patch"):
+        K.parse_series(d)
+
+
+@pytest.mark.parametrize("setup", ["no-dir", "no-series", "empty", "only-comments"])
+def test_no_or_empty_series_means_no_patches(tmp_path: Path, setup: str) -> None:
+    d = tmp_path / "driver"
+    if setup != "no-dir":
+        d.mkdir()
+        (d / "0001-x.patch").write_text("x")
+    if setup == "empty":
+        (d / "series").write_text("")
+    if setup == "only-comments":
+        (d / "series").write_text("# nothing yet\n\n")
+    assert K.parse_series(d) == []
+    assert K.parse_series(None) == []
+
+
+def test_variant_fragments(tmp_path: Path) -> None:
+    (tmp_path / "base.config").write_text("CONFIG_A=y\n")
+    assert K.variant_fragments("default", tmp_path) == [tmp_path / "base.config"]
+    assert K.variant_fragments("debug", tmp_path) == [tmp_path / "base.config"]
+    (tmp_path / "debug.config").write_text("CONFIG_KASAN=y\n")
+    assert K.variant_fragments("debug", tmp_path) == [tmp_path / "base.config", tmp_path / "debug.config"]
+
+
+def test_missing_fragment_is_a_build_error(tmp_path: Path) -> None:
+    opts = K.KernelBuildOptions(fragments=[str(tmp_path / "gone.config")])
+    with pytest.raises(BuildError, match="gone.config"):
+        K.resolve_fragments(opts)
+
+
+# --------------------------------------------------------------------------- fragment verification
+
+FAKE_CONFIG = """\
+#
+# Automatically generated file; DO NOT EDIT.
+#
+CONFIG_64BIT=y
+CONFIG_SMP=y
+CONFIG_NR_CPUS=8
+CONFIG_VIRTIO_BLK=m
+CONFIG_CMDLINE="console=ttyS0"
+# CONFIG_KASAN is not set
+CONFIG_PANIC_TIMEOUT=-1
+"""
+
+
+def test_verify_config_accepts_what_landed() -> None:
+    req = K.requested_options([
+        "CONFIG_64BIT=y\nCONFIG_SMP=y\nCONFIG_NR_CPUS=8\nCONFIG_PANIC_TIMEOUT=-1\n"
+        "# CONFIG_KASAN is not set\nCONFIG_DEBUG_INFO=n\nCONFIG_CMDLINE=\"console=ttyS0\"\n",
+        K.MODULE_FRAGMENT,
+    ])
+    assert K.verify_config(req, FAKE_CONFIG) == []
+
+
+def test_verify_config_reports_dropped_options() -> None:
+    req = K.requested_options(["CONFIG_SMP=y\nCONFIG_HOTPLUG_PCI_ACPI=y\nCONFIG_VIRTIO_BLK=y\nCONFIG_NR_CPUS=4\n"
+                               "# CONFIG_64BIT is not set\n"])
+    problems = K.verify_config(req, FAKE_CONFIG)
+    text = "\n".join(problems)
+    assert "CONFIG_HOTPLUG_PCI_ACPI: requested y, got not set" in text
+    assert "CONFIG_VIRTIO_BLK: requested y, got m" in text
+    assert "CONFIG_NR_CPUS: requested 4, got 8" in text
+    assert "CONFIG_64BIT: requested n, got y" in text
+    assert not any(p.startswith("CONFIG_SMP") for p in problems)
+    assert len(problems) == 4
+
+
+def test_later_fragments_override_earlier_ones() -> None:
+    req = K.requested_options(["CONFIG_VIRTIO_BLK=y\n", "CONFIG_VIRTIO_BLK=m\n"])
+    assert req == {"CONFIG_VIRTIO_BLK": "m"}
+
+
+def test_real_base_config_parses() -> None:
+    base = K.variant_fragments("default")[0]
+    req = K.requested_options([base.read_text()])
+    assert req["CONFIG_VIRTIO_BLK"] == "y"
+    assert req["CONFIG_IO_URING"] == "y"
+
+
+# --------------------------------------------------------------------------- the git tree
+
+
+def _fake_tarball(tmp_path: Path) -> Path:
+    src = tmp_path / "src" / "linux-source-6.12"
+    (src / "drivers" / "block").mkdir(parents=True)
+    (src / "Makefile").write_text("VERSION = 6\nPATCHLEVEL = 12\nSUBLEVEL = 117\nEXTRAVERSION =\n")
+    (src / "drivers" / "block" / "virtio_blk.c").write_text("int virtblk;\n")
+    (src / "README").write_text("readme\n")
+    # Debian's block that makes `git add -A` add nothing
+    (src / ".gitignore").write_text("*.o\n/*\n!/debian/\n")
+    tb = tmp_path / "linux-source-6.12.tar.xz"
+    with tarfile.open(tb, "w:xz") as t:
+        t.add(src, arcname="linux-source-6.12")
+    return tb
+
+
+def _make_patch(tmp_path: Path, tb: Path, name: str, new_text: str) -> Path:
+    """A git format-patch style patch changing virtio_blk.c to *new_text*."""
+    work = tmp_path / f"mk-{name}"
+    work.mkdir()
+    with tarfile.open(tb) as t:
+        t.extractall(work, filter="data") if hasattr(tarfile, "data_filter") else t.extractall(work)
+    repo = work / "linux-source-6.12"
+    env = {**os.environ, **K._GIT_ENV}
+    run = lambda *a: subprocess.run(["git", *a], cwd=repo, env=env, check=True, capture_output=True)  # noqa: E731
+    run("init", "-q")
+    run("add", "-f", "-A", ".")
+    run("commit", "-q", "-m", "base")
+    (repo / "drivers" / "block" / "virtio_blk.c").write_text(new_text)
+    run("commit", "-q", "-a", "-m", f"virtio-blk: {name}")
+    out = subprocess.run(["git", "format-patch", "-1", "--stdout"], cwd=repo, env=env, check=True,
+                         capture_output=True).stdout
+    p = tmp_path / f"{name}.patch"
+    p.write_bytes(out)
+    return p
+
+
+@needs_git
+def test_tree_is_committed_and_series_applies_incrementally(tmp_path: Path) -> None:
+    tb = _fake_tarball(tmp_path)
+    opts = K.KernelBuildOptions(source_tarball=str(tb), cache_dir=str(tmp_path / "cache"))
+    cache = tmp_path / "cache"
+    tree, objdir, state_path = cache / "trees" / "default", cache / "trees" / "default-build", cache / "trees" / "s.json"
+    ident = "tarball:" + K._cache.sha256_file(tb)
+    msgs: list[str] = []
+    state = K._prepare_tree(opts, tree, objdir, state_path, ident, msgs.append)
+    assert (tree / "README").is_file()  # added despite the Debian .gitignore block
+    files = subprocess.run(["git", "ls-files"], cwd=tree, capture_output=True, text=True, check=True).stdout.split()
+    assert "README" in files and "drivers/block/virtio_blk.c" in files
+    log = subprocess.run(["git", "log", "--format=%s"], cwd=tree, capture_output=True, text=True).stdout
+    assert log.strip() == "base 6.12.117"
+
+    readme_mtime = (tree / "README").stat().st_mtime_ns
+    p1 = _make_patch(tmp_path, tb, "one", "int virtblk_one;\n")
+    K._apply_series(tree, state, state_path, [K.Patch(p1.name, p1, K._cache.sha256_file(p1))], msgs.append)
+    assert (tree / "drivers/block/virtio_blk.c").read_text() == "int virtblk_one;\n"
+
+    # a stray file in the source tree is cleaned; unchanged files keep their mtime
+    (tree / "stray.o").write_text("junk")
+    time.sleep(0.01)
+    p2 = _make_patch(tmp_path, tb, "two", "int virtblk_two;\n")
+    K._apply_series(tree, state, state_path, [K.Patch(p2.name, p2, K._cache.sha256_file(p2))], msgs.append)
+    assert (tree / "drivers/block/virtio_blk.c").read_text() == "int virtblk_two;\n"
+    assert not (tree / "stray.o").exists()
+    assert (tree / "README").stat().st_mtime_ns == readme_mtime
+
+    # the same series again is a no-op
+    c_mtime = (tree / "drivers/block/virtio_blk.c").stat().st_mtime_ns
+    K._apply_series(tree, state, state_path, [K.Patch(p2.name, p2, K._cache.sha256_file(p2))], msgs.append)
+    assert (tree / "drivers/block/virtio_blk.c").stat().st_mtime_ns == c_mtime
+    assert any("already applied" in m for m in msgs)
+
+    # back to no series: the base content
+    K._apply_series(tree, state, state_path, [], msgs.append)
+    assert (tree / "drivers/block/virtio_blk.c").read_text() == "int virtblk;\n"
+
+
+@needs_git
+def test_patch_that_does_not_apply_names_the_patch(tmp_path: Path) -> None:
+    tb = _fake_tarball(tmp_path)
+    opts = K.KernelBuildOptions(source_tarball=str(tb))
+    cache = tmp_path / "cache"
+    tree, state_path = cache / "trees" / "default", cache / "trees" / "s.json"
+    state = K._prepare_tree(opts, tree, cache / "trees" / "default-build", state_path, "tarball:x", None)
+    p1 = _make_patch(tmp_path, tb, "one", "int virtblk_one;\n")
+    p2 = _make_patch(tmp_path, tb, "two", "int virtblk_two;\n")  # also against base: conflicts after p1
+    patches = [K.Patch("0001-one.patch", p1, "a"), K.Patch("0002-two.patch", p2, "b")]
+    with pytest.raises(BuildError, match=r"patch 2/2 0002-two.patch does not apply"):
+        K._apply_series(tree, state, state_path, patches, None)
+    assert not (tree / ".git" / "rebase-apply").exists()  # git am --abort ran

@@ -1,0 +1,210 @@
+"""Initramfs builder: the newc writer, the in-image tree, and a small real build."""
+
+from __future__ import annotations
+
+import gzip
+import io
+import os
+import shutil
+import stat
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from vblk_ci.build import BuildError
+from vblk_ci.build import initramfs as I
+
+REPO = Path(__file__).resolve().parents[2]
+HOST_PYTHON = "/usr/bin/python3"
+HOST_BUSYBOX = "/bin/busybox"
+
+
+def _sample_archive() -> bytes:
+    buf = io.BytesIO()
+    w = I.CpioWriter(buf)
+    w.add_dir("dev")
+    w.add_node("dev/console", "char", 5, 1)
+    w.add_dir("bin")
+    w.add_file("bin/busybox", b"\x7fELF fake", 0o755)
+    w.add_symlink("bin/sh", "busybox")
+    w.add_file("init", b"#!/bin/sh\necho hi\n", 0o755)
+    w.add_file("empty", b"", 0o644)
+    w.add_file("odd", b"abc", 0o600)  # data needing padding
+    w.close()
+    return buf.getvalue()
+
+
+def test_cpio_roundtrip_with_python_reader() -> None:
+    data = _sample_archive()
+    assert len(data) % 4 == 0
+    ents = {e.name: e for e in I.read_cpio(data)}
+    assert list(ents) == ["dev", "dev/console", "bin", "bin/busybox", "bin/sh", "init", "empty", "odd"]
+    assert ents["dev"].kind == "dir"
+    assert ents["dev/console"].kind == "char" and ents["dev/console"].rdev == (5, 1)
+    assert ents["bin/sh"].kind == "symlink" and ents["bin/sh"].data == b"busybox"
+    assert ents["init"].data == b"#!/bin/sh\necho hi\n"
+    assert stat.S_IMODE(ents["init"].mode) == 0o755
+    assert ents["odd"].data == b"abc" and stat.S_IMODE(ents["odd"].mode) == 0o600
+    assert all(e.uid == 0 and e.gid == 0 and e.mtime == 0 for e in ents.values())
+    # newc header: magic, then inode numbers 1.. in write order
+    assert data[:6] == b"070701" and int(data[6:14], 16) == 1
+
+
+@pytest.mark.skipif(shutil.which("cpio") is None, reason="cpio(1) not installed")
+def test_cpio_roundtrip_with_gnu_cpio(tmp_path: Path) -> None:
+    data = _sample_archive()
+    listing = subprocess.run(["cpio", "-t", "--quiet"], input=data, capture_output=True, check=True).stdout.decode()
+    assert listing.split() == ["dev", "dev/console", "bin", "bin/busybox", "bin/sh", "init", "empty", "odd"]
+    verbose = subprocess.run(["cpio", "-tv", "--quiet"], input=data, capture_output=True, check=True).stdout.decode()
+    console = [line for line in verbose.splitlines() if line.endswith("dev/console")][0]
+    assert console.startswith("crw-------") and "5," in console
+    out = tmp_path / "x"
+    out.mkdir()
+    subprocess.run(["cpio", "-id", "--quiet", "--no-absolute-filenames", "--nonmatching", "dev/console"],
+                   input=data, cwd=out, check=True)
+    assert (out / "init").read_bytes() == b"#!/bin/sh\necho hi\n"
+    assert os.access(out / "init", os.X_OK)
+    assert os.readlink(out / "bin" / "sh") == "busybox"
+
+
+def test_tree_mirrors_host_symlinks(tmp_path: Path) -> None:
+    """A fake merged-/usr host: /lib -> usr/lib, a versioned library behind a soname link."""
+    root = tmp_path / "host"
+    (root / "usr/lib/x86_64-linux-gnu").mkdir(parents=True)
+    (root / "usr/bin").mkdir(parents=True)
+    os.symlink("usr/lib", root / "lib")
+    os.symlink("usr/bin", root / "bin")
+    (root / "usr/lib/x86_64-linux-gnu/libfoo.so.1.2.3").write_bytes(b"lib")
+    os.symlink("libfoo.so.1.2.3", root / "usr/lib/x86_64-linux-gnu/libfoo.so.1")
+    (root / "usr/bin/tool").write_bytes(b"tool")
+    os.chmod(root / "usr/bin/tool", 0o755)
+
+    t = I.RootTree()
+    # host paths live under tmp_path: drop that prefix when checking the image
+    t.add_host_path(root / "lib/x86_64-linux-gnu/libfoo.so.1")
+    t.add_host_path(root / "bin/tool")
+    pre = str(root).lstrip("/") + "/"
+    names = {n[len(pre):] if n.startswith(pre) else n: e for n, e in t.entries.items()}
+    assert names["lib"].kind == "symlink" and names["lib"].target == "usr/lib"
+    assert names["bin"].kind == "symlink" and names["bin"].target == "usr/bin"
+    assert names["usr/lib/x86_64-linux-gnu/libfoo.so.1"].target == "libfoo.so.1.2.3"
+    assert names["usr/lib/x86_64-linux-gnu/libfoo.so.1.2.3"].kind == "file"
+    assert names["usr/bin/tool"].perm == 0o755
+    # a later path through the image's own symlink lands in the real directory
+    t.add_file(str(root / "bin/other"), data=b"x")
+    assert (pre + "usr/bin/other") in t.entries
+
+
+def test_tree_sorted_parents_first_and_conflicts() -> None:
+    t = I.RootTree()
+    t.add_file("usr/bin/a", data=b"a")
+    t.add_symlink("bin", "usr/bin")
+    t.add_symlink("bin/sh", "/bin/busybox")  # lands in usr/bin/sh
+    names = [n for n, _ in t.sorted_items()]
+    assert names.index("usr") < names.index("usr/bin") < names.index("usr/bin/a")
+    assert "usr/bin/sh" in names and "bin/sh" not in names
+    with pytest.raises(BuildError):
+        t.add_symlink("usr/bin/a", "elsewhere")
+
+
+def test_scan_imports(tmp_path: Path) -> None:
+    p = tmp_path / "a.py"
+    p.write_text("import os, json\nfrom collections import abc\nfrom . import sibling\n"
+                 "def f():\n    import subprocess\n")
+    mods, warnings = I.scan_imports([p])
+    assert mods == {"os", "json", "collections", "subprocess"}
+    assert warnings == []
+
+
+# --------------------------------------------------------------------------- a real (small) build
+
+needs_host_tools = pytest.mark.skipif(
+    not (os.path.isfile(HOST_PYTHON) and os.path.isfile(HOST_BUSYBOX) and shutil.which("ldd")),
+    reason="needs /usr/bin/python3, /bin/busybox (busybox-static) and ldd")
+
+
+@pytest.fixture
+def small_opts(tmp_path: Path) -> I.InitramfsBuildOptions:
+    agent = tmp_path / "agent"
+    agent.mkdir()
+    (agent / "vblk_agent.py").write_text("import json, os, sys\nprint(json.dumps({'ok': True}))\n")
+    engine = tmp_path / "vblk-engine"
+    engine.write_text("#!/bin/sh\necho '{}'\n")
+    engine.chmod(0o755)
+    return I.InitramfsBuildOptions(
+        python=HOST_PYTHON, busybox=HOST_BUSYBOX, agent=str(agent), engine_dir=None,
+        engine_binary=str(engine), init_script=str(REPO / "images" / "init"),
+        compress_level=1, smoke_test=False, cache_dir=str(tmp_path / "cache"))
+
+
+@needs_host_tools
+def test_small_build_has_what_the_guest_needs(small_opts: I.InitramfsBuildOptions, tmp_path: Path) -> None:
+    art = I.build_initramfs(small_opts)
+    assert art.built and art.path.is_file() and art.size_bytes == art.path.stat().st_size
+    raw = art.path.read_bytes()
+    assert raw[:2] == b"\x1f\x8b"
+    ents = {e.name: e for e in I.read_cpio(raw)}
+    init = ents["init"]
+    assert init.kind == "file" and init.mode & 0o111 and init.data.startswith(b"#!/bin/sh\n")
+    assert ents["dev/console"].kind == "char" and ents["dev/console"].rdev == (5, 1)
+    assert ents["dev/null"].kind == "char" and ents["dev/null"].rdev == (1, 3)
+    assert ents["usr/lib/vblk-agent/vblk_agent.py"].kind == "file"
+    assert ents["usr/bin/vblk-engine"].mode & 0o111
+
+    def resolve(name: str, depth: int = 0) -> I.CpioEntry:
+        """Follow the image's symlinks (absolute or relative) like the guest would."""
+        parts = name.strip("/").split("/")
+        for i in range(1, len(parts) + 1):
+            e = ents.get("/".join(parts[:i]))
+            if e is not None and e.kind == "symlink" and depth < 20:
+                tgt = e.data.decode()
+                base = "" if tgt.startswith("/") else "/".join(parts[:i - 1])
+                return resolve(os.path.normpath(os.path.join("/", base, tgt, *parts[i:])), depth + 1)
+        return ents["/".join(parts)]
+
+    assert resolve("bin/sh").data[:4] == b"\x7fELF"  # busybox applet
+    assert resolve("sbin/poweroff").data[:4] == b"\x7fELF"
+    py = resolve("usr/bin/python3")
+    assert py.kind == "file" and py.mode & 0o111 and py.data[:4] == b"\x7fELF"
+    assert resolve("lib64/ld-linux-x86-64.so.2").data[:4] == b"\x7fELF"
+    stdlib = [n for n in ents if n.endswith("/json/__init__.pyc")]
+    assert stdlib, "stdlib precompiled"
+    assert not any("/test/" in n or "/tkinter/" in n for n in ents)
+    assert not any(n.endswith("/os.py") for n in ents)  # sourceless by default
+    assert all(e.uid == 0 and e.mtime == 0 for e in ents.values())
+
+    # same inputs: served from the cache; a fresh cache rebuilds the same bytes
+    again = I.build_initramfs(small_opts)
+    assert not again.built and again.sha256 == art.sha256
+    small_opts.cache_dir = str(tmp_path / "cache2")
+    assert I.build_initramfs(small_opts).sha256 == art.sha256
+
+    # changing the agent changes the key
+    (Path(small_opts.agent) / "vblk_agent.py").write_text("import os\n")
+    assert I.initramfs_key(small_opts) != art.key
+
+
+@needs_host_tools
+@pytest.mark.skipif(os.geteuid() != 0, reason="the chroot smoke test needs root")
+def test_smoke_test_runs_guest_python(small_opts: I.InitramfsBuildOptions) -> None:
+    small_opts.smoke_test = True
+    art = I.build_initramfs(small_opts)
+    import json
+    assert json.loads(art.manifest.read_text())["smoke_test"].startswith("ok")
+
+
+def test_missing_agent_is_a_build_error(tmp_path: Path) -> None:
+    with pytest.raises(BuildError, match="agent"):
+        I._agent_files(tmp_path / "nope")
+
+
+def test_gzip_of_archive_is_reproducible() -> None:
+    data = _sample_archive()
+    outs = []
+    for _ in range(2):
+        buf = io.BytesIO()
+        with gzip.GzipFile(filename="", mode="wb", compresslevel=6, fileobj=buf, mtime=0) as gz:
+            gz.write(data)
+        outs.append(buf.getvalue())
+    assert outs[0] == outs[1]
