@@ -36,6 +36,15 @@ COPY driver/ /src/driver/
 RUN python3 -m vblk_ci.build.kernel --output-dir /artifacts \
  && cat /artifacts/kernel-manifest.json
 
+# --------------------------------------------------------------- kernel-debug
+# The same series on the debug variant (base.config + debug.config: KASAN,
+# KFENCE, lockdep, debug objects, slub debug), for the driver suite's
+# zero-reports run. Its own tree and objects, built after the default kernel so
+# that stage's layers stay cached when only this one changes.
+FROM kernel AS kernel-debug
+RUN python3 -m vblk_ci.build.kernel --variant debug --output-dir /artifacts-debug \
+ && cat /artifacts-debug/kernel-manifest.json
+
 # ------------------------------------------------------------------ initramfs
 FROM ${BASE_IMAGE} AS initramfs
 ARG WITH_FIO=0
@@ -78,6 +87,7 @@ RUN python3 -m venv --system-site-packages /opt/vblk-ci/venv \
  && rm -rf /tmp/wheels
 ENV PATH=/opt/vblk-ci/venv/bin:$PATH
 COPY --from=kernel /artifacts/ /opt/vblk-ci/
+COPY --from=kernel-debug /artifacts-debug/ /opt/vblk-ci/debug/
 COPY --from=initramfs /artifacts/ /opt/vblk-ci/
 COPY pyproject.toml /src/vblk-ci/
 COPY host/ /src/vblk-ci/host/
