@@ -201,6 +201,8 @@ class Agent:
         self._kmsg_next = 0
         self._kmsg_buf = b""
         self._mknod_failed = set()
+        self._jobs = {}
+        self._next_job = 1
 
     def power_off(self):
         """Run after the poweroff reply went out: stop serving, then power off."""
@@ -485,6 +487,28 @@ def m_sysfs(agent, name, paths):
     return {rel: _read_text(os.path.join(base, rel)) for rel in paths}
 
 
+def _engine_result(returncode, stdout, stderr):
+    """The ``engine`` method's result from a finished engine's exit code and output."""
+    stdout, stderr = _decode(stdout), _decode(stderr)
+    if not stdout.strip() and returncode != 0:
+        raise AgentError(
+            "EngineFailed",
+            f"vblk-engine exited {returncode}: {stderr.strip() or '(no stderr)'}",
+            {"exit_code": returncode, "stderr": stderr})
+    try:
+        result = json.loads(stdout)
+    except ValueError:
+        result = None
+    if not isinstance(result, dict):
+        raise AgentError(
+            "EngineOutput",
+            f"vblk-engine (exit {returncode}) printed no JSON object: {stdout[:200]!r}",
+            {"exit_code": returncode, "stdout": stdout, "stderr": stderr})
+    result["exit_code"] = returncode
+    result["stderr"] = stderr
+    return result
+
+
 @method("engine", args=(p_str_list, _REQUIRED), timeout_s=(p_timeout, 120.0))
 def m_engine(agent, args, timeout_s):
     import subprocess
@@ -499,24 +523,95 @@ def m_engine(agent, args, timeout_s):
         raise _bad_params(f"args: {e}") from None
     except subprocess.TimeoutExpired:
         raise AgentError("Timeout", f"vblk-engine did not finish in {timeout_s:g} s") from None
-    stdout, stderr = _decode(proc.stdout), _decode(proc.stderr)
-    if not stdout.strip() and proc.returncode != 0:
-        raise AgentError(
-            "EngineFailed",
-            f"vblk-engine exited {proc.returncode}: {stderr.strip() or '(no stderr)'}",
-            {"exit_code": proc.returncode, "stderr": stderr})
+    return _engine_result(proc.returncode, proc.stdout, proc.stderr)
+
+
+# ---- background engine jobs ---------------------------------------------------
+#
+# The agent serves one request at a time, so a job that must run while the
+# host does something else (hot-unplug with commands in flight) is started
+# with ``spawn`` and collected with ``wait_job``.  Its output goes to
+# anonymous temporary files, never to pipes: nothing can block the engine.
+
+JOB_SIGNALS = ("INT", "TERM", "USR1", "KILL", "STOP", "CONT")
+
+
+class Job:
+    def __init__(self, job_id, proc, out, err):
+        self.id, self.proc, self.out, self.err = job_id, proc, out, err
+
+    def collect(self):
+        """Output of the finished job; closes its files."""
+        try:
+            self.out.seek(0)
+            self.err.seek(0)
+            return self.out.read(), self.err.read()
+        finally:
+            self.out.close()
+            self.err.close()
+
+
+def p_job_signal(name, value):
+    p_str(name, value)
+    if value not in JOB_SIGNALS:
+        raise _bad_params(f"{name} must be one of {', '.join(JOB_SIGNALS)}")
+    return value
+
+
+def _job(agent, job_id):
+    job = agent._jobs.get(job_id)
+    if job is None:
+        raise AgentError("NoSuchJob", f"no job {job_id} (finished jobs are forgotten once waited for)")
+    return job
+
+
+@method("spawn", args=(p_str_list, _REQUIRED))
+def m_spawn(agent, args):
+    import subprocess
+    import tempfile
+
+    out, err = tempfile.TemporaryFile(), tempfile.TemporaryFile()
     try:
-        result = json.loads(stdout)
-    except ValueError:
-        result = None
-    if not isinstance(result, dict):
-        raise AgentError(
-            "EngineOutput",
-            f"vblk-engine (exit {proc.returncode}) printed no JSON object: {stdout[:200]!r}",
-            {"exit_code": proc.returncode, "stdout": stdout, "stderr": stderr})
-    result["exit_code"] = proc.returncode
-    result["stderr"] = stderr
-    return result
+        proc = subprocess.Popen([agent.engine_path] + args, stdin=subprocess.DEVNULL,
+                                stdout=out, stderr=err)
+    except (FileNotFoundError, PermissionError) as e:
+        out.close()
+        err.close()
+        raise AgentError("NoEngine", f"cannot run {agent.engine_path}: {e}") from None
+    except ValueError as e:
+        out.close()
+        err.close()
+        raise _bad_params(f"args: {e}") from None
+    job_id = agent._next_job
+    agent._next_job += 1
+    agent._jobs[job_id] = Job(job_id, proc, out, err)
+    return {"job": job_id, "pid": proc.pid}
+
+
+@method("wait_job", job=(p_uint, _REQUIRED), timeout_s=(p_timeout, 120.0))
+def m_wait_job(agent, job, timeout_s):
+    import subprocess
+
+    j = _job(agent, job)
+    try:
+        j.proc.wait(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        raise AgentError("Timeout", f"job {job} (pid {j.proc.pid}) still running after "
+                                    f"{timeout_s:g} s") from None
+    del agent._jobs[job]
+    stdout, stderr = j.collect()
+    return _engine_result(j.proc.returncode, stdout, stderr)
+
+
+@method("signal_job", job=(p_uint, _REQUIRED), signal=(p_job_signal, _REQUIRED))
+def m_signal_job(agent, job, signal):
+    import signal as sig
+
+    j = _job(agent, job)
+    running = j.proc.poll() is None
+    if running:
+        j.proc.send_signal(getattr(sig, "SIG" + signal))
+    return {"job": job, "running": running}
 
 
 @method("exec", argv=(p_str_list, None), cmd=(p_str, None), timeout_s=(p_timeout, 60.0),

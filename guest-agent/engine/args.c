@@ -86,6 +86,7 @@ enum {
 	OPT_RUNTIME, OPT_TYPE, OPT_CMD_OP, OPT_FLAG, OPT_DATA_LEN, OPT_BAD_PTR,
 	OPT_VEC, OPT_FIXED, OPT_IOPOLL, OPT_UNMAP, OPT_RANGES, OPT_WITH_TRIM,
 	OPT_INIT_SEED, OPT_BENCH, OPT_BATCH_SUBMIT, OPT_BATCH_COMPLETE, OPT_ZERO,
+	OPT_UID, OPT_GID,
 };
 
 static const struct option long_opts[] = {
@@ -118,6 +119,8 @@ static const struct option long_opts[] = {
 	{ "batch-submit",	required_argument, NULL, OPT_BATCH_SUBMIT },
 	{ "batch-complete",	required_argument, NULL, OPT_BATCH_COMPLETE },
 	{ "zero",		no_argument,	   NULL, OPT_ZERO },
+	{ "uid",		required_argument, NULL, OPT_UID },
+	{ "gid",		required_argument, NULL, OPT_GID },
 	{ NULL, 0, NULL, 0 },
 };
 
@@ -212,6 +215,22 @@ static int apply_table_option(struct job *job, int opt, const char *arg)
 	return 1;
 }
 
+/* --uid/--gid: a numeric id; (uid_t)-1 means "unchanged" to setuid(), so no. */
+static int parse_id(struct job *job, int opt, const char *arg)
+{
+	uint64_t v;
+
+	if (parse_u64(arg, &v) || v >= UINT32_MAX) {
+		usage_error("--uid/--gid must be a numeric id below 4294967295, got '%s'", arg);
+		return -EINVAL;
+	}
+	if (opt == OPT_UID)
+		job->uid = (uint32_t)v;
+	else
+		job->gid = (uint32_t)v;
+	return 0;
+}
+
 static int apply_option(struct job *job, int opt, const char *arg)
 {
 	uint64_t *num = number_target(job, opt);
@@ -245,6 +264,9 @@ static int apply_option(struct job *job, int opt, const char *arg)
 			return -EINVAL;
 		}
 		return 0;
+	case OPT_UID:
+	case OPT_GID:
+		return parse_id(job, opt, arg);
 	case OPT_RUNTIME:
 		if (parse_seconds(arg, &job->runtime_ns)) {
 			usage_error("--runtime must be seconds > 0, got '%s'", arg);
@@ -390,7 +412,7 @@ static int check_job(struct job *job, bool have_op)
 
 int parse_args(int argc, char **argv, struct job *job)
 {
-	bool have_op = false;
+	bool have_op = false, have_uid = false, have_gid = false;
 	int opt;
 
 	memset(job, 0, sizeof(*job));
@@ -408,7 +430,14 @@ int parse_args(int argc, char **argv, struct job *job)
 			return -EINVAL;
 		if (opt == 'o')
 			have_op = true;
+		have_uid |= opt == OPT_UID;
+		have_gid |= opt == OPT_GID;
 	}
+	if (have_uid != have_gid) {
+		usage_error("%s", "--uid and --gid go together");
+		return -EINVAL;
+	}
+	job->have_ids = have_uid;
 	if (optind < argc) {
 		usage_error("unexpected argument '%s'", argv[optind]);
 		return -EINVAL;

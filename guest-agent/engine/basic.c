@@ -109,6 +109,7 @@ static void take_id(struct engine *e, const struct slot *s)
 
 static void complete_io(struct engine *e, struct slot *s, int res)
 {
+	count_res(&e->st.res_counts, res);
 	if (s->seq < MAX_RESULTS)
 		e->st.results[s->seq] = res;
 	if (!io_ok(e, s, res)) {

@@ -22,9 +22,14 @@
  * Latency histograms: 8 linear sub-buckets per power of two (values below 8
  *   exact); a percentile is the lower bound of the bucket holding the
  *   ceil(p * n)-th smallest sample, clamped to [min, max].
+ * Signals: SIGINT/SIGTERM end the job as if --runtime had run out (stop
+ *   issuing, drain what is in flight, print); SIGUSR1 is a mark: I/Os
+ *   prepared after it are also counted in res_counts_after_mark.  Failed
+ *   I/Os never end the job, so a job can run across a hot-unplug.
  */
 #include <errno.h>
 #include <inttypes.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -132,6 +137,43 @@ static void print_hist(const char *name, const struct hist *h)
 	fputs("]}", stdout);
 }
 
+/* ---- signals ---------------------------------------------------------- */
+
+static volatile sig_atomic_t stop_requested;
+static volatile sig_atomic_t mark_requested;
+
+static void on_stop(int sig)
+{
+	(void)sig;
+	stop_requested = 1;
+}
+
+static void on_mark(int sig)
+{
+	(void)sig;
+	mark_requested = 1;
+}
+
+/* No SA_RESTART: a wait in io_uring_enter sees EINTR and is retried. */
+static int install_signals(const struct job *job)
+{
+	struct sigaction sa;
+
+	memset(&sa, 0, sizeof(sa));
+	sigemptyset(&sa.sa_mask);
+	sa.sa_handler = on_stop;
+	if (sigaction(SIGINT, &sa, NULL) || sigaction(SIGTERM, &sa, NULL)) {
+		setup_error("cannot install signal handlers for", job->path, errno);
+		return -1;
+	}
+	sa.sa_handler = on_mark;
+	if (sigaction(SIGUSR1, &sa, NULL)) {
+		setup_error("cannot install signal handlers for", job->path, errno);
+		return -1;
+	}
+	return 0;
+}
+
 /* ---- setup ------------------------------------------------------------ */
 
 int bench_setup(struct engine *e)
@@ -144,6 +186,11 @@ int bench_setup(struct engine *e)
 		b->batch = calloc(job->batch_submit, sizeof(*b->batch));
 	if (!b || !b->batch) {
 		setup_error("out of memory for", job->path, ENOMEM);
+		free(b);
+		return -1;
+	}
+	if (install_signals(job)) {
+		free(b->batch);
 		free(b);
 		return -1;
 	}
@@ -196,6 +243,7 @@ static void prep_batch(struct engine *e)
 		s->offset = next_offset(e, s->seq);
 		s->len = (uint32_t)e->job->bs;
 		s->nranges = 0;
+		s->after_mark = mark_requested;
 		prep_io(e, sqe, s);
 		b->batch[b->queued++] = s;
 	}
@@ -256,6 +304,9 @@ static void complete_io(struct engine *e, struct slot *s, int res, uint64_t t)
 	struct bench_state *b = e->bench;
 
 	hist_add(&b->clat, t - s->t_submit, 1);
+	count_res(&e->st.res_counts, res);
+	if (s->after_mark)
+		count_res(&e->st.res_after_mark, res);
 	if (io_ok(e, s, res))
 		e->st.bytes += s->len;
 	else
@@ -285,7 +336,8 @@ static void reap(struct engine *e)
 
 static bool more_ios(const struct bench_state *b, uint64_t t)
 {
-	return b->issued < b->limit && (!b->deadline || t < b->deadline);
+	return b->issued < b->limit && (!b->deadline || t < b->deadline) &&
+	       !stop_requested;
 }
 
 int bench_run(struct engine *e)
@@ -324,7 +376,11 @@ void bench_print(const struct engine *e)
 	uint64_t sys = b->submit_calls + b->wait_calls;
 	uint64_t good = b->completed - e->st.errors;	/* iops counts these */
 
-	printf(", \"runtime_ns\": %" PRIu64 ", \"bench\": {", e->job->runtime_ns);
+	printf(", \"runtime_ns\": %" PRIu64 ", \"stopped\": %s, \"marked\": %s",
+	       e->job->runtime_ns, stop_requested ? "true" : "false",
+	       mark_requested ? "true" : "false");
+	print_res_counts("res_counts_after_mark", &e->st.res_after_mark);
+	fputs(", \"bench\": {", stdout);
 	printf("\"iops\": %.1f, \"bw_bytes_s\": %.0f, \"ios\": %" PRIu64
 	       ", \"elapsed_ns\": %" PRIu64, (double)good / secs,
 	       (double)e->st.bytes / secs, b->completed, e->st.elapsed_ns);

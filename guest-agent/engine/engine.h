@@ -71,6 +71,7 @@ _Static_assert(sizeof(struct vblk_range) == 16, "virtio range is 16 bytes");
 #define MAX_RANGES		4096
 #define MAX_RESULTS		16
 #define MAX_TARGETS		2
+#define MAX_RES_VALUES		32	/* distinct cqe->res values counted */
 #define MIX_MAX_BLOCKS		4	/* a mix I/O covers 1..4 blocks */
 #define MIX_MAX_NBLOCKS		(1ULL << 26)
 #define READ_POISON		0xa5
@@ -116,6 +117,8 @@ struct job {
 	unsigned int batch_submit;
 	unsigned int batch_complete;
 	struct raw_u32 type, cmd_op, flag, data_len;
+	uint32_t uid, gid;		/* --uid/--gid: run as this user */
+	bool have_ids;
 	bool have_length;
 	bool have_init_seed;
 	bool bench;			/* benchmark mode (read/write/rand*) */
@@ -150,6 +153,15 @@ struct slot {
 	uint32_t nranges;		/* discard/write-zeroes ranges */
 	uint64_t wseed;			/* mix: pattern seed of this write */
 	uint64_t t_submit;		/* bench: when it was submitted */
+	bool after_mark;		/* bench: prepared after SIGUSR1 */
+};
+
+/* How often each cqe->res value came back (the first MAX_RES_VALUES values). */
+struct res_counts {
+	unsigned int n;
+	int res[MAX_RES_VALUES];
+	uint64_t count[MAX_RES_VALUES];
+	uint64_t other;			/* completions with a value not in the table */
 };
 
 struct stats {
@@ -173,6 +185,8 @@ struct stats {
 	uint64_t mismatch_expected;
 	uint64_t mismatch_got;
 	int results[MAX_RESULTS];
+	struct res_counts res_counts;
+	struct res_counts res_after_mark;	/* bench: I/Os prepared after the mark */
 };
 
 struct mix_state;
@@ -195,6 +209,8 @@ struct engine {
 	char id[VBLK_ID_BYTES + 1];
 	struct mix_state *mix;
 	struct bench_state *bench;
+	bool closed;			/* ring and targets closed before printing */
+	int close_errno;		/* first close() failure, 0 if none */
 };
 
 extern const char *const op_names[OP_COUNT];
@@ -206,6 +222,7 @@ void usage_error(const char *fmt, const char *arg);
 
 /* setup.c */
 int engine_setup(struct engine *e, const struct job *job);
+void engine_close(struct engine *e);
 void engine_teardown(struct engine *e);
 void setup_error(const char *what, const char *path, int err);
 void runtime_error(const struct engine *e, int err);
@@ -224,6 +241,7 @@ uint64_t xorshift64s(uint64_t *state);
 void record_error(struct stats *st, const struct slot *s, uint64_t key, int res);
 void record_mismatch(struct stats *st, const struct slot *s, uint64_t key,
 		     uint64_t off, uint64_t expected, uint64_t got);
+void count_res(struct res_counts *rc, int res);
 
 /* basic.c: write/read/verify/flush/get-id/discard/write-zeroes */
 int basic_run(struct engine *e);
@@ -245,6 +263,7 @@ void bench_print(const struct engine *e);
 void print_json_string(const char *s);
 void print_json_ascii(const char *s);
 void print_result_head(const struct engine *e);
+void print_res_counts(const char *name, const struct res_counts *rc);
 int print_result_tail(void);
 
 #endif /* VBLK_ENGINE_H */

@@ -265,6 +265,7 @@ static void complete_io(struct engine *e, struct slot *s, int res)
 	uint64_t nblk = s->kind == IO_FLUSH ? 0 : s->len / e->job->bs, i;
 	bool ok = io_ok(e, s, res);
 
+	count_res(&e->st.res_counts, res);
 	m->per[s->tgt].n[s->kind]++;
 	for (i = 0; i < nblk; i++) {
 		m->busy[first + i] = 0;

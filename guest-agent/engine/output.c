@@ -96,6 +96,25 @@ static void print_first_mismatch(const struct engine *e)
 	putchar('}');
 }
 
+static void print_id(bool have, uint32_t id)
+{
+	if (have)
+		printf("%" PRIu32, id);
+	else
+		fputs("null", stdout);
+}
+
+/* "name": {"<res>": count, ...} in first-seen order; values past the table in name_other. */
+void print_res_counts(const char *name, const struct res_counts *rc)
+{
+	unsigned int i;
+
+	printf(", \"%s\": {", name);
+	for (i = 0; i < rc->n; i++)
+		printf("%s\"%d\": %" PRIu64, i ? ", " : "", rc->res[i], rc->count[i]);
+	printf("}, \"%s_other\": %" PRIu64, name, rc->other);
+}
+
 static void print_options(const struct engine *e)
 {
 	const struct job *job = e->job;
@@ -105,6 +124,10 @@ static void print_options(const struct engine *e)
 	printf(", \"iopoll\": %s, \"fixed\": %s, \"vec\": %u, \"bad_ptr\": %s",
 	       bool_str(job->iopoll), bool_str(job->fixed), job->vec,
 	       bool_str(job->bad_ptr));
+	printf(", \"uid\": ");
+	print_id(job->have_ids, job->uid);
+	printf(", \"gid\": ");
+	print_id(job->have_ids, job->gid);
 	fputs(", \"raw\": {", stdout);
 	print_raw("type", &job->type, true);
 	print_raw("cmd_op", &job->cmd_op, false);
@@ -130,6 +153,9 @@ void print_result_head(const struct engine *e)
 	       st->elapsed_ns);
 	print_first_error(e);
 	print_first_mismatch(e);
+	print_res_counts("res_counts", &st->res_counts);
+	printf(", \"close_ok\": %s, \"close_errno\": %d",
+	       bool_str(e->closed && !e->close_errno), e->close_errno);
 	print_options(e);
 }
 

@@ -6,6 +6,7 @@
 #define _GNU_SOURCE
 #include <errno.h>
 #include <fcntl.h>
+#include <grp.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -26,15 +27,50 @@ void runtime_error(const struct engine *e, int err)
 		e->job->path, strerror(err));
 }
 
-static int open_target(struct target *t, const char *path, bool rdonly)
+/*
+ * --uid/--gid: become that user before anything is opened, with no
+ * supplementary groups, so the node's mode decides (an EACCES open is exit 3).
+ */
+static int drop_privileges(const struct job *job)
+{
+	if (!job->have_ids)
+		return 0;
+	if (setgroups(0, NULL)) {
+		setup_error("cannot clear supplementary groups for", job->path, errno);
+		return -1;
+	}
+	if (setgid((gid_t)job->gid)) {
+		fprintf(stderr, "vblk-engine: cannot switch to gid %u: %s\n",
+			job->gid, strerror(errno));
+		return -1;
+	}
+	if (setuid((uid_t)job->uid)) {
+		fprintf(stderr, "vblk-engine: cannot switch to uid %u: %s\n",
+			job->uid, strerror(errno));
+		return -1;
+	}
+	return 0;
+}
+
+static void open_error(const struct job *job, const char *path, int err)
+{
+	if (!job->have_ids) {
+		setup_error("cannot open", path, err);
+		return;
+	}
+	fprintf(stderr, "vblk-engine: cannot open %s as uid %u gid %u: %s\n",
+		path, job->uid, job->gid, strerror(err));
+}
+
+static int open_target(const struct job *job, struct target *t, const char *path)
 {
 	struct stat st;
 	int flags;
 
 	t->path = path;
-	t->fd = open(path, (rdonly ? O_RDONLY : O_RDWR) | O_CLOEXEC);
+	t->fd = open(path, (job->rdonly ? O_RDONLY : O_RDWR) | O_CLOEXEC);
 	if (t->fd < 0) {
-		setup_error("cannot open", path, errno);
+		open_error(job, path, errno);
 		return -1;
 	}
 	if (fstat(t->fd, &st)) {
@@ -65,12 +101,12 @@ static int open_targets(struct engine *e)
 
 	e->tgt[0].fd = e->tgt[1].fd = -1;
 	e->ntgt = 1;
-	if (open_target(&e->tgt[0], job->path, job->rdonly))
+	if (open_target(job, &e->tgt[0], job->path))
 		return -1;
 	if (!job->path2)
 		return 0;
 	e->ntgt = 2;
-	return open_target(&e->tgt[1], job->path2, job->rdonly);
+	return open_target(job, &e->tgt[1], job->path2);
 }
 
 static bool any_passthru(const struct engine *e)
@@ -251,10 +287,32 @@ static int setup_bad_addr(struct engine *e)
 	return 0;
 }
 
+/*
+ * Exit the ring, then close the targets; the first close() error is kept
+ * for the result ("close_ok").  Idempotent.
+ */
+void engine_close(struct engine *e)
+{
+	unsigned int i;
+
+	if (e->ring_ready)
+		io_uring_queue_exit(&e->ring);
+	e->ring_ready = false;
+	for (i = 0; i < MAX_TARGETS; i++) {
+		if (e->tgt[i].fd < 0)
+			continue;
+		if (close(e->tgt[i].fd) && !e->close_errno)
+			e->close_errno = errno;
+		e->tgt[i].fd = -1;
+	}
+	e->closed = true;
+}
+
 void engine_teardown(struct engine *e)
 {
 	unsigned int i;
 
+	engine_close(e);
 	if (e->slots) {
 		for (i = 0; i < e->job->qd; i++) {
 			free(e->slots[i].buf);
@@ -263,12 +321,6 @@ void engine_teardown(struct engine *e)
 	}
 	free(e->slots);
 	free(e->free_slots);
-	if (e->ring_ready)
-		io_uring_queue_exit(&e->ring);
-	for (i = 0; i < MAX_TARGETS; i++) {
-		if (e->tgt[i].fd >= 0)
-			close(e->tgt[i].fd);
-	}
 }
 
 /* Returns 0, EXIT_USAGE or EXIT_SETUP (after a stderr line). */
@@ -278,7 +330,8 @@ int engine_setup(struct engine *e, const struct job *job)
 
 	memset(e, 0, sizeof(*e));
 	e->job = job;
-	if (open_targets(e))
+	e->tgt[0].fd = e->tgt[1].fd = -1;
+	if (drop_privileges(job) || open_targets(e))
 		goto fail;
 	if (check_targets(e)) {
 		ret = EXIT_USAGE;

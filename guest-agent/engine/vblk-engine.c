@@ -15,7 +15,8 @@
  *
  * Exit codes: 0 the job ran (I/O errors and mismatches are data),
  * 1 the ring failed in the middle of the job, 2 bad usage,
- * 3 the target could not be opened or the ring/buffers set up.
+ * 3 the target could not be opened (also as --uid/--gid: EACCES) or the
+ * ring/buffers set up, or the ids could not be switched.
  */
 #define _GNU_SOURCE
 #include <stdio.h>
@@ -109,6 +110,25 @@ void record_mismatch(struct stats *st, const struct slot *s, uint64_t key,
 	st->mismatch_got = got;
 }
 
+/* Count one completion under its cqe->res value. */
+void count_res(struct res_counts *rc, int res)
+{
+	unsigned int i;
+
+	for (i = 0; i < rc->n; i++) {
+		if (rc->res[i] == res) {
+			rc->count[i]++;
+			return;
+		}
+	}
+	if (rc->n == MAX_RES_VALUES) {
+		rc->other++;
+		return;
+	}
+	rc->res[rc->n] = res;
+	rc->count[rc->n++] = 1;
+}
+
 struct mode {
 	int (*setup)(struct engine *e);
 	int (*run)(struct engine *e);
@@ -131,7 +151,10 @@ static const struct mode *job_mode(const struct job *job)
 	return &basic_mode;
 }
 
-/* Returns an exit code. */
+/*
+ * Returns an exit code.  The ring and the targets are closed before the
+ * result is printed, so "close_ok" can say how close() went.
+ */
 static int run_job(struct engine *e)
 {
 	const struct mode *m = job_mode(e->job);
@@ -142,6 +165,7 @@ static int run_job(struct engine *e)
 	if (m->run(e)) {
 		ret = EXIT_RUNTIME;
 	} else {
+		engine_close(e);
 		print_result_head(e);
 		m->print(e);
 		if (print_result_tail())

@@ -61,8 +61,9 @@ class AgentError(VblkCiError):
 
     exit_code = EXIT_FAIL
 
-    def __init__(self, kind: str, message: str):
+    def __init__(self, kind: str, message: str, data: object = None):
         self.kind = kind
+        self.data = data  # the error's optional structured "data" member
         super().__init__(f"{kind}: {message}")
 
 

@@ -445,6 +445,104 @@ def test_engine_missing_and_timeout(fake_root, tmp_path):
         a.close()
 
 
+# ---- background jobs: spawn / wait_job / signal_job --------------------------
+
+
+def test_spawn_then_wait_job_returns_the_engine_result(fake_root, tmp_path):
+    engine = fake_engine(tmp_path, 'sleep 0.3; echo "{\\"op\\": \\"$2\\"}"; echo note >&2\n')
+    a = AgentProc(fake_root, "--engine", str(engine))
+    try:
+        started = time.monotonic()
+        spawned = a.call("spawn", args=["--op", "read"])
+        assert time.monotonic() - started < 0.3  # it does not wait for the job
+        assert set(spawned) == {"job", "pid"}
+        # the agent keeps serving while the job runs
+        assert a.call("ping", token="t")["token"] == "t"
+        result = a.call("wait_job", job=spawned["job"], timeout_s=10)
+        assert result == {"op": "read", "exit_code": 0, "stderr": "note\n"}
+        # a waited job is forgotten
+        assert a.error("wait_job", {"job": spawned["job"]})["type"] == "NoSuchJob"
+    finally:
+        a.close()
+
+
+def test_wait_job_timeout_keeps_the_job(fake_root, tmp_path):
+    a = AgentProc(fake_root, "--engine", str(fake_engine(tmp_path, 'sleep 0.6; echo "{}"\n')))
+    try:
+        job = a.call("spawn", args=[])["job"]
+        err = a.error("wait_job", {"job": job, "timeout_s": 0.1})
+        assert err["type"] == "Timeout" and f"job {job}" in err["message"]
+        assert a.call("wait_job", job=job, timeout_s=10)["exit_code"] == 0
+    finally:
+        a.close()
+
+
+def test_signal_job_stops_a_job_that_handles_it(fake_root, tmp_path):
+    # Like the engine: SIGINT ends the job early and it still prints its result.
+    body = ('trap \'echo "{\\"stopped\\": true}"; exit 0\' INT\n'
+            'i=0; while [ $i -lt 100 ]; do sleep 0.1; i=$((i + 1)); done; echo "{}"\n')
+    a = AgentProc(fake_root, "--engine", str(fake_engine(tmp_path, body)))
+    try:
+        job = a.call("spawn", args=[])["job"]
+        time.sleep(0.3)  # let the shell install its trap
+        assert a.call("signal_job", job=job, signal="INT") == {"job": job, "running": True}
+        assert a.call("wait_job", job=job, timeout_s=10)["stopped"] is True
+    finally:
+        a.close()
+
+
+def test_signal_job_kill_and_after_exit(fake_root, tmp_path):
+    a = AgentProc(fake_root, "--engine", str(fake_engine(tmp_path, "sleep 30\n")))
+    try:
+        job = a.call("spawn", args=[])["job"]
+        assert a.call("signal_job", job=job, signal="KILL")["running"] is True
+        err = a.error("wait_job", {"job": job, "timeout_s": 10})
+        assert err["type"] == "EngineFailed" and err["data"]["exit_code"] == -9
+        assert a.error("signal_job", {"job": job, "signal": "INT"})["type"] == "NoSuchJob"
+        job = a.call("spawn", args=[])["job"]
+        a.call("signal_job", job=job, signal="KILL")
+        time.sleep(0.3)
+        assert a.call("signal_job", job=job, signal="TERM")["running"] is False
+    finally:
+        a.close()
+
+
+def test_signal_job_stop_and_cont(fake_root, tmp_path):
+    a = AgentProc(fake_root, "--engine", str(fake_engine(tmp_path, 'sleep 0.3; echo "{}"\n')))
+    try:
+        job = a.call("spawn", args=[])["job"]
+        assert a.call("signal_job", job=job, signal="STOP")["running"] is True
+        time.sleep(0.6)
+        assert a.error("wait_job", {"job": job, "timeout_s": 0.1})["type"] == "Timeout"  # stopped, not done
+        assert a.call("signal_job", job=job, signal="CONT")["running"] is True
+        assert a.call("wait_job", job=job, timeout_s=10)["exit_code"] == 0
+    finally:
+        a.close()
+
+
+@pytest.mark.parametrize("method,params", [
+    ("spawn", {}),
+    ("spawn", {"args": "--op read"}),
+    ("wait_job", {}),
+    ("wait_job", {"job": -1}),
+    ("wait_job", {"job": 1, "timeout": 1}),
+    ("signal_job", {"job": 1}),
+    ("signal_job", {"job": 1, "signal": "HUP"}),
+    ("signal_job", {"job": 1, "signal": 2}),
+])
+def test_job_bad_params(agent, method, params):
+    assert agent.error(method, params)["type"] == "BadParams"
+
+
+def test_spawn_missing_engine(fake_root, tmp_path):
+    a = AgentProc(fake_root, "--engine", str(tmp_path / "nope"))
+    try:
+        assert a.error("spawn", {"args": []})["type"] == "NoEngine"
+        assert a.error("wait_job", {"job": 1})["type"] == "NoSuchJob"
+    finally:
+        a.close()
+
+
 def test_dmesg_reads_records_incrementally(agent, fake_root):
     kmsg = fake_root / "dev" / "kmsg"
     kmsg.write_bytes(b"6,0,100,-;first line\n"

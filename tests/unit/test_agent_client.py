@@ -211,3 +211,34 @@ def test_handshake_with_dead_vm_sends_nothing():
     assert info.value.kind == "GuestGone"
     time.sleep(0.05)
     assert fake.requests == []
+
+
+def test_error_data_is_kept():
+    data = {"exit_code": 3, "stderr": "vblk-engine: cannot open /dev/vdbc0 as uid 1000 gid 1000: Permission denied\n"}
+    fake = FakeAgent(lambda req: [{"id": req["id"], "error": {"type": "EngineFailed", "message": "exited 3",
+                                                              "data": data}}])
+    with pytest.raises(AgentError) as info:
+        fake.client().engine(["--op", "read"])
+    assert info.value.kind == "EngineFailed" and info.value.data == data
+    assert AgentError("X", "y").data is None
+
+
+def test_background_job_methods():
+    def handler(req):
+        method, params = req["method"], req["params"]
+        result = {"spawn": {"job": 4, "pid": 99}, "signal_job": {"job": params.get("job"), "running": True},
+                  "wait_job": {"exit_code": 0, "res_counts": {"0": 5}}}[method]
+        return [{"id": req["id"], "result": result}]
+
+    fake = FakeAgent(handler)
+    client = fake.client()
+    assert client.spawn(["--op", "read"]) == 4
+    assert client.signal_job(4, "USR1") is True
+    started = time.monotonic()
+    assert client.wait_job(4, timeout_s=60) == {"exit_code": 0, "res_counts": {"0": 5}}
+    assert time.monotonic() - started < 5
+    assert [(r["method"], r["params"]) for r in fake.requests] == [
+        ("spawn", {"args": ["--op", "read"]}),
+        ("signal_job", {"job": 4, "signal": "USR1"}),
+        ("wait_job", {"job": 4, "timeout_s": 60}),
+    ]

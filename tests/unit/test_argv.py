@@ -92,11 +92,27 @@ def test_blockdev_add_null():
     }
 
 
+def test_blockdev_add_null_with_latency():
+    disk = DiskSpec(id="d0", serial="s0", backend="null", latency_ns=5_000_000, discard=False)
+    args = A.blockdev_add_args(disk)
+    assert args["latency-ns"] == 5_000_000 and type(args["latency-ns"]) is int
+    assert "discard" not in args
+
+
 def test_blockdev_add_file_raw_read_only():
     disk = DiskSpec(id="d1", serial="s1", backend="file", path=Path("/r/d1.raw"), read_only=True)
     assert A.blockdev_add_args(disk) == {
-        "driver": "raw", "node-name": "d1-fmt", "read-only": True,
-        "file": {"driver": "file", "node-name": "d1-file", "filename": "/r/d1.raw", "read-only": True},
+        "driver": "raw", "node-name": "d1-fmt", "read-only": True, "discard": "unmap",
+        "file": {"driver": "file", "node-name": "d1-file", "filename": "/r/d1.raw", "read-only": True,
+                 "discard": "unmap"},
+    }
+
+
+def test_blockdev_add_file_without_discard_leaves_the_default():
+    disk = DiskSpec(id="d1", serial="s1", backend="file", path=Path("/r/d1.raw"), discard=False)
+    assert A.blockdev_add_args(disk) == {
+        "driver": "raw", "node-name": "d1-fmt", "read-only": False,
+        "file": {"driver": "file", "node-name": "d1-file", "filename": "/r/d1.raw", "read-only": False},
     }
 
 
@@ -104,11 +120,12 @@ def test_blockdev_add_blkdebug_sits_between_format_and_file():
     rule = InjectError(event="read_aio", sector=65536)
     disk = DiskSpec(id="d3", serial="s3", backend="file", path=Path("/r/d3.raw"), inject_errors=(rule,))
     assert A.blockdev_add_args(disk) == {
-        "driver": "raw", "node-name": "d3-fmt", "read-only": False,
+        "driver": "raw", "node-name": "d3-fmt", "read-only": False, "discard": "unmap",
         "file": {
-            "driver": "blkdebug", "node-name": "d3-dbg",
+            "driver": "blkdebug", "node-name": "d3-dbg", "discard": "unmap",
             "inject-error": [{"event": "read_aio", "errno": 5, "once": False, "sector": 65536}],
-            "image": {"driver": "file", "node-name": "d3-file", "filename": "/r/d3.raw", "read-only": False},
+            "image": {"driver": "file", "node-name": "d3-file", "filename": "/r/d3.raw", "read-only": False,
+                      "discard": "unmap"},
         },
     }
 
@@ -125,8 +142,15 @@ def test_device_add_numbers_stay_numbers():
     assert args == {
         "driver": "virtio-blk-pci", "id": "d0", "bus": "rp2", "drive": "d0-fmt", "serial": "vblk0",
         "num-queues": 4, "queue-size": 128, "logical_block_size": 4096, "physical_block_size": 4096,
+        "discard": True, "write-zeroes": True,
     }
     assert all(type(args[k]) is int for k in ("num-queues", "queue-size", "logical_block_size"))
+
+
+def test_device_add_feature_switches_are_json_bools():
+    disk = DiskSpec(id="d0", serial="vblk0", discard=False, write_zeroes=False)
+    args = A.device_add_args(disk, "rp0")
+    assert args["discard"] is False and args["write-zeroes"] is False
 
 
 # -- DiskSpec.validate names the field ------------------------------------------------------
@@ -146,6 +170,11 @@ def test_device_add_numbers_stay_numbers():
     ({"path": Path("/x")}, "path"),
     ({"backend": "file", "path": Path("/x"), "format": "vmdk"}, "format"),
     ({"read_only": "yes"}, "read_only"),
+    ({"discard": 1}, "discard"),
+    ({"write_zeroes": "off"}, "write_zeroes"),
+    ({"latency_ns": -1}, "latency_ns"),
+    ({"latency_ns": True}, "latency_ns"),
+    ({"backend": "file", "path": Path("/x"), "latency_ns": 1000}, "latency_ns"),
     ({"inject_errors": (InjectError(),)}, "inject_errors"),
     ({"backend": "file", "path": Path("/x"), "inject_errors": (InjectError(event="bogus"),)}, "inject_errors"),
     ({"backend": "file", "path": Path("/x"), "inject_errors": (InjectError(sector=-1),)}, "inject_errors"),

@@ -15,6 +15,7 @@ import shutil
 import struct
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -528,3 +529,83 @@ def test_bench_defaults_to_one_pass(engine, disk):
     r = job(engine, "--path", disk, "--op", "randwrite", "--length", "64k", "--bs", "8k")
     assert r["ios"] == 8 and r["bench"]["ios"] == 8 and r["bytes"] == 65536
     assert r["bench"]["batch_submit"] == 1 and r["bench"]["batch_complete"] == 1
+
+
+# ------------------------------------------------- result counts, close, --uid/--gid, signals
+
+IS_ROOT = os.geteuid() == 0
+
+
+def test_res_counts_and_close_in_every_result(engine, disk):
+    r = job(engine, "--path", disk, "--op", "write", "--length", "64k", "--qd", "4")
+    assert r["res_counts"] == {"4096": 16} and r["res_counts_other"] == 0
+    assert r["close_ok"] is True and r["close_errno"] == 0
+    assert r["uid"] is None and r["gid"] is None
+    # failures are counted by value, next to the successes
+    r = job(engine, "--path", disk, "--op", "read", "--offset", (1 << 20) - 4096, "--length", "12k",
+            "--expect-error")
+    assert r["res_counts"] == {"4096": 1, "0": 2}
+    m = job(engine, "--path", disk, "--op", "mix", "--length", "64k", "--ios", "50", "--qd", "4")
+    assert sum(m["res_counts"].values()) == m["ios"] == 50
+    b = job(engine, "--path", disk, "--op", "randread", "--length", "64k", "--ios", "40")
+    assert b["res_counts"] == {"4096": 40}
+    assert b["stopped"] is False and b["marked"] is False and b["res_counts_after_mark"] == {}
+
+
+@pytest.mark.parametrize("args", [
+    ["--uid", "1000"],
+    ["--gid", "1000"],
+    ["--uid", "-1", "--gid", "0"],
+    ["--uid", "4294967295", "--gid", "0"],
+    ["--uid", "root", "--gid", "0"],
+])
+def test_uid_gid_usage(engine, args):
+    proc = run(engine, "--path", "x", "--op", "read", *args, expect_rc=2)
+    assert proc.stdout == "" and len(proc.stderr.splitlines()) == 1
+
+
+@pytest.mark.skipif(not IS_ROOT, reason="switching uid needs root")
+def test_uid_gid_without_access_is_eacces_exit_3(engine, disk):
+    disk.chmod(0o600)   # root's, like /dev/vdXc0
+    proc = run(engine, "--path", disk, "--op", "read", "--uid", "65534", "--gid", "65534", expect_rc=3)
+    assert proc.stdout == ""
+    assert proc.stderr.strip() == (f"vblk-engine: cannot open {disk} as uid 65534 gid 65534: "
+                                   "Permission denied")
+
+
+@pytest.mark.skipif(not IS_ROOT, reason="switching uid needs root")
+def test_uid_gid_with_access_runs_the_job(engine):
+    # /dev/null is 0666: the unprivileged open works and the job runs (what the host kernel
+    # answers to a uring_cmd on /dev/null depends on its version).
+    r = job(engine, "--path", "/dev/null", "--op", "read", "--uid", "65534", "--gid", "65534")
+    assert (r["uid"], r["gid"], r["mode"]) == (65534, 65534, "passthru")
+    assert r["ios"] == 1 and len(r["results"]) == 1
+
+
+@pytest.mark.skipif(IS_ROOT, reason="root may switch uid")
+def test_uid_gid_unprivileged_caller_exits_3(engine, disk):
+    proc = run(engine, "--path", disk, "--op", "read", "--uid", "0", "--gid", "0", expect_rc=3)
+    assert "cannot" in proc.stderr
+
+
+def test_bench_mark_and_stop_signals(engine, disk):
+    import signal
+
+    proc = subprocess.Popen([str(engine), "--path", str(disk), "--op", "read", "--length", "64k",
+                             "--runtime", "60", "--qd", "4"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    try:
+        time.sleep(0.3)
+        proc.send_signal(signal.SIGUSR1)
+        time.sleep(0.3)
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=20)
+    finally:
+        proc.kill()
+    assert proc.returncode == 0, err
+    r = json.loads(out)
+    assert r["stopped"] is True and r["marked"] is True
+    assert r["elapsed_ns"] < 20 * 10**9
+    before, after = r["res_counts"]["4096"], r["res_counts_after_mark"]["4096"]
+    assert 0 < after < before == r["ios"]
+    assert r["errors"] == 0 and r["close_ok"] is True

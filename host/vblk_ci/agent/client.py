@@ -125,7 +125,7 @@ class AgentClient:
             raise AgentError("HostTimeout", f"{method}: no reply within {timeout:.1f}s")
         if "error" in msg:
             err = msg["error"] or {}
-            raise AgentError(str(err.get("type", "Unknown")), str(err.get("message", "")))
+            raise AgentError(str(err.get("type", "Unknown")), str(err.get("message", "")), err.get("data"))
         if "result" not in msg:
             raise AgentError("Protocol", f"{method}: reply has neither result nor error: {msg!r}")
         return msg["result"]
@@ -187,6 +187,18 @@ class AgentClient:
 
     def engine(self, args: list[str], timeout_s: float = 120.0) -> dict:
         return self.call("engine", {"args": list(args), "timeout_s": timeout_s}, timeout_s + CALL_MARGIN_S)
+
+    def spawn(self, args: list[str], timeout: float = 10.0) -> int:
+        """Start an engine job in the background; returns its job id."""
+        return self.call("spawn", {"args": list(args)}, timeout)["job"]
+
+    def wait_job(self, job: int, timeout_s: float = 120.0) -> dict:
+        """The finished job's result, as ``engine`` returns it; ``Timeout`` if it still runs."""
+        return self.call("wait_job", {"job": job, "timeout_s": timeout_s}, timeout_s + CALL_MARGIN_S)
+
+    def signal_job(self, job: int, signal: str, timeout: float = 10.0) -> bool:
+        """Send INT, TERM, USR1, KILL, STOP or CONT to a job; False if it had already exited."""
+        return self.call("signal_job", {"job": job, "signal": signal}, timeout)["running"]
 
     def exec(
         self,

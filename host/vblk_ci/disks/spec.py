@@ -57,6 +57,13 @@ class DiskSpec:
     read_only: bool = False
     logical_block_size: int = 512
     inject_errors: tuple[InjectError, ...] = ()
+    # Offer VIRTIO_BLK_F_DISCARD / F_WRITE_ZEROES (device_add ``discard``/``write-zeroes``);
+    # with discard on, the file backend's nodes get ``discard: unmap`` so a discard punches.
+    discard: bool = True
+    write_zeroes: bool = True
+    # null backend only: how long each request takes (null-co ``latency-ns``), to keep
+    # commands in flight in the device.
+    latency_ns: int = 0
 
     @property
     def node_name(self) -> str:
@@ -93,8 +100,13 @@ class DiskSpec:
             raise bad("num_queues", "must be an integer in 1..1024")
         if not _is_int(self.queue_size) or not 2 <= self.queue_size <= 1024 or self.queue_size & (self.queue_size - 1):
             raise bad("queue_size", "must be a power of two in 2..1024")
-        if not isinstance(self.read_only, bool):
-            raise bad("read_only", "must be true or false")
+        for flag in ("read_only", "discard", "write_zeroes"):
+            if not isinstance(getattr(self, flag), bool):
+                raise bad(flag, "must be true or false")
+        if not _is_int(self.latency_ns) or not 0 <= self.latency_ns <= 10**10:
+            raise bad("latency_ns", "must be an integer in 0..10^10 (10 s)")
+        if self.latency_ns and self.backend != "null":
+            raise bad("latency_ns", "is only valid with the null backend")
         if self.backend == "file":
             if self.path is None:
                 raise bad("path", "is required for the file backend")

@@ -176,19 +176,25 @@ def build_argv(spec: MachineSpec, paths: MachinePaths, caps: QemuCaps) -> list[s
 def blockdev_add_args(disk: DiskSpec) -> dict:
     """``blockdev-add`` arguments for the node the device attaches to."""
     if disk.backend == "null":
-        return {
+        node = {
             "driver": "null-co",
             "node-name": disk.node_name,
             "size": disk.size_bytes,
             "read-zeroes": True,
             "read-only": disk.read_only,
         }
+        if disk.latency_ns:
+            node["latency-ns"] = disk.latency_ns
+        return node
+    # A discard reaches the file (a punched hole) only if every node passes it down.
+    unmap = {"discard": "unmap"} if disk.discard else {}
     if disk.backend == "file":
         child = {
             "driver": "file",
             "node-name": disk.file_node_name,
             "filename": str(disk.path),
             "read-only": disk.read_only,
+            **unmap,
         }
         if disk.inject_errors:
             child = {
@@ -196,12 +202,14 @@ def blockdev_add_args(disk: DiskSpec) -> dict:
                 "node-name": disk.debug_node_name,
                 "inject-error": [rule.qmp() for rule in disk.inject_errors],
                 "image": child,
+                **unmap,
             }
         return {
             "driver": disk.format,
             "node-name": disk.node_name,
             "read-only": disk.read_only,
             "file": child,
+            **unmap,
         }
     raise ValueError(f"unknown backend {disk.backend!r}")
 
@@ -218,4 +226,6 @@ def device_add_args(disk: DiskSpec, bus: str) -> dict:
         "queue-size": disk.queue_size,
         "logical_block_size": disk.logical_block_size,
         "physical_block_size": disk.logical_block_size,
+        "discard": disk.discard,
+        "write-zeroes": disk.write_zeroes,
     }

@@ -113,6 +113,7 @@ class Machine:
         self._pending_events: list[dict] = []
         self._all_events: list[dict] = []
         self._plugged: dict[str, DiskSpec] = {}
+        self._slots: dict[str, int] = {}  # disk id -> root port slot
         self._launched_at = 0.0
         self._shut_down = False
         self._agent_ready = False
@@ -366,7 +367,13 @@ class Machine:
             self._try_qmp("blockdev-del", {"node-name": disk.node_name})
             raise
         self._plugged[disk.id] = disk
+        self._slots[disk.id] = slot
         return started
+
+    def free_slot(self) -> int | None:
+        """The lowest root port slot no plugged disk uses (a failed unplug keeps its slot)."""
+        used = set(self._slots.values())
+        return next((s for s in range(self.spec.disk_slots) if s not in used), None)
 
     def hotplug(self, disk: DiskSpec, slot: int, chardev: bool = True) -> DiskPlugged:
         """Plug ``disk`` and wait for the agent to see it (with its char device if ``chardev``)."""
@@ -381,18 +388,35 @@ class Machine:
             chardev=info.get("chardev"),
         )
 
-    def unplug(self, disk_id: str) -> float:
-        """device_del, wait for DEVICE_DELETED of the device itself, blockdev-del; seconds to deletion."""
+    def unplug(self, disk_id: str, timeout: float | None = None) -> float:
+        """device_del, wait for DEVICE_DELETED of the device itself, blockdev-del; seconds to deletion.
+
+        ``timeout`` (default ``timeouts.unplug``) bounds the wait; on ``MachineTimeout`` the
+        device_del stays pending and ``complete_unplug()`` can wait for it again.
+        """
         disk = self._plugged.get(disk_id)
         if disk is None:
             raise ValueError(f"disk {disk_id!r} is not plugged")
         started = time.monotonic()
         self.qmp("device_del", {"id": disk_id})
+        return self._await_deleted(disk, started, timeout)
+
+    def complete_unplug(self, disk_id: str, timeout: float | None = None) -> float:
+        """After an ``unplug()`` that timed out: wait for DEVICE_DELETED again (no second
+        device_del), then blockdev-del; seconds waited."""
+        disk = self._plugged.get(disk_id)
+        if disk is None:
+            raise ValueError(f"disk {disk_id!r} is not plugged")
+        return self._await_deleted(disk, time.monotonic(), timeout)
+
+    def _await_deleted(self, disk: DiskSpec, started: float, timeout: float | None) -> float:
         # DEVICE_DELETED comes twice: for .../virtio-backend, then with data.device == id.
-        self.events_wait("DEVICE_DELETED", {"data": {"device": disk_id}}, self.timeouts(self.timeouts.unplug))
+        wait = timeout if timeout is not None else self.timeouts(self.timeouts.unplug)
+        self.events_wait("DEVICE_DELETED", {"data": {"device": disk.id}}, wait)
         seconds = time.monotonic() - started
         self.qmp("blockdev-del", {"node-name": disk.node_name})
-        del self._plugged[disk_id]
+        del self._plugged[disk.id]
+        self._slots.pop(disk.id, None)
         return seconds
 
     # -- shutdown ----------------------------------------------------------------------

@@ -1,0 +1,153 @@
+"""Helpers the driver-* scenarios share: plugging a disk, building engine
+arguments, and judging cqe->res values against the errnos the driver promises.
+
+Not a scenario itself (nothing here registers).
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Iterable
+
+from ..disks.spec import DiskSpec
+from ..errors import AgentError, CheckFailed, MachineTimeout
+from ..events import DiskPlugged, DiskUnplugged
+from .base import ScenarioContext
+from .smoke import expect_clean, run_engine
+
+__all__ = [
+    "ERRNO", "EACCES", "EBADF", "EFAULT", "EINVAL", "EIO", "ENODEV", "ENOTTY", "ENXIO", "EOPNOTSUPP",
+    "ERANGE", "EROFS", "VIRTIO_BLK_S_IOERR", "MiB", "KiB", "eargs", "errno_text", "expect_clean",
+    "expect_results", "guest_disk", "plug", "run_engine", "run_gated", "unplug", "wait_gone",
+]
+
+KiB = 1 << 10
+MiB = 1 << 20
+VIRTIO_BLK_S_IOERR = 1
+
+# Linux (x86) errno values, as the guest kernel returns them in cqe->res.
+EIO = 5
+ENXIO = 6
+EBADF = 9
+EACCES = 13
+EFAULT = 14
+ENODEV = 19
+EINVAL = 22
+ENOTTY = 25
+EROFS = 30
+ERANGE = 34
+EOPNOTSUPP = 95
+ERRNO = {
+    EIO: "EIO", ENXIO: "ENXIO", EBADF: "EBADF", EACCES: "EACCES", EFAULT: "EFAULT", ENODEV: "ENODEV",
+    EINVAL: "EINVAL", ENOTTY: "ENOTTY", EROFS: "EROFS", ERANGE: "ERANGE", EOPNOTSUPP: "EOPNOTSUPP",
+    11: "EAGAIN", 12: "ENOMEM", 125: "ECANCELED",
+}
+
+
+def errno_text(res: object) -> str:
+    """``-22 (-EINVAL)``, ``1 (VIRTIO_BLK_S_IOERR)``, ``0 (success)`` for messages."""
+    if not isinstance(res, int):
+        return repr(res)
+    if res < 0:
+        return f"{res} (-{ERRNO.get(-res, '?')})"
+    if res == 0:
+        return "0 (success)"
+    return f"{res} ({ {1: 'VIRTIO_BLK_S_IOERR', 2: 'VIRTIO_BLK_S_UNSUPP'}.get(res, 'device status') })"
+
+
+def eargs(path: str, op: str, **opts: object) -> list[str]:
+    """Engine argv: ``eargs(c, "read", offset=0, bad_ptr=True)`` -> ``--path c --op read --offset 0 --bad-ptr``.
+
+    ``True`` gives a bare flag, ``None``/``False`` leave the option out, anything else is ``str()``-ed.
+    """
+    argv = ["--path", path, "--op", op]
+    for key, value in opts.items():
+        if value is None or value is False:
+            continue
+        argv.append("--" + key.replace("_", "-"))
+        if value is not True:
+            argv.append(str(value))
+    return argv
+
+
+def expect_results(key: str, result: dict, expected: int) -> None:
+    """Every I/O of the job came back with cqe->res == ``expected``."""
+    results = result.get("results")
+    if not results:
+        raise CheckFailed(f"{key}: the engine reported no per-I/O results ({result.get('ios')} I/Os)")
+    wrong = [r for r in results if r != expected]
+    if wrong:
+        raise CheckFailed(f"{key}: cqe->res = {errno_text(wrong[0])}, expected {errno_text(expected)} "
+                          f"({len(wrong)} of {len(results)} I/Os)")
+
+
+def run_gated(ctx: ScenarioContext, gate_passed: bool, steps: Iterable[tuple[str, Callable[[dict], None]]],
+              reason: str) -> bool:
+    """Run ``steps`` as checks if ``gate_passed``, else record each as skipped with ``reason``.
+
+    Returns True if every step ran and passed.
+    """
+    ok = gate_passed
+    for name, fn in steps:
+        if not gate_passed:
+            ctx.skip(name, reason)
+            continue
+        ok = ctx.check(name, fn).status == "pass" and ok
+    return ok
+
+
+def guest_disk(ctx: ScenarioContext, disk: DiskSpec, state: dict, rec: dict, chardev: bool = True) -> dict:
+    """Wait for the guest to show ``disk`` (and its char device); keep its disk object in ``state``."""
+    try:
+        info = ctx.agent.wait_disk(disk.serial, timeout_s=ctx.timeouts(10.0), chardev=chardev)
+    except AgentError as exc:
+        rec["disks"] = ctx.agent.disks()
+        raise CheckFailed(f"{disk.serial}: the disk appeared but no char device: {exc}") from exc
+    rec["disk"] = info
+    state.update(info=info, chardev=info.get("chardev"), blockdev=info.get("blockdev"))
+    if info.get("size_bytes") != disk.size_bytes:
+        raise CheckFailed(f"guest sees {info.get('size_bytes')} bytes, expected {disk.size_bytes}")
+    return info
+
+
+def plug(ctx: ScenarioContext, disk: DiskSpec, state: dict) -> Callable[[dict], None]:
+    """A check function: hot-plug ``disk`` into a free slot and wait for /dev/vdX and /dev/vdXc0.
+
+    ``state`` gets ``name``, ``chardev``, ``blockdev``, ``info`` (the agent's disk object).
+    """
+
+    def check(rec: dict) -> None:
+        slot = ctx.machine.free_slot()
+        if slot is None:
+            raise CheckFailed("no free hot-plug slot: a disk from an earlier scenario is still plugged")
+        plugged = ctx.machine.hotplug(disk, slot, chardev=False)
+        state["name"] = plugged.guest_name
+        rec["plugged"] = {"slot": slot, "guest_name": plugged.guest_name,
+                          "seconds_to_visible": plugged.seconds_to_visible}
+        info = guest_disk(ctx, disk, state, rec)
+        ctx.emit(DiskPlugged(disk.id, disk.serial, plugged.seconds_to_visible, plugged.guest_name, info["chardev"]))
+
+    return check
+
+
+def wait_gone(ctx: ScenarioContext, name: str, rec: dict) -> None:
+    """/sys/block/<name>, /sys/class/vblk-generic/<name>c0 and /dev/<name>c0 must vanish."""
+    try:
+        rec["gone"] = ctx.agent.wait_disk_gone(name, timeout_s=ctx.timeouts(10.0))
+    except AgentError as exc:
+        raise CheckFailed(f"after unplug: {exc}") from exc
+
+
+def unplug(ctx: ScenarioContext, disk: DiskSpec, state: dict) -> Callable[[dict], None]:
+    """A check function: device_del until DEVICE_DELETED, then the guest's nodes must be gone."""
+
+    def check(rec: dict) -> None:
+        try:
+            seconds = ctx.machine.unplug(disk.id)
+        except MachineTimeout as exc:
+            raise CheckFailed(f"unplug: {exc}") from exc
+        rec["seconds_to_deleted"] = seconds
+        ctx.emit(DiskUnplugged(disk.id, seconds))
+        if state.get("name"):
+            wait_gone(ctx, state["name"], rec)
+
+    return check
