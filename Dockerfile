@@ -19,7 +19,7 @@ FROM ${BASE_IMAGE} AS kernel
 ENV DEBIAN_FRONTEND=noninteractive LANG=C.UTF-8
 RUN apt-get update \
  && apt-get install -y --no-install-recommends \
-      linux-source-6.12 build-essential bc bison flex libelf-dev libssl-dev cpio xz-utils kmod git python3 \
+      linux-source-6.12 build-essential bc bison flex libelf-dev libssl-dev cpio xz-utils lz4 kmod git python3 \
  && rm -rf /var/lib/apt/lists/*
 ENV GIT_AUTHOR_NAME=vblk-ci GIT_AUTHOR_EMAIL=vblk-ci@localhost \
     GIT_COMMITTER_NAME=vblk-ci GIT_COMMITTER_EMAIL=vblk-ci@localhost \

@@ -1,6 +1,7 @@
 """Where the e2e tests get the real appliance artifacts from.
 
-VBLK_CI_KERNEL + VBLK_CI_INITRAMFS name files directly; otherwise, with
+VBLK_CI_KERNEL + VBLK_CI_INITRAMFS (and VBLK_CI_KERNEL_DEBUG, optional) name
+files directly; otherwise, with
 VBLK_CI_IMAGE (set by ./tests/run after it builds the image), the kernel and
 initramfs are copied out of that image through the Docker engine, so the host's
 QEMU boots exactly what the image ships. With neither, the tests skip and say why.
@@ -15,7 +16,11 @@ from pathlib import Path
 
 import pytest
 
-IMAGE_ARTIFACTS = {"kernel": "/opt/vblk-ci/bzImage", "initramfs": "/opt/vblk-ci/initramfs.cpio.gz"}
+IMAGE_ARTIFACTS = {
+    "kernel": "/opt/vblk-ci/bzImage",
+    "kernel_debug": "/opt/vblk-ci/debug/bzImage",
+    "initramfs": "/opt/vblk-ci/initramfs.cpio.gz",
+}
 
 
 def _from_env() -> dict[str, Path] | None:
@@ -25,7 +30,11 @@ def _from_env() -> dict[str, Path] | None:
     missing = [p for p in paths.values() if not Path(p).is_file()]
     if missing:
         pytest.skip(f"artifact named in the environment does not exist: {', '.join(missing)}")
-    return {k: Path(v) for k, v in paths.items()}
+    found = {k: Path(v) for k, v in paths.items()}
+    debug = os.environ.get("VBLK_CI_KERNEL_DEBUG")
+    if debug and Path(debug).is_file():
+        found["kernel_debug"] = Path(debug)
+    return found
 
 
 def _copy_out_of_image(image: str, dest: Path) -> dict[str, Path]:
