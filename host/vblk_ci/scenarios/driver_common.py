@@ -12,7 +12,24 @@ from ..disks.spec import DiskSpec
 from ..errors import AgentError, CheckFailed, MachineTimeout
 from ..events import DiskPlugged, DiskUnplugged
 from .base import ScenarioContext
-from .smoke import expect_clean, run_engine
+
+def run_engine(ctx: ScenarioContext, rec: dict, key: str, args: list[str]) -> dict:
+    """Run one engine job, keep its JSON under ``rec[key]``; fail unless the job ran."""
+    result = ctx.agent.engine(args, timeout_s=ctx.timeouts(120.0))
+    rec[key] = result
+    if result.get("exit_code") != 0:
+        stderr = (result.get("stderr") or "").strip().splitlines()
+        raise CheckFailed(f"{key}: vblk-engine exited {result.get('exit_code')}: {stderr[-1] if stderr else ''}")
+    return result
+
+
+def expect_clean(key: str, result: dict) -> None:
+    """No I/O errors and no mismatches; say where the first one was otherwise."""
+    if result.get("errors"):
+        raise CheckFailed(f"{key}: {result['errors']} I/O errors, first {result.get('first_error')}")
+    if result.get("mismatches"):
+        raise CheckFailed(f"{key}: {result['mismatches']} mismatched words, first {result.get('first_mismatch')}")
+
 
 __all__ = [
     "ERRNO", "EACCES", "EBADF", "EFAULT", "EINVAL", "EIO", "ENODEV", "ENOTTY", "ENXIO", "EOPNOTSUPP",

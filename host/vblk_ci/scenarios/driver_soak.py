@@ -14,7 +14,7 @@ import os
 from ..disks.spec import DiskSpec, create_sparse_file
 from ..errors import CheckFailed, UsageError
 from .base import Scenario, ScenarioContext, register
-from .smoke import MiB
+from .driver_common import MiB
 
 DISK_SIZE = 64 * MiB
 DISKS = 2

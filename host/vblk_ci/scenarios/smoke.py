@@ -10,11 +10,11 @@ its JSON with the check.
 from __future__ import annotations
 
 from ..disks.spec import DiskSpec, InjectError, create_sparse_file
-from ..errors import AgentError, CheckFailed, MachineTimeout
-from ..events import DiskPlugged, DiskUnplugged
+from ..errors import AgentError, CheckFailed
+from ..events import DiskPlugged
 from .base import Scenario, ScenarioContext, register
+from .driver_common import MiB, expect_clean, run_engine, unplug
 
-MiB = 1 << 20
 DISK_SIZE = 64 * MiB
 BLOCK = 4096
 VIRTIO_BLK_S_IOERR = 1
@@ -29,24 +29,6 @@ def engine_args(path: str, op: str, offset: int, length: int, seed: int = 1, qd:
         "--path", path, "--op", op, "--offset", str(offset), "--length", str(length),
         "--bs", str(bs), "--qd", str(qd), "--seed", str(seed),
     ]
-
-
-def run_engine(ctx: ScenarioContext, rec: dict, key: str, args: list[str]) -> dict:
-    """Run one engine job, keep its JSON under ``rec[key]``; fail unless the job ran."""
-    result = ctx.agent.engine(args, timeout_s=ctx.timeouts(120.0))
-    rec[key] = result
-    if result.get("exit_code") != 0:
-        stderr = (result.get("stderr") or "").strip().splitlines()
-        raise CheckFailed(f"{key}: vblk-engine exited {result.get('exit_code')}: {stderr[-1] if stderr else ''}")
-    return result
-
-
-def expect_clean(key: str, result: dict) -> None:
-    """No I/O errors and no mismatches; say where the first one was otherwise."""
-    if result.get("errors"):
-        raise CheckFailed(f"{key}: {result['errors']} I/O errors, first {result.get('first_error')}")
-    if result.get("mismatches"):
-        raise CheckFailed(f"{key}: {result['mismatches']} mismatched words, first {result.get('first_mismatch')}")
 
 
 @register
@@ -120,16 +102,6 @@ class Smoke(Scenario):
                     f"read one block past the end: cqe->res = {res}, expected {-ERANGE} (-ERANGE, refused by the driver)"
                 )
 
-        def unplug(rec: dict) -> None:
-            try:
-                seconds = ctx.machine.unplug(disk.id)
-            except MachineTimeout as exc:
-                # The guest never acked device_del: the driver held on to the device.
-                raise CheckFailed(f"unplug: {exc}") from exc
-            rec["seconds_to_deleted"] = seconds
-            ctx.emit(DiskUnplugged(disk.id, seconds))
-            rec["gone"] = ctx.agent.wait_disk_gone(state["name"], timeout_s=ctx.timeouts(10.0))
-
         steps = [
             ("hotplug", hotplug),
             ("passthru-write-verify", passthru_roundtrip),
@@ -137,7 +109,7 @@ class Smoke(Scenario):
             ("block-write-passthru-verify", block_to_passthru),
             ("passthru-read-device-error", read_device_error),
             ("passthru-read-past-end-erange", read_past_end),
-            ("unplug", unplug),
+            ("unplug", unplug(ctx, disk, state)),
         ]
         hotplug_result = ctx.check(*steps[0])
         if hotplug_result.status != "pass":
