@@ -39,7 +39,7 @@ class Accel:
     reason: str
 
 
-_cache: dict[tuple[str, str], Accel] = {}
+_cache: dict[str, Accel] = {}
 _cache_lock = threading.Lock()
 
 
@@ -131,7 +131,9 @@ def choose(qemu: str, kernel: Path, requested: str = "auto") -> Accel:
         return Accel(requested, "requested")
     if requested != "auto":
         raise UsageError(f"--accel {requested!r}: expected auto, tcg or kvm")
-    key = (qemu, str(kernel))
+    # Whether KVM works is a property of this host and QEMU, not of the kernel
+    # under test: probe once per binary per process.
+    key = qemu
     with _cache_lock:
         if key in _cache:
             return _cache[key]
