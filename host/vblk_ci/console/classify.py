@@ -95,17 +95,10 @@ def normalise(text: str) -> str:
     return re.sub(r"\s+", " ", text).strip()
 
 
-def _rip(report: list[str]) -> str:
+def _first_function(report: list[str], pattern: re.Pattern) -> str:
+    """The function named by the first line matching *pattern* (group 1), or "?"."""
     for line in report:
-        m = P.RIP.search(line)
-        if m:
-            return function_name(m.group(1))
-    return "?"
-
-
-def _lockdep_at(report: list[str]) -> str:
-    for line in report:
-        m = P.LOCKDEP_AT.search(line)
+        m = pattern.search(line)
         if m:
             return function_name(m.group(1))
     return "?"
@@ -118,7 +111,7 @@ def _frame(report: list[str]) -> str:
             name = function_name(m.group(1))
             if name not in P.BORING_FRAMES:
                 return name
-    return _rip(report)
+    return _first_function(report, P.RIP)
 
 
 def _access(report: list[str]) -> str:
@@ -138,9 +131,9 @@ def _title(pattern: P.Pattern, m: re.Match[str], report: list[str]) -> str:
         groups["1"] = normalise(groups["1"])
     fields = {"rip": "", "at": "", "frame": "", "access": ""}
     if "{rip}" in pattern.title:
-        fields["rip"] = _rip(report)
+        fields["rip"] = _first_function(report, P.RIP)
     if "{at}" in pattern.title:
-        fields["at"] = _lockdep_at(report)
+        fields["at"] = _first_function(report, P.LOCKDEP_AT)
     if "{frame}" in pattern.title:
         fields["frame"] = _frame(report)
     if "{access}" in pattern.title:
