@@ -105,9 +105,20 @@ def _first_function(report: list[str], pattern: re.Pattern) -> str:
 
 
 def _frame(report: list[str]) -> str:
-    for line in report[1:]:
-        m = P.FRAME.match(line)
-        if m and not line.lstrip().startswith("? "):
+    """The first interesting call-trace frame.
+
+    Reliable frames first. A kernel without a frame-pointer/ORC unwinder marks every
+    frame ``? `` (a guess from the stack); then the guesses count too, except
+    ``f+0x60/0x60`` ones (an address just past ``f``: really the next function).
+    """
+    for guesses in (False, True):
+        for line in report[1:]:
+            m = P.FRAME.match(line)
+            if m is None or (not guesses and line.lstrip().startswith("? ")):
+                continue
+            offset, size = m.group(2), m.group(3)
+            if guesses and offset == size:
+                continue
             name = function_name(m.group(1))
             if name not in P.BORING_FRAMES:
                 return name
@@ -129,13 +140,16 @@ def _title(pattern: P.Pattern, m: re.Match[str], report: list[str]) -> str:
         groups[key] = function_name(value) if re.search(r"\+0x[0-9a-f]+/0x[0-9a-f]+", value) else value
     if pattern.kind in ("panic", "bug") and "1" in groups:
         groups["1"] = normalise(groups["1"])
-    fields = {"rip": "", "at": "", "frame": "", "access": ""}
+    fields = {"rip": "", "at": "", "frame": "", "access": "", "where": ""}
     if "{rip}" in pattern.title:
         fields["rip"] = _first_function(report, P.RIP)
     if "{at}" in pattern.title:
         fields["at"] = _first_function(report, P.LOCKDEP_AT)
     if "{frame}" in pattern.title:
         fields["frame"] = _frame(report)
+    if "{where}" in pattern.title:
+        rip = _first_function(report, P.RIP)
+        fields["where"] = rip if rip != "?" else _frame(report)
     if "{access}" in pattern.title:
         fields["access"] = _access(report)
     title = pattern.title

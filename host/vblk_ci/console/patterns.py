@@ -6,9 +6,12 @@ normalised (no addresses, offsets, pids or task numbers) so that the same bug
 seen twice gives the same title. Order matters: the first matching row wins, so
 specific rows come before the generic ``BUG: `` row.
 
-Titles may contain ``{rip}`` (the function in the report's ``RIP:`` line), ``{at}``
-(the first ``at: func`` of a lockdep report), ``{frame}`` (the first interesting
-call-trace frame) or ``{1}``, ``{2}``… (regex groups); ``classify`` fills them in.
+Titles follow syzkaller's wording ("WARNING in f", "KASAN: slab-use-after-free Read
+in f", "INFO: task hung in f", "kernel panic: ..."). They may contain ``{rip}`` (the
+function in the report's ``RIP:`` line), ``{at}`` (the first ``at: func`` of a lockdep
+report), ``{frame}`` (the first interesting call-trace frame), ``{where}`` (``{rip}``
+when the report has a RIP line, else ``{frame}``) or ``{1}``, ``{2}``… (regex groups);
+``classify`` fills them in.
 """
 
 from __future__ import annotations
@@ -42,7 +45,7 @@ PATTERNS: tuple[Pattern, ...] = (
     _p("lockup", r"BUG: (soft|hard)?\s*lockup", "BUG: {1} lockup in {rip}"),
     _p("lockup", r"[Ww]atchdog detected hard LOCKUP on cpu", "BUG: hard lockup in {rip}"),
     _p("hung-task", r"INFO: task \S+ blocked for more than \d+ seconds", "INFO: task hung in {frame}"),
-    _p("rcu-stall", r"rcu: INFO: rcu_\w+ (detected stalls?|self-detected stall)", "INFO: rcu detected stall in {frame}"),
+    _p("rcu-stall", r"rcu: INFO: rcu_\w+ (detected stalls?|self-detected stall)", "INFO: rcu detected stall in {where}"),
     _p("lockdep", r"WARNING: possible (recursive locking|circular locking dependency) detected", "possible deadlock in {at}"),
     _p("lockdep", r"WARNING: (inconsistent lock state|possible irq lock inversion dependency detected|suspicious RCU usage)", "WARNING: {1} in {frame}"),
     _p("ubsan", r"UBSAN: ([\w-]+) in (\S+?)(?::\d+)*$", "UBSAN: {1} in {2}"),
@@ -50,7 +53,11 @@ PATTERNS: tuple[Pattern, ...] = (
     _p("warning", r"WARNING: CPU: \d+ PID: \d+ at ", "WARNING in {rip}"),
     _p("bug", r"kernel BUG at (\S+?):\d+", "kernel BUG in {rip}"),
     _p("oops", r"Oops: ", "Oops in {rip}"),
-    _p("panic", r"Kernel panic - not syncing: (.*)", "Kernel panic: {1}"),
+    _p("panic", r"Kernel panic - not syncing: (.*)", "kernel panic: {1}"),
+    _p("bug", r"BUG: (sleeping function called from invalid context|scheduling while atomic)",
+       "BUG: {1} in {frame}"),
+    # lockdep's other reports: "[ BUG: Invalid wait context ]", "[ BUG: bad unlock balance detected! ]"...
+    _p("lockdep", r"\[ BUG: (.+?)!? \]$", "BUG: {1} in {at}"),
     _p("bug", r"BUG: (.+)", "BUG: {1}"),
 )
 
@@ -64,7 +71,7 @@ TIMESTAMP = re.compile(r"^\[\s*\d+\.\d+\](?:\[\s*[TC]\d+\])?\s?")
 
 RIP = re.compile(r"RIP: [0-9a-f]{4}:(\S+)")
 LOCKDEP_AT = re.compile(r", at: (\S+)")
-FRAME = re.compile(r"^\s*(?:\? )?([A-Za-z_][\w.]*)\+0x[0-9a-f]+/0x[0-9a-f]+")
+FRAME = re.compile(r"^\s*(?:\? )?([A-Za-z_][\w.]*)\+(0x[0-9a-f]+)/(0x[0-9a-f]+)")
 
 # Call-trace frames that say nothing about where a task hung or stalled.
 BORING_FRAMES = frozenset(
@@ -75,6 +82,9 @@ BORING_FRAMES = frozenset(
     __mutex_lock mutex_lock __mutex_lock_slowpath mutex_lock_nested rwsem_down_read_slowpath
     rwsem_down_write_slowpath down_read down_write __down_common __down
     dump_stack dump_stack_lvl show_stack sched_show_task rcu_dump_cpu_stacks print_cpu_stall
+    __might_resched ___might_resched __might_sleep __might_fault msleep usleep_range_state __cant_sleep
+    schedule_timeout_uninterruptible schedule_timeout_interruptible __schedule_bug
+    panic vpanic check_panic_on_warn
     check_cpu_stall rcu_sched_clock_irq update_process_times tick_sched_handle tick_nohz_handler
     tick_sched_timer __hrtimer_run_queues hrtimer_interrupt __sysvec_apic_timer_interrupt
     sysvec_apic_timer_interrupt asm_sysvec_apic_timer_interrupt
