@@ -31,6 +31,7 @@ from .machine.qemuinfo import DEFAULT_QEMU, probe_caps, resolve_binary
 from .report.json_report import write_json
 from .report.junit import write_junit
 from .report.summary import append_step_summary
+from .repro.bundle import write_bundle
 from .result import SKIP, CheckResult, FindingRecord, RunResult, ScenarioResult
 from .scenarios import ScenarioContext, suite
 
@@ -47,6 +48,7 @@ class Plan:
     suite: str = "smoke"
     disk_slots: int = 4
     append: tuple[str, ...] = ()
+    repro_bundle: bool = True  # write repro-bundle.tar.gz when the verdict is not pass
 
 
 def check_artifacts(plan: Plan) -> None:
@@ -158,8 +160,20 @@ def run(plan: Plan, emit: E.Emit = E.discard) -> RunResult:
     write_json(result, run_dir / "results.json")
     write_junit(result, run_dir / "junit.xml")
     append_step_summary(result)
+    if result.status != E.PASS and plan.repro_bundle:
+        _write_repro_bundle(plan, result, run_dir, emit)
     emit(E.Verdict(result.status, result.reason))
     return result
+
+
+def _write_repro_bundle(plan: Plan, result: RunResult, run_dir: Path, emit: E.Emit) -> None:
+    try:
+        path = write_bundle(plan, result, run_dir)
+    except OSError as exc:  # a full disk must not hide the verdict
+        _log_exception(run_dir, exc)
+        emit(E.Note(f"could not write the reproduction bundle: {exc}"))
+        return
+    emit(E.Note(f"reproduction bundle: {path} (replay: vblk-ci repro {path})"))
 
 
 def _judge(result: RunResult, machine: Machine, emit: E.Emit, reported: set[str], events: list[E.Event]) -> None:

@@ -1,0 +1,1 @@
+"""Reproduction: the failure bundle a run leaves, its replay, and the interactive shell."""
