@@ -1,7 +1,9 @@
 """vblk-ci command line: parse once, hand a dataclass to the engine, map errors to exit codes.
 
 Exit codes: 0 pass, 1 a check failed / the guest crashed, 2 bad usage or a missing
-prerequisite, 3 infrastructure failure, 130 interrupted.
+prerequisite, 3 infrastructure failure, 130 interrupted. ``repro``: 1 the failure came
+back at least once, 0 never (so ``git bisect run`` works), 2 and 3 as above
+(see repro/commands.py).
 """
 
 from __future__ import annotations
@@ -84,6 +86,10 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("--compress-level", type=int)
     i.add_argument("--no-smoke-test", dest="smoke_test", action="store_false")
     i.add_argument("--cache-dir")
+
+    from .repro.commands import add_parsers as add_repro_parsers
+
+    add_repro_parsers(sub, _positive)
 
     sub.add_parser("version", help="print the version")
     return p
@@ -192,6 +198,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 0
         if args.command == "run":
             return cmd_run(args)
+        if args.command in ("repro", "shell"):
+            from .repro.commands import cmd_repro, cmd_shell
+
+            return cmd_repro(args) if args.command == "repro" else cmd_shell(args)
         return cmd_build(args)
     except VblkCiError as exc:
         first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__

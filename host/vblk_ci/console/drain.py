@@ -126,6 +126,21 @@ class Console:
                     return None
                 self._cond.wait(min(remaining, 0.2))
 
+    def wait_more(self, mark: int, timeout: float) -> str:
+        """The text after ``mark`` once there is some (or ``""`` after ``timeout`` / at the end)."""
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while self._size <= mark and not self._eof:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    break
+                self._cond.wait(remaining)
+            return self.text_since_locked(mark)
+
+    def send(self, data: str) -> None:
+        """Type ``data`` on the guest's serial console (interactive shells)."""
+        self._spawn.send(data)
+
     def text_since_locked(self, mark: int) -> str:
         if len(self._chunks) > 1:
             self._chunks[:] = ["".join(self._chunks)]
