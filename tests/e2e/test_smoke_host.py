@@ -105,5 +105,5 @@ def test_guest_panic_fails_the_run_with_the_excerpt(kernel, tmp_path):
     assert result.status == "fail"
     assert result.findings and result.findings[0].kind == "panic"
     assert "No working init found" in result.findings[0].title
-    assert result.reason.startswith("console: Kernel panic")
+    assert result.reason.startswith("console: kernel panic")
     assert result.qemu_exitcode == 1  # pvpanic + -action panic=exit-failure
