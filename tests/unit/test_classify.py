@@ -151,10 +151,13 @@ def _types(paths) -> set[str]:
 
 
 def test_real_recordings_cover_the_recordable_kinds():
-    assert len(REAL) >= 14
+    assert len(REAL) >= 16
     assert RECORDED <= _types(REAL)
     for p in REAL:
-        assert parse(p.read_bytes())[0], f"{p.name}: a recording of a trigger must have a finding"
+        expected, notes, _ = parse_all(p.read_bytes())
+        triggered = any("trigger:" in n for n in notes)
+        assert bool(expected) == triggered, f"{p.name}: a trigger must give a finding, a clean run none"
+    assert any(not parse(p.read_bytes())[0] for p in REAL), "need a real clean log"
 
 
 def test_every_title_is_one_syzkaller_style_line():

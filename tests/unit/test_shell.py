@@ -91,3 +91,48 @@ def test_prompt_answers(tmp_path):
         assert session.qmp_command("events") == "(no new events)"  # already shown
         assert "QMP prompt" in session.qmp_command("help")
     assert machine.calls == [("query-status", {}), ("nope", {}), ("device_del", {"id": "d0"})]
+
+
+class StandInConsole:
+    def __init__(self):
+        self.sent = []
+        self.eof = False
+
+    def send(self, text):
+        self.sent.append(text)
+
+    def wait_more(self, mark, timeout):
+        return ""
+
+
+class RunningMachine(StandInMachine):
+    exitcode = None
+
+    def __init__(self):
+        super().__init__()
+        self.console = StandInConsole()
+
+    def is_running(self):
+        return True
+
+
+def test_session_routes_keys_and_prompt_lines(tmp_path):
+    """Keys go to the console; after Ctrl-] lines go to QMP until 'console'; input
+    typed ahead in the same read is kept in order. Input from a file, not a tty."""
+    typed = b"uname -r\r" + b"\x1d" + b"query-status\r\nconsole\r" + b"ls\r"
+    (tmp_path / "in").write_bytes(typed)
+    machine = RunningMachine()
+    with open(tmp_path / "in", "rb") as fin, open(tmp_path / "out", "w+b") as fout:
+        assert ShellSession(machine, fin.fileno(), fout.fileno()).run() is None  # ended by end of input
+    assert machine.console.sent == ["uname -r\r", "ls\r"]
+    assert machine.calls == [("query-status", {})]
+    out = (tmp_path / "out").read_text()
+    assert '"status": "running"' in out and "back to the guest console" in out
+
+
+def test_session_exit_from_the_prompt(tmp_path):
+    (tmp_path / "in").write_bytes(b"\x1dexit\nnot for the guest\r")
+    machine = RunningMachine()
+    with open(tmp_path / "in", "rb") as fin, open(tmp_path / "out", "w+b") as fout:
+        ShellSession(machine, fin.fileno(), fout.fileno()).run()
+    assert machine.console.sent == [] and machine.calls == []

@@ -296,7 +296,11 @@ def read_bundle(path: Path, dest: Path) -> Bundle:
             for m in members:
                 if not m.isfile() or m.name.startswith("/") or ".." in Path(m.name).parts:
                     raise BundleError(f"{path}: unexpected member {m.name!r} (not a plain relative file)")
-            tar.extractall(dest, filter="data")
+            # Members are checked above; the "data" filter (3.11.4+) also drops modes and owners.
+            if hasattr(tarfile, "data_filter"):
+                tar.extractall(dest, filter="data")
+            else:
+                tar.extractall(dest)
     except (tarfile.TarError, EOFError, OSError, UnicodeError) as exc:
         raise BundleError(f"{path}: not a readable bundle: {exc}") from None
     names = {m.name for m in members}

@@ -35,6 +35,7 @@ SHELL_APPEND = "vblk.shell=1"
 # What images/init prints before it starts the shell: the session is usable from here.
 SHELL_READY = re.compile(r"vblk-ci: vblk\.shell given")
 QMP_PROMPT = "(qmp) "
+_EOL = re.compile(rb"\r\n|\r|\n")  # a raw terminal sends CR, a pipe LF
 QMP_HELP = ("QMP prompt: '<command> [json arguments]', 'events', 'console' (or an empty line) to go back,"
             " 'exit' to end the session")
 
@@ -118,6 +119,7 @@ class ShellSession:
         self._done = threading.Event()
         self._shown = 0  # console text already written out
         self._events_seen = 0
+        self._pending = b""  # typed after Ctrl-] in the same read: the QMP prompt's input
 
     # -- output --------------------------------------------------------------------------
     def _write(self, text: str) -> None:
@@ -182,8 +184,8 @@ class ShellSession:
 
     def _read_line(self) -> str | None:
         """A line from the terminal in cooked mode; None at end of input or when QEMU is gone."""
-        buf = b""
-        while b"\n" not in buf:
+        buf, self._pending = self._pending, b""
+        while not _EOL.search(buf):
             if not self.machine.is_running():
                 return None
             ready, _, _ = select.select([self.stdin_fd], [], [], 0.2)
@@ -193,10 +195,12 @@ class ShellSession:
             if not chunk:
                 return None if not buf else buf.decode(errors="replace")
             buf += chunk
-        return buf.split(b"\n", 1)[0].decode(errors="replace").rstrip("\r")
+        line, self._pending = _EOL.split(buf, 1)
+        return line.decode(errors="replace")
 
-    def _qmp_prompt(self) -> bool:
+    def _qmp_prompt(self, typed_ahead: bytes = b"") -> bool:
         """Run the QMP prompt until the user goes back (True) or ends the session (False)."""
+        self._pending = typed_ahead
         self._console_paused.set()
         self._cooked()
         self._write(f"\n[vblk-ci] {QMP_HELP}\n")
@@ -235,10 +239,11 @@ class ShellSession:
                 if before:
                     self.machine.console.send(before.decode("utf-8", "replace"))
                 if esc:
-                    if not self._qmp_prompt():
+                    if not self._qmp_prompt(after):
                         break
-                    if after:
-                        self.machine.console.send(after.decode("utf-8", "replace"))
+                    if self._pending:  # typed after the line that went back to the console
+                        self.machine.console.send(self._pending.decode("utf-8", "replace"))
+                        self._pending = b""
         finally:
             self._done.set()
             pump.join(2)
