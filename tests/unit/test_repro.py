@@ -15,7 +15,7 @@ import pytest
 from vblk_ci import cli
 from vblk_ci.repro.bundle import (
     BUNDLE_NAME, INITRAMFS, KERNEL, KERNEL_CONFIG, KERNEL_MANIFEST, BundleError, Signature, plan_from_json,
-    plan_to_json, read_bundle, series_hash, signature_of, write_bundle,
+    plan_to_json, read_bundle, same_despite_serial_noise, series_hash, signature_of, write_bundle,
 )
 from vblk_ci.repro.replay import ReplayOptions, replay, replay_plan
 from vblk_ci.result import CheckResult, FindingRecord, RunResult, ScenarioResult
@@ -237,3 +237,31 @@ def test_replay_overrides(run, tmp_path):
     runs = FakeRuns([failing_result(run_dir)])
     replay(bundle, ReplayOptions(kernel=k, qemu="/opt/qemu", accel="kvm"), tmp_path / "o", runs, Plan)
     assert (runs.plans[0].kernel, runs.plans[0].qemu, runs.plans[0].accel) == (k, "/opt/qemu", "kvm")
+
+
+@pytest.mark.parametrize("a, b, same", [
+    # Seen on real consoles (TCG serial): a doubled character, lost ones.
+    ("kernel panic: No working init found.", "kernel panic: Noo working init found.", True),
+    ("kernel panic: sysrq triggered crash", "kernel panic: sysrq trigered crash", True),
+    ("WARNING in crashtest_warning", "WARNING in crashtst_warnng", True),
+    ("WARNING in crashtest_warning", "WARNING in crashtest_wrng", False),  # three lost: too many
+    ("WARNING in f", "WARNING in g", False),
+    ("KASAN: slab-use-after-free Read in f", "KASAN: slab-use-after-free Write in f", False),
+])
+def test_titles_match_despite_serial_noise(a, b, same):
+    assert same_despite_serial_noise(a, b) is same
+    assert Signature("fail", a, "finding").matches(Signature("fail", b, "finding")) is same
+
+
+def test_check_names_must_match_exactly():
+    assert not Signature("fail", "s/checkk", "check").matches(Signature("fail", "s/check", "check"))
+    assert not Signature("fail", "x", "finding").matches(Signature("fail", "x", "check"))
+
+
+def test_replay_marks_noisy_matches(run, tmp_path):
+    plan, result, run_dir = run
+    bundle = read_bundle(write_bundle(plan, result, run_dir), tmp_path / "b")
+    noisy = failing_result(run_dir, finding="kernel panic: sysrq triggered crassh")
+    report = replay(bundle, ReplayOptions(repeat=2), tmp_path / "o", FakeRuns([failing_result(run_dir), noisy]), Plan)
+    assert [(r.reproduced, r.exact) for r in report.runs] == [(True, True), (True, False)]
+    assert [r["exact"] for r in report.to_dict()["runs"]] == [True, False]
