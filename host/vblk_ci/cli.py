@@ -1,7 +1,8 @@
 """vblk-ci command line: parse once, hand a dataclass to the engine, map errors to exit codes.
 
 Exit codes: 0 pass, 1 a check failed / the guest crashed, 2 bad usage or a missing
-prerequisite, 3 infrastructure failure, 130 interrupted.
+prerequisite, 3 infrastructure failure, 4 config mismatch (``run --matrix``: QEMU or the
+guest did not show the disk configuration the matrix asked for), 130 interrupted.
 """
 
 from __future__ import annotations
@@ -58,6 +59,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--smp", type=_positive, default=2)
     run.add_argument("--memory", type=_positive, default=1024, metavar="MB")
     run.add_argument("--suite", default="smoke")
+    run.add_argument("--matrix", metavar="FILE", help="run a device-configuration matrix (TOML) instead of a suite")
+    run.add_argument("-k", dest="select", metavar="EXPR",
+                     help="with --matrix: only combinations whose names match EXPR (words, and/or/not)")
 
     build = sub.add_parser("build", help="build the guest kernel or initramfs")
     what = build.add_subparsers(dest="target", metavar="TARGET", parser_class=_Parser)
@@ -102,12 +106,41 @@ def _artifact(arg: str | None, env: str, what: str, flag: str) -> Path:
     return path
 
 
+def cmd_run_matrix(args: argparse.Namespace) -> int:
+    from .matrix.run import MatrixPlan, run_matrix, selected
+    from .matrix.schema import load_matrix
+    from .report.terminal import TerminalReporter
+
+    stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+    source = Path(args.matrix)
+    run_dir = Path(args.out) if args.out else DEFAULT_OUT_ROOT / f"matrix-{source.stem}-{stamp}"
+    matrix = load_matrix(source, run_dir / "images")  # bad file: UsageError before anything boots
+    if not selected(matrix, args.select):
+        raise UsageError(f"-k {args.select!r} selects none of the {len(matrix.combinations)} combinations in {source}")
+    kernel = _artifact(args.kernel, ENV_KERNEL, "kernel image", "--kernel")
+    initramfs = _artifact(args.initramfs, ENV_INITRAMFS, "initramfs", "--initramfs")
+    plan = MatrixPlan(kernel=kernel, initramfs=initramfs, run_dir=run_dir, matrix=matrix, select=args.select,
+                      qemu=args.qemu, accel=args.accel)
+    report = TerminalReporter()
+    try:
+        result = run_matrix(plan, report)
+    finally:
+        report.close()
+    print(f"vblk-ci: {result.status}: results in {run_dir} (table: {run_dir / 'report' / 'matrix.md'})",
+          file=sys.stderr)
+    return result.exit_code
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     from .report.terminal import TerminalReporter
     from .runner import Plan, run
 
     from .scenarios import suite
 
+    if args.matrix:
+        return cmd_run_matrix(args)
+    if args.select is not None:
+        raise UsageError("-k selects matrix combinations: it needs --matrix FILE")
     suite(args.suite)  # an unknown suite is a usage error before anything is created
     kernel = _artifact(args.kernel, ENV_KERNEL, "kernel image", "--kernel")
     initramfs = _artifact(args.initramfs, ENV_INITRAMFS, "initramfs", "--initramfs")
