@@ -104,6 +104,12 @@ def qemu_view(machine, disk: DiskSpec) -> dict:
             view["iothread-vq-mapping"] = machine.qmp("qom-get", {"path": path, "property": "iothread-vq-mapping"})
         except QmpError as exc:
             view["iothread-vq-mapping"] = f"<{exc.error_class}>"
+    # The ring size QEMU really set up (qom-get shows the property, not the vring).
+    try:
+        status = machine.qmp("x-query-virtio-queue-status", {"path": f"{path}/virtio-backend", "queue": 0})
+        view["virtio.vring-num"] = status.get("vring-num")
+    except QmpError as exc:
+        view["virtio.vring-num"] = f"<{exc.error_class}>"
     block = next((b for b in machine.qmp("query-block")
                   if b.get("qdev") in (f"{path}/virtio-backend", path) or b.get("device") == disk.id), None)
     inserted = (block or {}).get("inserted") or {}
@@ -144,6 +150,9 @@ def guest_view(host, name: str) -> dict:
     # Which map each hctx belongs to; debugfs only (sysfs does not say).
     types = host.run(f"cat /sys/kernel/debug/block/{name}/hctx*/type")
     view["hctx.types"] = types.stdout.split() if types.rc == 0 and types.stdout.strip() else None
+    # The tag depth is the virtqueue size the driver took (nr_requests depends on the scheduler).
+    tags = host.run(f"grep -h '^depth=' /sys/kernel/debug/block/{name}/hctx0/tags")
+    view["hctx0.tags.depth"] = tags.stdout.strip().split("=", 1)[1] if tags.rc == 0 and "=" in tags.stdout else None
     for param in ("poll_queues", "num_request_queues"):
         f = host.file(f"/sys/module/virtio_blk/parameters/{param}")
         view[f"param.{param}"] = f.content_string.strip() if f.exists else None
@@ -185,7 +194,8 @@ def compare(disk: DiskSpec, vcpus: int, qemu: dict, guest: dict) -> list[FieldCh
         FieldCheck(d, "io_poll", layout.poll_queues > 0, NA, NA, int(layout.poll_queues > 0),
                    _int(guest.get("queue.io_poll"))),
         FieldCheck(d, "queue_size", disk.queue_size, disk.queue_size, qemu.get("queue-size"),
-                   disk.queue_size, _int(guest.get("queue.nr_requests"))),
+                   disk.queue_size, _int(guest.get("hctx0.tags.depth"))),
+        FieldCheck(d, "queue_size.vring", disk.queue_size, disk.queue_size, qemu.get("virtio.vring-num"), NA, NA),
         FieldCheck(d, "logical_block_size", disk.logical_block_size, disk.logical_block_size,
                    qemu.get("logical_block_size"), disk.logical_block_size,
                    _int(guest.get("queue.logical_block_size"))),
