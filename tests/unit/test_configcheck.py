@@ -41,11 +41,13 @@ def test_clamp_note_names_the_cause():
     assert "poll_queues 1 capped at 0" in expected_queues(1, 2, 1).note
 
 
-def _recorded(name: str):
-    rec = json.loads((DATA / f"{name}.json").read_text())
+def _spec(name: str):
     matrix = load_matrix(ROOT / "ci" / "matrix-default.toml", Path("/images"))
-    disk = next(d for c in matrix.combinations for d in c.disks if d.id == name)
-    return disk, rec
+    return next(d for c in matrix.combinations for d in c.disks if d.id == name)
+
+
+def _recorded(name: str):
+    return _spec(name), json.loads((DATA / f"{name}.json").read_text())
 
 
 def test_recordings_exist():
@@ -97,3 +99,31 @@ def test_missing_chardev_is_a_mismatch():
     guest = {**rec["guest"], "dev.chardev": False}
     bad = mismatches(compare(disk, 2, rec["qemu"], guest))
     assert [m.field for m in bad] == ["chardev"]
+
+
+# -- QEMU 10.0.13 (the image): recorded from the same matrix ---------------------------------
+
+QEMU10 = DATA / "qemu10"
+
+
+def _recorded10(name: str):
+    return _spec(name), json.loads((QEMU10 / f"{name}.json").read_text())
+
+
+@pytest.mark.parametrize("name", ["q2-poll1", "q4-capped"])
+def test_qemu10_rings_of_1024_whatever_queue_size_is_a_mismatch(name):
+    disk, rec = _recorded10(name)
+    bad = mismatches(compare(disk, rec["vcpus"], rec["qemu"], rec["guest"]))
+    assert [m.field for m in bad] == ["queue_size", "queue_size.vring"]
+    assert bad[0].describe() == (f"disk {name}: queue_size: spec {disk.queue_size}, QEMU {disk.queue_size}, "
+                                 f"guest 1024 (want {disk.queue_size})")
+    assert bad[1].describe() == (f"disk {name}: queue_size.vring: spec {disk.queue_size}, "
+                                 f"QEMU 1024 (want {disk.queue_size}), guest -")
+
+
+def test_qemu10_vq_mapping_agrees():
+    disk, rec = _recorded10("vq-mapping")
+    checks = compare(disk, rec["vcpus"], rec["qemu"], rec["guest"])
+    assert mismatches(checks) == []
+    row = next(c for c in checks if c.field == "iothread_vq_mapping")
+    assert row.qemu == [{"iothread": "iot-vq-mapping"}]
