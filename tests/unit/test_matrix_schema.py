@@ -165,3 +165,34 @@ def test_cli_k_selecting_nothing_exit_2(tmp_path, capsys):
 def test_cli_k_without_matrix_exit_2(capsys):
     assert cli.main(["run", "-k", "q4"]) == 2
     assert "needs --matrix" in _one_line(capsys)
+
+
+def test_disks_from_flags(tmp_path):
+    from vblk_ci.matrix.schema import matrix_from_flags
+
+    m = matrix_from_flags(["id=a,num_queues=4,iothread=shared,poll_max_ns=0", "id=b,backend=file,aio=io_uring,cache=none,"
+                           "logical_block_size=4096,read_only=true"], tmp_path, vcpus=4, group=True)
+    by = {c.name: c for c in m.combinations}
+    assert list(by) == ["a/qd1", "b/qd1", "all/qd1"] and by["a/qd1"].vcpus == 4
+    a, b = by["a/qd1"].disks[0], by["b/qd1"].disks[0]
+    assert (a.num_queues, a.iothread, a.poll_max_ns) == (4, "shared", 0)
+    assert (b.aio, b.cache, b.logical_block_size, b.read_only, b.path) == ("io_uring", "none", 4096, True,
+                                                                            tmp_path / "b.raw")
+
+
+@pytest.mark.parametrize("flag, message", [
+    ("id=a,queues=2", r"<--disk flags>: \[disk.a\] queues: unknown key"),
+    ("id=a,num_queues=two", r"\[disk.a\] num_queues: must be an integer, not str"),
+    ("id=a,num_queues", r"every item must be KEY=VALUE"),
+    ("id=a,aio=io_uring", r"aio: is only valid with the file backend"),
+])
+def test_bad_disk_flags(tmp_path, flag, message):
+    from vblk_ci.matrix.schema import matrix_from_flags
+
+    with pytest.raises(UsageError, match=message):
+        matrix_from_flags([flag], tmp_path)
+
+
+def test_cli_bad_disk_flag_exit_2(tmp_path, capsys):
+    assert cli.main(["run", "--disk", "id=a,num_queues=0", "--out", str(tmp_path)]) == 2
+    assert "num_queues" in _one_line(capsys)

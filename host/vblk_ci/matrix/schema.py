@@ -264,3 +264,49 @@ def load_matrix(path: Path, image_dir: Path) -> Matrix:
     except OSError as exc:
         raise UsageError(f"cannot read matrix file {path}: {exc.strerror}") from None
     return parse_matrix(text, path, image_dir)
+
+
+# -- DiskSpecs from command-line flags ------------------------------------------------------
+
+FLAGS_SOURCE = Path("<--disk flags>")
+
+
+def _toml_value(text: str) -> str:
+    """A flag value as a TOML literal: integers, true/false and numbers stay typed, the rest quoted."""
+    if text in ("true", "false"):
+        return text
+    try:
+        int(text, 0)
+        return str(int(text, 0))
+    except ValueError:
+        pass
+    try:
+        float(text)
+        return text
+    except ValueError:
+        return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def matrix_from_flags(disks: list[str], image_dir: Path, vcpus: int = 2, memory_mb: int = 1024,
+                      group: bool = False) -> Matrix:
+    """``--disk id=a,num_queues=4,aio=io_uring`` (repeatable) -> a matrix of those disks x one
+    QD1 workload; ``group`` also plugs them all at once. Same checks as a file."""
+    lines = ["[matrix]", 'name = "flags"', f"vcpus = {vcpus}", f"memory_mb = {memory_mb}",
+             "[workload.qd1]", "qd = 1"]
+    ids = []
+    for i, flag in enumerate(disks):
+        fields = dict(item.split("=", 1) if "=" in item else (item, "") for item in flag.split(",") if item)
+        disk_id = fields.pop("id", f"disk{i}")
+        if any(v == "" for v in fields.values()):
+            raise UsageError(f"--disk {flag!r}: every item must be KEY=VALUE")
+        if not disk_id.replace("-", "").replace("_", "").replace(".", "").isalnum():
+            raise UsageError(f"--disk {flag!r}: id must use letters, digits, '_', '.', '-'")
+        ids.append(disk_id)
+        lines.append(f'[disk."{disk_id}"]')
+        for key, value in fields.items():
+            if not key.replace("_", "").isalnum():
+                raise UsageError(f"--disk {flag!r}: bad key {key!r}")
+            lines.append(f"{key} = {_toml_value(value)}")
+    if group and len(ids) > 1:
+        lines += ["[group.all]", "disks = [" + ", ".join(f'"{i}"' for i in ids) + "]"]
+    return parse_matrix("\n".join(lines) + "\n", FLAGS_SOURCE, image_dir)

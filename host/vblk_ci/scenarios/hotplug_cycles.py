@@ -208,6 +208,7 @@ def _paused(ctx: ScenarioContext, disk: DiskSpec, rec: dict) -> None:
         rec["deleted_after_cont_s"] = machine.complete_unplug(disk.id)
     except MachineTimeout as exc:
         raise CheckFailed(f"device_del sent while paused did not complete after cont: {exc}") from exc
+    ctx.emit(DiskUnplugged(disk.id, rec["deleted_after_cont_s"]))
     _gone(ctx, info["name"], rec)
 
 
@@ -248,4 +249,5 @@ def _reset(ctx: ScenarioContext, disk: DiskSpec, rec: dict) -> None:
         rec["deleted_s"] = machine.unplug(disk.id)
     except MachineTimeout as exc:
         raise CheckFailed(f"unplug after system_reset: {exc}") from exc
+    ctx.emit(DiskUnplugged(disk.id, rec["deleted_s"]))
     _gone(ctx, again["name"], rec)
