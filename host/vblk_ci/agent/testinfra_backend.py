@@ -14,6 +14,7 @@ testinfra's File has no test for device nodes; ``GuestHost`` adds
 
 from __future__ import annotations
 
+import weakref
 from typing import Any
 
 import testinfra.host
@@ -63,9 +64,17 @@ class GuestHost(testinfra.host.Host):
         return module
 
 
+# One Host per agent connection: testinfra asks the guest what system it is (uname,
+# os-release) once per Host, so reusing it saves those round trips.
+_HOSTS: "weakref.WeakKeyDictionary[AgentClient, GuestHost]" = weakref.WeakKeyDictionary()
+
+
 def guest_host(agent: AgentClient, name: str = "guest") -> GuestHost:
-    """A testinfra ``Host`` for the guest behind ``agent``."""
-    backend = AgentBackend(agent, name)
-    host = GuestHost(backend)
-    backend.set_host(host)
+    """The testinfra ``Host`` for the guest behind ``agent`` (made once per agent)."""
+    host = _HOSTS.get(agent)
+    if host is None:
+        backend = AgentBackend(agent, name)
+        host = GuestHost(backend)
+        backend.set_host(host)
+        _HOSTS[agent] = host
     return host

@@ -17,6 +17,7 @@ import os
 import statistics
 import time
 
+from ..agent.testinfra_backend import guest_host
 from ..disks.spec import DiskSpec, create_sparse_file
 from ..errors import AgentError, CheckFailed, MachineTimeout, QmpError, UsageError
 from ..events import DiskPlugged, DiskUnplugged
@@ -111,8 +112,10 @@ class HotplugCycles(Scenario):
 
 
 def _listing(ctx: ScenarioContext, directory: str, prefix: str) -> list[str]:
-    out = ctx.agent.exec(cmd=f"ls {directory} 2>/dev/null")
-    return sorted(e for e in out.get("stdout", "").split() if e.startswith(prefix))
+    host = guest_host(ctx.agent)
+    if not host.file(directory).is_directory:
+        return []
+    return sorted(e for e in host.file(directory).listdir() if e.startswith(prefix))
 
 
 def _plug_visible(ctx: ScenarioContext, disk: DiskSpec, started: float, rec: dict) -> dict:
@@ -137,6 +140,11 @@ def _gone(ctx: ScenarioContext, name: str, rec: dict) -> None:
         rec["gone"] = ctx.agent.wait_disk_gone(name, timeout_s=ctx.timeouts(10.0))
     except AgentError as exc:
         raise CheckFailed(f"after unplug: {exc}") from exc
+    host = guest_host(ctx.agent)
+    left = [p for p in (f"/sys/block/{name}", f"/sys/class/vblk-generic/{name}c0", f"/dev/{name}c0")
+            if host.file(p).exists]
+    if left:
+        raise CheckFailed(f"after unplug still there: {', '.join(left)}")
 
 
 def _cycle(ctx: ScenarioContext, disk: DiskSpec, rec: dict) -> dict:
