@@ -63,3 +63,11 @@ def test_command_timeout_is_an_agent_error(host):
     host.backend.timeout_s = 0.5
     with pytest.raises(AgentError, match="Timeout"):
         host.run("sleep 3")
+
+
+def test_listdir_without_gnu_ls_options(host, tmp_path):
+    d = tmp_path / "d"
+    d.mkdir()
+    (d / "b").write_text("")
+    (d / "a").mkdir()
+    assert sorted(host.file(str(d)).listdir()) == ["a", "b"]

@@ -9,7 +9,8 @@ Guest state checks then read like any testinfra test::
 Every command goes through ``/bin/sh -c`` in the guest (busybox), so the Linux
 modules testinfra uses for files, sysctl, mount points and ``check_output`` work.
 testinfra's File has no test for device nodes; ``GuestHost`` adds
-``is_character_device`` and ``is_block_device`` (``test -c`` / ``test -b``).
+``is_character_device`` and ``is_block_device`` (``test -c`` / ``test -b``), and a
+``listdir`` busybox's ``ls`` understands.
 """
 
 from __future__ import annotations
@@ -50,6 +51,14 @@ def _node_test(flag: str):
     return property(lambda self: self.run_test(f"test -{flag} %s", self.path).rc == 0)
 
 
+def _listdir(self) -> list[str]:
+    """testinfra's listdir passes ``ls -q``, which busybox does not know."""
+    out = self.run_test("ls -1 -- %s", self.path)
+    if out.rc != 0:
+        raise AssertionError(f"cannot list {self.path}: {out.stderr.strip()}")
+    return out.stdout.splitlines()
+
+
 class GuestHost(testinfra.host.Host):
     """A testinfra Host whose ``file`` also knows character and block device nodes."""
 
@@ -59,6 +68,7 @@ class GuestHost(testinfra.host.Host):
             module = type(module.__name__, (module,), {
                 "is_character_device": _node_test("c"),
                 "is_block_device": _node_test("b"),
+                "listdir": _listdir,
             })
             setattr(self, name, module)
         return module
