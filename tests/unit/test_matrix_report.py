@@ -79,3 +79,15 @@ def test_hotplug_cycles_parameter(monkeypatch):
 def test_hotplug_suite_registered():
     assert SUITES["hotplug"] == ("hotplug-cycles",)
     assert get("hotplug-cycles").description
+
+
+def test_junit_reports_a_config_mismatch_as_an_error_of_its_own_type(tmp_path):
+    import xml.etree.ElementTree as ET
+
+    from vblk_ci.report.junit import write_junit
+
+    r = _result(E.PASS, E.CONFIG_MISMATCH)
+    _fold_mismatch(r)
+    write_junit(r, tmp_path / "junit.xml")
+    errors = ET.parse(tmp_path / "junit.xml").getroot().iter("error")
+    assert [e.get("type") for e in errors if e.get("type") == "config-mismatch"] == ["config-mismatch"]
