@@ -1,9 +1,10 @@
 """vblk-ci command line: parse once, hand a dataclass to the engine, map errors to exit codes.
 
 Exit codes: 0 pass, 1 a check failed / the guest crashed, 2 bad usage or a missing
-prerequisite, 3 infrastructure failure, 130 interrupted. ``repro``: 1 the failure came
-back at least once, 0 never (so ``git bisect run`` works), 2 and 3 as above
-(see repro/commands.py).
+prerequisite, 3 infrastructure failure, 4 config mismatch (QEMU or the guest did not
+show the disk configuration that was asked for), 130 interrupted. ``repro``: 1 the
+failure came back at least once, 0 never (so ``git bisect run`` works), 2 and 3 as
+above (see repro/commands.py).
 """
 
 from __future__ import annotations
@@ -60,6 +61,13 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--smp", type=_positive, default=2)
     run.add_argument("--memory", type=_positive, default=1024, metavar="MB")
     run.add_argument("--suite", default="smoke")
+    run.add_argument("--matrix", metavar="FILE", help="run a device-configuration matrix (TOML) instead of a suite")
+    run.add_argument("-k", dest="select", metavar="EXPR",
+                     help="with --matrix: only combinations whose names match EXPR (words, and/or/not)")
+    run.add_argument("--disk", dest="disks", action="append", metavar="KEY=VALUE,...",
+                     help="run these DiskSpecs (TOML [disk] keys, e.g. id=a,num_queues=4,aio=io_uring,"
+                          "backend=file) as a matrix with a QD1 workload; repeatable; --smp sets vCPUs")
+    run.add_argument("--together", action="store_true", help="with --disk: also plug all the disks at once")
 
     build = sub.add_parser("build", help="build the guest kernel or initramfs")
     what = build.add_subparsers(dest="target", metavar="TARGET", parser_class=_Parser)
@@ -108,12 +116,52 @@ def _artifact(arg: str | None, env: str, what: str, flag: str) -> Path:
     return path
 
 
+def cmd_run_matrix(args: argparse.Namespace) -> int:
+    from .matrix.run import MatrixPlan, run_matrix, selected
+    from .matrix.schema import load_matrix
+    from .report.terminal import TerminalReporter
+
+    stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+    source = Path(args.matrix) if args.matrix else None
+    name = source.stem if source else "disks"
+    run_dir = Path(args.out) if args.out else DEFAULT_OUT_ROOT / f"matrix-{name}-{stamp}"
+    # A bad file or flag is a UsageError before anything boots.
+    if source is not None:
+        if args.disks:
+            raise UsageError("give either --matrix FILE or --disk flags, not both")
+        matrix = load_matrix(source, run_dir / "images")
+    else:
+        from .matrix.schema import matrix_from_flags
+
+        matrix = matrix_from_flags(args.disks, run_dir / "images", vcpus=args.smp, memory_mb=args.memory,
+                                   group=args.together)
+    if not selected(matrix, args.select):
+        raise UsageError(f"-k {args.select!r} selects none of the {len(matrix.combinations)} combinations "
+                         f"in {source or 'the --disk flags'}")
+    kernel = _artifact(args.kernel, ENV_KERNEL, "kernel image", "--kernel")
+    initramfs = _artifact(args.initramfs, ENV_INITRAMFS, "initramfs", "--initramfs")
+    plan = MatrixPlan(kernel=kernel, initramfs=initramfs, run_dir=run_dir, matrix=matrix, select=args.select,
+                      qemu=args.qemu, accel=args.accel)
+    report = TerminalReporter()
+    try:
+        result = run_matrix(plan, report)
+    finally:
+        report.close()
+    print(f"vblk-ci: {result.status}: results in {run_dir} (table: {run_dir / 'report' / 'matrix.md'})",
+          file=sys.stderr)
+    return result.exit_code
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     from .report.terminal import TerminalReporter
     from .runner import Plan, run
 
     from .scenarios import suite
 
+    if args.matrix or args.disks:
+        return cmd_run_matrix(args)
+    if args.select is not None:
+        raise UsageError("-k selects matrix combinations: it needs --matrix FILE")
     suite(args.suite)  # an unknown suite is a usage error before anything is created
     kernel = _artifact(args.kernel, ENV_KERNEL, "kernel image", "--kernel")
     initramfs = _artifact(args.initramfs, ENV_INITRAMFS, "initramfs", "--initramfs")

@@ -1,13 +1,15 @@
 """One exception hierarchy; the CLI maps each family to an exit code.
 
 Exit codes: 0 pass, 1 a check failed, 2 bad usage or missing prerequisite,
-3 infrastructure failure (QEMU, Docker, the build) -- never a verdict on the driver.
+3 infrastructure failure (QEMU, Docker, the build) -- never a verdict on the driver,
+4 config mismatch (QEMU or the guest did not show the disk configuration asked for).
 """
 
 EXIT_PASS = 0
 EXIT_FAIL = 1
 EXIT_USAGE = 2
 EXIT_INFRA = 3
+EXIT_CONFIG_MISMATCH = 4
 
 
 class VblkCiError(Exception):
@@ -99,3 +101,9 @@ class QmpError(InfraError):
 
 class MachineTimeout(InfraError):
     """Waiting for the VM (a QMP event, a console line, QEMU's exit) ran out of time."""
+
+
+class ConfigMismatch(VblkCiError):
+    """QEMU or the guest shows a disk configuration other than the spec's: nothing was judged."""
+
+    exit_code = EXIT_CONFIG_MISMATCH

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 
-from .errors import EXIT_FAIL, EXIT_INFRA, EXIT_PASS
+from .errors import EXIT_CONFIG_MISMATCH, EXIT_FAIL, EXIT_INFRA, EXIT_PASS
 from .events import CONFIG_MISMATCH, ERROR, FAIL, PASS
 
 # Check / scenario statuses (a verdict adds config-mismatch).
@@ -64,9 +64,9 @@ class RunResult:
 
     @property
     def exit_code(self) -> int:
-        # config-mismatch (reserved): the VM did not get the configuration asked for, so
-        # nothing was judged -- like an infrastructure error, not a verdict on the driver.
-        return {PASS: EXIT_PASS, FAIL: EXIT_FAIL, ERROR: EXIT_INFRA, CONFIG_MISMATCH: EXIT_INFRA}[self.status]
+        # config-mismatch: the VM did not get the configuration asked for, so nothing was
+        # judged -- not a verdict on the driver; its own exit code.
+        return {PASS: EXIT_PASS, FAIL: EXIT_FAIL, ERROR: EXIT_INFRA, CONFIG_MISMATCH: EXIT_CONFIG_MISMATCH}[self.status]
 
     def checks(self) -> list[CheckResult]:
         return [c for s in self.scenarios for c in s.checks]

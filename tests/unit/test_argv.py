@@ -217,3 +217,71 @@ def test_kvm_probe_judgement():
     assert "exited (1)" in judge_probe("some error\n", 1, False)
     argv = probe_argv("qemu", Path("/k"))
     assert argv[:5] == ["qemu", "-accel", "kvm", "-M", "q35"] and "-initrd" not in argv
+
+
+# -- DiskSpec device-configuration fields ----------------------------------------------------
+
+
+def test_defaults_add_nothing_new_to_device_add_or_blockdev_add():
+    disk = DiskSpec(id="d0", serial="vblk0")
+    assert set(A.device_add_args(disk, "rp0")) == {
+        "driver", "id", "bus", "drive", "serial", "num-queues", "queue-size", "logical_block_size",
+        "physical_block_size", "discard", "write-zeroes"}
+    assert "detect-zeroes" not in A.blockdev_add_args(disk)
+    assert A.iothread_object_args(disk) is None
+
+
+def test_file_node_gets_aio_and_cache_format_node_detect_zeroes():
+    disk = DiskSpec(id="d0", serial="s", backend="file", path=Path("/i/d0.raw"), aio="io_uring", cache="none",
+                    detect_zeroes="unmap")
+    args = A.blockdev_add_args(disk)
+    assert args["file"]["aio"] == "io_uring"
+    assert args["file"]["cache"] == {"direct": True, "no-flush": False}
+    assert args["cache"] == {"direct": True, "no-flush": False}
+    assert args["detect-zeroes"] == "unmap"
+
+
+def test_writethrough_cache_turns_the_device_write_cache_off():
+    disk = DiskSpec(id="d0", serial="s", backend="file", path=Path("/i"), aio="native", cache="directsync")
+    assert A.device_add_args(disk, "rp0")["write-cache"] == "off"
+    assert A.blockdev_add_args(disk)["file"]["aio"] == "native"
+
+
+def test_physical_block_size_defaults_to_logical_and_can_differ():
+    assert A.device_add_args(DiskSpec(id="d", serial="s", logical_block_size=4096), "rp0")["physical_block_size"] == 4096
+    args = A.device_add_args(DiskSpec(id="d", serial="s", physical_block_size=4096), "rp0")
+    assert (args["logical_block_size"], args["physical_block_size"]) == (512, 4096)
+
+
+def test_iothread_shared_per_disk_and_vq_mapping():
+    shared = DiskSpec(id="a", serial="s", iothread="shared", poll_max_ns=16384, poll_grow=2, poll_shrink=0)
+    assert A.iothread_object_args(shared) == {"qom-type": "iothread", "id": "iot-shared", "poll-max-ns": 16384,
+                                              "poll-grow": 2, "poll-shrink": 0}
+    assert A.device_add_args(shared, "rp1")["iothread"] == "iot-shared"
+    own = DiskSpec(id="b", serial="s", iothread="per-disk")
+    assert A.iothread_object_args(own) == {"qom-type": "iothread", "id": "iot-b"}
+    mapped = A.device_add_args(DiskSpec(id="c", serial="s", iothread="per-disk", iothread_vq_mapping=True), "rp0")
+    assert mapped["iothread-vq-mapping"] == [{"iothread": "iot-c"}]
+    assert "iothread" not in mapped
+
+
+@pytest.mark.parametrize("changes, field", [
+    ({"physical_block_size": 1000}, "physical_block_size"),
+    ({"logical_block_size": 4096, "physical_block_size": 512}, "physical_block_size"),
+    ({"aio": "posix"}, "aio"),
+    ({"aio": "io_uring"}, "aio"),  # null backend has no aio
+    ({"backend": "file", "path": Path("/x"), "aio": "native"}, "aio"),  # native without O_DIRECT
+    ({"cache": "fast"}, "cache"),
+    ({"detect_zeroes": "maybe"}, "detect_zeroes"),
+    ({"detect_zeroes": "unmap", "discard": False}, "detect_zeroes"),
+    ({"iothread": "two"}, "iothread"),
+    ({"poll_max_ns": 100}, "poll_max_ns"),  # no iothread
+    ({"iothread": "shared", "poll_grow": -1}, "poll_grow"),
+    ({"iothread_vq_mapping": True}, "iothread_vq_mapping"),
+    ({"guest_poll_queues": -1}, "guest_poll_queues"),
+    ({"guest_num_request_queues": True}, "guest_num_request_queues"),
+])
+def test_disk_spec_validate_config_fields(changes, field):
+    disk = DiskSpec(**{"id": "d0", "serial": "s0", **changes})
+    with pytest.raises(UsageError, match=rf"disk '.*': {field}: "):
+        disk.validate()

@@ -1,7 +1,9 @@
-"""DiskSpec: what one hot-plugged virtio-blk disk looks like.
+"""DiskSpec: what one hot-plugged virtio-blk disk looks like, on both sides.
 
-Deliberately small; a later change grows it into the TOML scenario schema.
-``validate()`` raises ``UsageError`` naming the offending field.
+Host side: backend, block layer (aio, cache, detect-zeroes), the virtio-blk device
+properties and its iothread. Guest side: the virtio_blk module parameters the driver
+reads at probe time (set by the agent before the hotplug). ``disks/toml_spec.py``
+loads it from a scenario file; ``validate()`` raises ``UsageError`` naming the field.
 """
 
 from __future__ import annotations
@@ -22,6 +24,20 @@ _SERIAL_RE = re.compile(r"^[A-Za-z0-9_.-]{1,20}$")
 
 # blkdebug events a rule may name (QEMU's BlkdebugEvent subset the suites use).
 INJECT_EVENTS = ("read_aio", "write_aio", "flush_to_disk", "pwritev", "preadv")
+
+IOTHREAD_MODES = ("none", "shared", "per-disk")
+AIO_MODES = ("threads", "native", "io_uring")
+DETECT_ZEROES = ("off", "on", "unmap")
+# QEMU's -drive cache= shorthands as (cache.direct, cache.no-flush, device write-cache).
+CACHE_MODES: dict[str, tuple[bool, bool, bool]] = {
+    "writeback": (False, False, True),
+    "none": (True, False, True),
+    "writethrough": (False, False, False),
+    "directsync": (True, False, False),
+    "unsafe": (False, True, True),
+}
+# The iothread every ``iothread = "shared"`` disk uses.
+SHARED_IOTHREAD_ID = "iot-shared"
 
 
 @dataclass(frozen=True)
@@ -64,6 +80,36 @@ class DiskSpec:
     # null backend only: how long each request takes (null-co ``latency-ns``), to keep
     # commands in flight in the device.
     latency_ns: int = 0
+    # physical_block_size 0 = same as logical_block_size.
+    physical_block_size: int = 0
+    # Block layer: file backend only for aio/cache (null-co has neither).
+    aio: str = "threads"
+    cache: str = "writeback"
+    detect_zeroes: str = "off"
+    # iothread: none, one shared by every disk of the VM, or one per disk; the poll
+    # settings are the iothread object's (None = QEMU's default).
+    iothread: str = "none"
+    poll_max_ns: int | None = None
+    poll_grow: int | None = None
+    poll_shrink: int | None = None
+    # Map every virtqueue to the iothread with iothread-vq-mapping (QEMU >= 9.0).
+    iothread_vq_mapping: bool = False
+    # Guest side: virtio_blk.poll_queues and num_request_queues (0 = no cap) at probe.
+    guest_poll_queues: int = 0
+    guest_num_request_queues: int = 0
+
+    @property
+    def effective_physical_block_size(self) -> int:
+        return self.physical_block_size or self.logical_block_size
+
+    @property
+    def iothread_id(self) -> str | None:
+        """The iothread object this disk's device runs in, or None."""
+        if self.iothread == "shared":
+            return SHARED_IOTHREAD_ID
+        if self.iothread == "per-disk":
+            return f"iot-{self.id}"
+        return None
 
     @property
     def node_name(self) -> str:
@@ -107,6 +153,40 @@ class DiskSpec:
             raise bad("latency_ns", "must be an integer in 0..10^10 (10 s)")
         if self.latency_ns and self.backend != "null":
             raise bad("latency_ns", "is only valid with the null backend")
+        if not _is_int(self.physical_block_size) or self.physical_block_size not in (0, 512, 1024, 2048, 4096):
+            raise bad("physical_block_size", "must be 512, 1024, 2048 or 4096 (or 0: same as logical)")
+        if self.effective_physical_block_size < self.logical_block_size:
+            raise bad("physical_block_size", "must not be smaller than logical_block_size")
+        if self.aio not in AIO_MODES:
+            raise bad("aio", f"must be one of {', '.join(AIO_MODES)}, not {self.aio!r}")
+        if self.cache not in CACHE_MODES:
+            raise bad("cache", f"must be one of {', '.join(CACHE_MODES)}, not {self.cache!r}")
+        if self.detect_zeroes not in DETECT_ZEROES:
+            raise bad("detect_zeroes", f"must be one of {', '.join(DETECT_ZEROES)}, not {self.detect_zeroes!r}")
+        if self.detect_zeroes == "unmap" and not self.discard:
+            raise bad("detect_zeroes", "'unmap' needs discard = true")
+        if self.backend != "file" and (self.aio != "threads" or self.cache != "writeback"):
+            raise bad("aio" if self.aio != "threads" else "cache", "is only valid with the file backend")
+        if self.aio == "native" and not CACHE_MODES[self.cache][0]:
+            raise bad("aio", "'native' needs O_DIRECT: cache = \"none\" or \"directsync\"")
+        if self.iothread not in IOTHREAD_MODES:
+            raise bad("iothread", f"must be one of {', '.join(IOTHREAD_MODES)}, not {self.iothread!r}")
+        for knob in ("poll_max_ns", "poll_grow", "poll_shrink"):
+            value = getattr(self, knob)
+            if value is None:
+                continue
+            if not _is_int(value) or value < 0:
+                raise bad(knob, "must be a non-negative integer")
+            if self.iothread == "none":
+                raise bad(knob, "needs an iothread (iothread = \"shared\" or \"per-disk\")")
+        if not isinstance(self.iothread_vq_mapping, bool):
+            raise bad("iothread_vq_mapping", "must be true or false")
+        if self.iothread_vq_mapping and self.iothread == "none":
+            raise bad("iothread_vq_mapping", "needs an iothread (iothread = \"shared\" or \"per-disk\")")
+        if not _is_int(self.guest_poll_queues) or not 0 <= self.guest_poll_queues <= 1024:
+            raise bad("guest_poll_queues", "must be an integer in 0..1024")
+        if not _is_int(self.guest_num_request_queues) or not 0 <= self.guest_num_request_queues <= 1024:
+            raise bad("guest_num_request_queues", "must be an integer in 0..1024 (0: no cap)")
         if self.backend == "file":
             if self.path is None:
                 raise bad("path", "is required for the file backend")

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
-from ..disks.spec import DiskSpec
+from ..disks.spec import CACHE_MODES, DiskSpec
 
 AGENT_PORT_NAME = "org.vblk-ci.agent"
 
@@ -185,6 +185,7 @@ def blockdev_add_args(disk: DiskSpec) -> dict:
         }
         if disk.latency_ns:
             node["latency-ns"] = disk.latency_ns
+        node.update(_detect_zeroes(disk))
         return node
     # A discard reaches the file (a punched hole) only if every node passes it down.
     unmap = {"discard": "unmap"} if disk.discard else {}
@@ -195,6 +196,7 @@ def blockdev_add_args(disk: DiskSpec) -> dict:
             "filename": str(disk.path),
             "read-only": disk.read_only,
             **unmap,
+            **_aio_cache(disk),
         }
         if disk.inject_errors:
             child = {
@@ -210,8 +212,54 @@ def blockdev_add_args(disk: DiskSpec) -> dict:
             "read-only": disk.read_only,
             "file": child,
             **unmap,
+            **_detect_zeroes(disk),
+            **_cache(disk),
         }
     raise ValueError(f"unknown backend {disk.backend!r}")
+
+
+def _cache(disk: DiskSpec) -> dict:
+    """Non-default ``cache`` options of a node (QEMU's default is writeback: neither set)."""
+    direct, no_flush, _ = CACHE_MODES[disk.cache]
+    return {"cache": {"direct": direct, "no-flush": no_flush}} if (direct or no_flush) else {}
+
+
+def _aio_cache(disk: DiskSpec) -> dict:
+    """The file node's ``aio`` (when not QEMU's default, threads) and cache options."""
+    return ({"aio": disk.aio} if disk.aio != "threads" else {}) | _cache(disk)
+
+
+def _detect_zeroes(disk: DiskSpec) -> dict:
+    return {"detect-zeroes": disk.detect_zeroes} if disk.detect_zeroes != "off" else {}
+
+
+def iothread_object_args(disk: DiskSpec) -> dict | None:
+    """``object-add`` arguments for the iothread ``disk`` runs in (None without one).
+
+    Poll settings left at None keep QEMU's defaults.
+    """
+    if disk.iothread_id is None:
+        return None
+    args: dict = {"qom-type": "iothread", "id": disk.iothread_id}
+    for key, value in (("poll-max-ns", disk.poll_max_ns), ("poll-grow", disk.poll_grow),
+                       ("poll-shrink", disk.poll_shrink)):
+        if value is not None:
+            args[key] = value
+    return args
+
+
+def _device_extras(disk: DiskSpec) -> dict:
+    """The device properties a default DiskSpec leaves unset: iothread, write cache."""
+    extras: dict = {}
+    if disk.iothread_id is not None:
+        if disk.iothread_vq_mapping:
+            # Every virtqueue in the one iothread; the JSON list form only (QEMU >= 9.0).
+            extras["iothread-vq-mapping"] = [{"iothread": disk.iothread_id}]
+        else:
+            extras["iothread"] = disk.iothread_id
+    if not CACHE_MODES[disk.cache][2]:
+        extras["write-cache"] = "off"
+    return extras
 
 
 def device_add_args(disk: DiskSpec, bus: str) -> dict:
@@ -225,7 +273,8 @@ def device_add_args(disk: DiskSpec, bus: str) -> dict:
         "num-queues": disk.num_queues,
         "queue-size": disk.queue_size,
         "logical_block_size": disk.logical_block_size,
-        "physical_block_size": disk.logical_block_size,
+        "physical_block_size": disk.effective_physical_block_size,
         "discard": disk.discard,
         "write-zeroes": disk.write_zeroes,
+        **_device_extras(disk),
     }

@@ -370,6 +370,11 @@ class Machine:
         self._slots[disk.id] = slot
         return started
 
+    @property
+    def plugged(self) -> dict[str, DiskSpec]:
+        """The disks plugged now (device_add done, DEVICE_DELETED not yet seen), by id."""
+        return dict(self._plugged)
+
     def free_slot(self) -> int | None:
         """The lowest root port slot no plugged disk uses (a failed unplug keeps its slot)."""
         used = set(self._slots.values())

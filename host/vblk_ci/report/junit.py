@@ -6,7 +6,7 @@ import json
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
-from ..events import ERROR, FAIL, PASS
+from ..events import CONFIG_MISMATCH, ERROR, FAIL, PASS
 from ..result import SKIP, CheckResult, RunResult
 
 RUN_SUITE = "vblk-ci"
@@ -22,6 +22,8 @@ def _case(suite: ET.Element, classname: str, name: str, status: str, seconds: fl
         ET.SubElement(case, "error", message=first, type="error").text = body or message
     elif status == SKIP:
         ET.SubElement(case, "skipped", message=first)
+    elif status == CONFIG_MISMATCH:  # not a driver failure, but not a pass either
+        ET.SubElement(case, "error", message=first, type="config-mismatch").text = body or message
 
 
 def _check_body(check: CheckResult) -> str:

@@ -6,12 +6,13 @@ from ..errors import UsageError
 from .base import Scenario, ScenarioContext, get, register, registered
 from . import smoke  # noqa: F401  (registers itself)
 from . import driver_ops, driver_refusals, driver_permissions, driver_iopoll, driver_unplug, driver_soak  # noqa: F401
-from . import meta  # noqa: F401
+from . import hotplug_cycles, meta  # noqa: F401
 
 SUITES: dict[str, tuple[str, ...]] = {
     "smoke": ("smoke",),
     "driver": ("driver-ops", "driver-refusals", "driver-permissions", "driver-iopoll", "driver-unplug",
                "driver-soak"),
+    "hotplug": ("hotplug-cycles",),
     # Runs that must fail (the harness's own tests, and vblk-ci repro's).
     "meta-crash": ("meta-sysrq-crash",),
     "meta-fail": ("meta-failing-check",),

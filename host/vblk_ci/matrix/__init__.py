@@ -1,0 +1,1 @@
+"""Device-configuration matrices: DiskSpecs crossed with workloads, from a TOML file."""
