@@ -1,6 +1,6 @@
 """The both-side configuration check: the clamp computation, and the comparison replayed
 on QEMU and guest views recorded from a real matrix run (tests/unit/data/config/, from
-ci/matrix-default.toml on QEMU 7.2 / TCG)."""
+ci/matrix-default.toml as it was then -- kept as matrix-recorded.toml -- on QEMU 7.2 / TCG)."""
 
 from __future__ import annotations
 
@@ -14,7 +14,6 @@ from vblk_ci.disks.configcheck import compare, expected_queues, mismatches
 from vblk_ci.matrix.schema import load_matrix
 
 DATA = Path(__file__).parent / "data" / "config"
-ROOT = Path(__file__).resolve().parents[2]
 RECORDED = sorted(p.stem for p in DATA.glob("*.json"))
 
 
@@ -42,7 +41,7 @@ def test_clamp_note_names_the_cause():
 
 
 def _spec(name: str):
-    matrix = load_matrix(ROOT / "ci" / "matrix-default.toml", Path("/images"))
+    matrix = load_matrix(DATA / "matrix-recorded.toml", Path("/images"))
     return next(d for c in matrix.combinations for d in c.disks if d.id == name)
 
 
