@@ -14,6 +14,7 @@ from ..errors import UsageError
 
 BACKENDS = ("null", "file")
 FORMATS = ("raw", "qcow2")
+AIO_MODES = ("threads", "native", "io_uring")
 
 _ID_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_.-]{0,30}$")
 # virtio-blk serials are at most 20 bytes (VIRTIO_BLK_ID_BYTES); keep them printable.
@@ -64,6 +65,8 @@ class DiskSpec:
     # null backend only: how long each request takes (null-co ``latency-ns``), to keep
     # commands in flight in the device.
     latency_ns: int = 0
+    # file backend only: the file node's ``aio`` (threads, native, io_uring); None = QEMU's default.
+    aio: str | None = None
 
     @property
     def node_name(self) -> str:
@@ -114,6 +117,8 @@ class DiskSpec:
                 raise bad("format", f"must be one of {', '.join(FORMATS)}, not {self.format!r}")
         elif self.path is not None:
             raise bad("path", "is only valid with the file backend")
+        if self.aio is not None and (self.backend != "file" or self.aio not in AIO_MODES):
+            raise bad("aio", f"must be one of {', '.join(AIO_MODES)}, with the file backend")
         if self.inject_errors and self.backend != "file":
             raise bad("inject_errors", "needs the file backend (blkdebug sits above the file node)")
         for rule in self.inject_errors:
