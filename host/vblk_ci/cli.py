@@ -108,7 +108,8 @@ def _add_bench_parser(sub) -> None:
     b.add_argument("--out", help="output folder (default vblk-ci-out/bench-<time>)")
     b.add_argument("--qemu", default="qemu-system-x86_64")
     b.add_argument("--accel", choices=("auto", "tcg", "kvm"), default="auto")
-    b.add_argument("--smp", type=_positive, default=2)
+    b.add_argument("--smp", type=_positive, help="vCPUs (default 2; 1 with --icount, so a task's CPU time "
+                   "counts only its own vCPU's instructions)")
     b.add_argument("--memory", type=_positive, default=1024, metavar="MB")
     b.add_argument("--preset", help="seed | quick (default: one fair comparison from the job options)")
     b.add_argument("--pairs", type=_positive, default=5, help="A/B pairs per comparison (default %(default)s)")
@@ -240,7 +241,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
     stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
     out = Path(args.out) if args.out else DEFAULT_OUT_ROOT / f"bench-{stamp}"
     plan = BenchPlan(kernel=kernel, initramfs=initramfs, out=out, options=options, qemu=args.qemu,
-                     accel=args.accel, smp=args.smp, memory_mb=args.memory, preset=args.preset)
+                     accel=args.accel, smp=args.smp or (1 if args.icount else 2), memory_mb=args.memory,
+                     preset=args.preset)
     report = TerminalReporter()
     try:
         record = run_bench(plan, report)

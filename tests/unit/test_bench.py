@@ -283,3 +283,33 @@ def test_plots_are_pngs(recorded, tmp_path):
     assert len(files) == len(recorded["comparisons"]) + 1
     for f in files:
         assert f.read_bytes()[:8] == PNG_MAGIC and f.stat().st_size > 1000
+
+
+# -- machine/disk additions the bench uses ----------------------------------------------------
+
+
+def test_icount_and_trace_log_argv():
+    from vblk_ci.machine import argv as A
+
+    assert A.icount_args(None, "tcg") == []
+    assert A.icount_args(0, "tcg") == ["-icount", "shift=0,sleep=off"]
+    with pytest.raises(ValueError):
+        A.icount_args(0, "kvm")
+    assert A.trace_log_args(None) == []
+    assert A.trace_log_args(Path("/o/trace.log")) == ["-D", "/o/trace.log"]
+    spec = A.MachineSpec(qemu="q", kernel=Path("/k"), icount_shift=0, trace_log=Path("/o/t.log"))
+    argv = A.build_argv(spec, A.MachinePaths.make(Path("/s"), Path("/r")), A.QemuCaps(version=(7, 2, 0)))
+    assert argv[-4:] == ["-icount", "shift=0,sleep=off", "-D", "/o/t.log"]
+
+
+def test_file_disk_aio():
+    from vblk_ci.disks.spec import DiskSpec
+    from vblk_ci.machine import argv as A
+
+    disk = DiskSpec(id="f", serial="f", backend="file", path=Path("/x.img"), aio="io_uring").validate()
+    assert A.blockdev_add_args(disk)["file"]["aio"] == "io_uring"
+    assert "aio" not in A.blockdev_add_args(replace(disk, aio=None))["file"]
+    with pytest.raises(UsageError, match="aio"):
+        DiskSpec(id="n", serial="n", aio="io_uring").validate()
+    with pytest.raises(UsageError, match="aio"):
+        replace(disk, aio="posix").validate()

@@ -184,6 +184,9 @@ def run_bench(plan: BenchPlan, emit: E.Emit = E.discard) -> dict:
     accel = choose(qemu, Path(plan.kernel), plan.accel)
     if opts.icount and accel.name != "tcg":
         raise UsageError("--icount needs TCG (pass --accel tcg)")
+    if opts.icount and plan.smp != 1:
+        emit(E.Note(f"icount with {plan.smp} vCPUs: instructions of every vCPU advance the one virtual clock, "
+                    "so CPU time per I/O includes what the other vCPUs ran meanwhile"))
     emit(E.Note(f"accelerator {accel.name}: {accel.reason}"))
     trace_log = out / "trace.log" if opts.kicks else None
     if trace_log is not None:
