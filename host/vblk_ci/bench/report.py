@@ -70,7 +70,7 @@ def table_lines(record: dict) -> list[str]:
                     verdict = "agrees" if fio["agree"] else "**DISAGREES**"
                     fio_cell = f"{fio['iops_median']:.0f} ({fio['engine_vs_fio']:+.1%}, {verdict})"
                 else:
-                    fio_cell = f"not run: {fio.get('reason', '')}"
+                    fio_cell = "not run: " + (fio.get("reason") or "").splitlines()[0].replace("|", "/")
             else:
                 fio_cell = ""
             ratio = _ratio(s["iops_ratio"]) if path == "passthru" else ""

@@ -104,7 +104,10 @@ class _Bench:
         except AgentError as exc:
             return {"argv": argv, "error": str(exc)}
         if res.get("rc") != 0:
-            return {"argv": argv, "error": f"fio exited {res.get('rc')}: {(res.get('stderr') or '').strip()[-300:]}"}
+            stderr = (res.get("stderr") or "").strip()
+            if "shmget" in stderr:  # fio keeps its job table in SysV shared memory
+                self.fio_missing = "fio needs System V shared memory (shmget): the guest kernel lacks CONFIG_SYSVIPC"
+            return {"argv": argv, "error": f"fio exited {res.get('rc')}: {stderr[-300:]}"}
         try:
             data = json.loads(res["stdout"][res["stdout"].index("{"):])
             j = data["jobs"][0]
@@ -143,6 +146,8 @@ class _Bench:
         fio_runs = []
         if self.opts.fio and self.fio_missing is None:
             for i in range(self.opts.fio_runs):
+                if self.fio_missing is not None:
+                    break
                 r = self.run_fio(comp.block, devs["block"])
                 fio_runs.append(r)
                 emit(E.Note(f"  fio {i + 1}/{self.opts.fio_runs} block "
@@ -151,8 +156,7 @@ class _Bench:
                 "note": comp.note, "jobs": {"passthru": asdict(comp.passthru), "block": asdict(comp.block)},
                 "describe": {"passthru": comp.passthru.describe(), "block": comp.block.describe()},
                 "runs": runs, "fio": fio_runs,
-                "fio_skipped": None if self.opts.fio and self.fio_missing is None else (
-                    self.fio_missing or "disabled (--no-fio)")}
+                "fio_skipped": (self.fio_missing or None) if self.opts.fio else "disabled (--no-fio)"}
 
     def backend(self, backend: str, comps: list[Comparison]) -> list[dict]:
         disk = _disk(backend, self.opts.disk_size, self.plan.out)

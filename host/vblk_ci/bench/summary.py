@@ -66,7 +66,7 @@ def _fio_summary(comp: dict, block: dict) -> dict | None:
     errors = [r["error"] for r in comp.get("fio") or [] if "error" in r]
     if not good:
         return {"iops_median": None, "agree": None,
-                "reason": comp.get("fio_skipped") or (errors[0] if errors else "no fio run")}
+                "reason": comp.get("fio_skipped") or (errors[0].splitlines()[0] if errors else "no fio run")}
     fio = S.median(good)
     diff = block["iops_median"] / fio - 1.0
     return {"iops_median": fio, "iops": good, "engine_block_iops_median": block["iops_median"],
