@@ -93,6 +93,9 @@ class _Bench:
             err = (res.get("stderr") or "").strip().splitlines()
             raise CheckFailed(f"vblk-engine {' '.join(job.engine_args(dev))} exited {res.get('exit_code')}: "
                               f"{err[-1] if err else ''}")
+        if "cpu_ns_per_io" not in (res.get("bench") or {}):
+            raise MissingPrerequisite("the guest's vblk-engine has no cpu_ns_per_io: the initramfs predates "
+                                      "the bench engine options; rebuild it ('vblk-ci build initramfs')")
         if res.get("errors"):
             raise CheckFailed(f"{dev}: {res['errors']} I/O errors in a benchmark, first {res.get('first_error')}")
         return res, counts
