@@ -8,7 +8,7 @@ different jobs when it reproduces how the seed measured. ``validate()`` raises
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 
 from ..errors import UsageError
 
@@ -162,7 +162,6 @@ class BenchOptions:
     kicks: bool = True
     keep_trace: bool = False
     disk_size: int = 64 << 20
-    extra: dict = field(default_factory=dict)
 
     def validate(self) -> "BenchOptions":
         if not self.comparisons:
