@@ -313,3 +313,14 @@ def test_file_disk_aio():
         DiskSpec(id="n", serial="n", aio="io_uring").validate()
     with pytest.raises(UsageError, match="aio"):
         replace(disk, aio="posix").validate()
+
+
+def test_fio_verdicts_in_the_table():
+    """The recorded fio run has one comparison within 10% of the engine and one outside."""
+    rec = json.loads((DATA / "seed-fio-tcg-subset.json").read_text())
+    verdicts = {c["name"]: c["summary"]["fio"]["agree"] for c in rec["comparisons"]}
+    assert verdicts == {"qd1-seed-null": True, "qd8b4-fair-null": False}
+    text = R.to_markdown(rec)
+    assert "agrees)" in text and "**DISAGREES**" in text
+    fair_fio = [c for c in rec["comparisons"] if c["name"] == "qd8b4-fair-null"][0]["fio"][0]
+    assert "--ioengine=io_uring" in fair_fio["argv"] and "--direct=1" in fair_fio["argv"]
