@@ -236,6 +236,10 @@ def cmd_bench(args: argparse.Namespace) -> int:
     from .report.terminal import TerminalReporter
 
     options = bench_options(args)
+    try:  # the plots come at the end: fail before booting, not after the measurements
+        import matplotlib  # noqa: F401
+    except ImportError:
+        raise MissingPrerequisite("matplotlib is not installed (pip install matplotlib, or python3-matplotlib)") from None
     kernel = _artifact(args.kernel, ENV_KERNEL, "kernel image", "--kernel")
     initramfs = _artifact(args.initramfs, ENV_INITRAMFS, "initramfs", "--initramfs")
     stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
