@@ -71,6 +71,7 @@ RUN apt-get update \
  && apt-get install -y --no-install-recommends \
       qemu-system-x86 qemu-system-data seabios qemu-utils \
       python3 python3-venv python3-setuptools python3-pexpect python3-docker python3-testinfra \
+      python3-matplotlib \
  && rm -rf /var/lib/apt/lists/*
 # Debian's packages for the rest; PyPI only for qemu.qmp (not packaged in Debian).
 # An optional .wheels/ directory in the build context (tests/run fills it with
@@ -90,7 +91,7 @@ COPY --from=initramfs /artifacts/ /opt/vblk-ci/
 COPY pyproject.toml /src/vblk-ci/
 COPY host/ /src/vblk-ci/host/
 RUN pip install --no-cache-dir --disable-pip-version-check --no-deps --no-build-isolation /src/vblk-ci \
- && python3 -c "import vblk_ci, qemu.qmp, pexpect, docker, testinfra"
+ && python3 -c "import vblk_ci, qemu.qmp, pexpect, docker, testinfra, matplotlib"
 ENV VBLK_CI_KERNEL=/opt/vblk-ci/bzImage \
     VBLK_CI_INITRAMFS=/opt/vblk-ci/initramfs.cpio.gz
 VOLUME /out

@@ -86,7 +86,7 @@ enum {
 	OPT_RUNTIME, OPT_TYPE, OPT_CMD_OP, OPT_FLAG, OPT_DATA_LEN, OPT_BAD_PTR,
 	OPT_VEC, OPT_FIXED, OPT_IOPOLL, OPT_UNMAP, OPT_RANGES, OPT_WITH_TRIM,
 	OPT_INIT_SEED, OPT_BENCH, OPT_BATCH_SUBMIT, OPT_BATCH_COMPLETE, OPT_ZERO,
-	OPT_UID, OPT_GID,
+	OPT_UID, OPT_GID, OPT_BUFFERED, OPT_RWMIX_READ,
 };
 
 static const struct option long_opts[] = {
@@ -121,6 +121,8 @@ static const struct option long_opts[] = {
 	{ "zero",		no_argument,	   NULL, OPT_ZERO },
 	{ "uid",		required_argument, NULL, OPT_UID },
 	{ "gid",		required_argument, NULL, OPT_GID },
+	{ "buffered",		no_argument,	   NULL, OPT_BUFFERED },
+	{ "rwmix-read",		required_argument, NULL, OPT_RWMIX_READ },
 	{ NULL, 0, NULL, 0 },
 };
 
@@ -136,6 +138,7 @@ static const struct { int opt; size_t off; } flag_opts[] = {
 	{ OPT_WITH_TRIM,	offsetof(struct job, with_trim) },
 	{ OPT_BENCH,		offsetof(struct job, bench) },
 	{ OPT_ZERO,		offsetof(struct job, zero) },
+	{ OPT_BUFFERED,		offsetof(struct job, buffered) },
 };
 
 /* Options that take a bounded count (unsigned int). */
@@ -234,6 +237,7 @@ static int parse_id(struct job *job, int opt, const char *arg)
 static int apply_option(struct job *job, int opt, const char *arg)
 {
 	uint64_t *num = number_target(job, opt);
+	uint64_t v;
 	int ret;
 
 	if (num) {
@@ -267,6 +271,14 @@ static int apply_option(struct job *job, int opt, const char *arg)
 	case OPT_UID:
 	case OPT_GID:
 		return parse_id(job, opt, arg);
+	case OPT_RWMIX_READ:
+		if (parse_u64(arg, &v) || v > 100) {
+			usage_error("--rwmix-read must be 0..100, got '%s'", arg);
+			return -EINVAL;
+		}
+		job->rwmix_read = (unsigned int)v;
+		job->have_rwmix = true;
+		return 0;
 	case OPT_RUNTIME:
 		if (parse_seconds(arg, &job->runtime_ns)) {
 			usage_error("--runtime must be seconds > 0, got '%s'", arg);
@@ -347,6 +359,10 @@ static int check_op_options(const struct job *job)
 		return fail("--ranges takes --op discard or write-zeroes");
 	if (job->zero && job->op != OP_VERIFY)
 		return fail("--zero takes --op verify");
+	if ((job->buffered || job->have_rwmix) && !job->bench)
+		return fail("--buffered/--rwmix-read take a benchmark op");
+	if (job->buffered && (job->fixed || job->iopoll))
+		return fail("--buffered cannot go with --fixed or --iopoll");
 	if (!basic && (job->type.set || job->cmd_op.set || job->flag.set ||
 		       job->data_len.set || job->bad_ptr))
 		return fail("--type/--cmd-op/--flag/--data-len/--bad-ptr take a basic op");

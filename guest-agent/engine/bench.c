@@ -22,6 +22,12 @@
  * Latency histograms: 8 linear sub-buckets per power of two (values below 8
  *   exact); a percentile is the lower bound of the bucket holding the
  *   ceil(p * n)-th smallest sample, clamped to [min, max].
+ * --rwmix-read P: each I/O reads with probability P% (own random stream, so
+ *   the offsets are those of the same job without it), else writes.
+ * cpu_ns: CPU time the engine process used during the loop
+ *   (CLOCK_PROCESS_CPUTIME_ID, user + system).  Under QEMU -icount shift=0
+ *   one guest nanosecond is one instruction, so cpu_ns / ios is the guest
+ *   instructions per I/O spent in the engine's context.
  * Signals: SIGINT/SIGTERM end the job as if --runtime had run out (stop
  *   issuing, drain what is in flight, print); SIGUSR1 is a mark: I/Os
  *   prepared after it are also counted in res_counts_after_mark.  Failed
@@ -33,6 +39,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "engine.h"
 
@@ -58,6 +65,9 @@ struct bench_state {
 	unsigned int inflight;
 	unsigned int queued;
 	struct slot **batch;		/* the SQEs of the batch being prepared */
+	uint64_t mix_rng;		/* --rwmix-read: read or write */
+	uint64_t reads, writes;		/* I/Os issued of each kind */
+	uint64_t cpu_ns;
 	bool random;
 	enum io_kind kind;
 };
@@ -199,6 +209,9 @@ int bench_setup(struct engine *e)
 	b->nblocks = job->length / job->bs;
 	b->rng = splitmix64(job->seed) ? splitmix64(job->seed) : 1;
 	b->limit = job->ios ? job->ios : job->runtime_ns ? UINT64_MAX : b->nblocks;
+	b->mix_rng = splitmix64(job->seed ^ 0x6d6978ULL) ? splitmix64(job->seed ^ 0x6d6978ULL) : 1;
+	if (job->have_rwmix)
+		b->kind = job->rwmix_read == 100 ? IO_READ : IO_WRITE;
 	/* Written data is not checked: one pattern per buffer, made once. */
 	for (i = 0; b->kind == IO_WRITE && i < job->qd; i++)
 		fill_pattern(e->slots[i].buf, 0, (uint32_t)job->bs, job->seed);
@@ -238,6 +251,13 @@ static void prep_batch(struct engine *e)
 			break;
 		s = e->free_slots[--e->nr_free];
 		s->kind = b->kind;
+		if (e->job->have_rwmix)
+			s->kind = xorshift64s(&b->mix_rng) % 100 < e->job->rwmix_read ?
+				  IO_READ : IO_WRITE;
+		if (s->kind == IO_READ)
+			b->reads++;
+		else
+			b->writes++;
 		s->tgt = 0;
 		s->seq = b->issued++;
 		s->offset = next_offset(e, s->seq);
@@ -340,10 +360,19 @@ static bool more_ios(const struct bench_state *b, uint64_t t)
 	       !stop_requested;
 }
 
+static uint64_t cpu_time_ns(void)
+{
+	struct timespec ts;
+
+	if (clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &ts))
+		return 0;
+	return (uint64_t)ts.tv_sec * 1000000000ULL + (uint64_t)ts.tv_nsec;
+}
+
 int bench_run(struct engine *e)
 {
 	struct bench_state *b = e->bench;
-	uint64_t start = now_ns(), t;
+	uint64_t cpu0 = cpu_time_ns(), start = now_ns(), t;
 	bool more;
 
 	if (e->job->runtime_ns)
@@ -363,6 +392,7 @@ int bench_run(struct engine *e)
 		reap(e);
 	}
 	e->st.elapsed_ns = now_ns() - start;
+	b->cpu_ns = cpu_time_ns() - cpu0;
 	e->st.ios = b->completed;
 	return 0;
 }
@@ -391,6 +421,14 @@ void bench_print(const struct engine *e)
 	printf(", \"batch_submit\": %u, \"batch_complete\": %u, \"random\": %s",
 	       e->job->batch_submit, e->job->batch_complete,
 	       b->random ? "true" : "false");
+	printf(", \"buffered\": %s, \"rwmix_read\": ", e->job->buffered ? "true" : "false");
+	if (e->job->have_rwmix)
+		printf("%u", e->job->rwmix_read);
+	else
+		fputs("null", stdout);
+	printf(", \"reads\": %" PRIu64 ", \"writes\": %" PRIu64 ", \"cpu_ns\": %" PRIu64
+	       ", \"cpu_ns_per_io\": %.1f", b->reads, b->writes, b->cpu_ns,
+	       b->completed ? (double)b->cpu_ns / (double)b->completed : 0.0);
 	print_hist("slat", &b->slat);
 	print_hist("clat", &b->clat);
 	putchar('}');

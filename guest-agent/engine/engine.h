@@ -131,6 +131,9 @@ struct job {
 	bool unmap;
 	bool with_trim;
 	bool zero;			/* verify expects zeroes */
+	bool buffered;			/* bench: block path without O_DIRECT */
+	bool have_rwmix;
+	unsigned int rwmix_read;	/* bench: % of I/Os that read (--rwmix-read) */
 };
 
 struct target {

@@ -98,9 +98,52 @@ def build_parser() -> argparse.ArgumentParser:
     from .repro.commands import add_parsers as add_repro_parsers
 
     add_repro_parsers(sub, _positive)
+    _add_bench_parser(sub)
 
     sub.add_parser("version", help="print the version")
     return p
+
+
+def _fraction_seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+    if not 0 < value <= 3600:
+        raise argparse.ArgumentTypeError(f"must be in (0, 3600] seconds: {value}")
+    return value
+
+
+def _add_bench_parser(sub) -> None:
+    b = sub.add_parser("bench", help="benchmark passthrough against the block path (A/B pairs in one VM)")
+    b.add_argument("--kernel", help=f"bzImage (default ${ENV_KERNEL})")
+    b.add_argument("--initramfs", help=f"guest initramfs, with fio for the reference (default ${ENV_INITRAMFS})")
+    b.add_argument("--out", help="output folder (default vblk-ci-out/bench-<time>)")
+    b.add_argument("--qemu", default="qemu-system-x86_64")
+    b.add_argument("--accel", choices=("auto", "tcg", "kvm"), default="auto")
+    b.add_argument("--smp", type=_positive, help="vCPUs (default 2; 1 with --icount, so a task's CPU time "
+                   "counts only its own vCPU's instructions)")
+    b.add_argument("--memory", type=_positive, default=1024, metavar="MB")
+    b.add_argument("--preset", help="seed | quick (default: one fair comparison from the job options)")
+    b.add_argument("--pairs", type=_positive, default=5, help="A/B pairs per comparison (default %(default)s)")
+    b.add_argument("--icount", action="store_true", help="QEMU -icount shift=0,sleep=off: instructions per I/O")
+    b.add_argument("--no-fio", dest="fio", action="store_false", help="skip the fio reference runs")
+    b.add_argument("--fio-runs", type=_positive, default=3)
+    b.add_argument("--no-kicks", dest="kicks", action="store_false", help="do not count virtqueue kicks")
+    b.add_argument("--keep-trace", action="store_true", help="keep QEMU's trace log (trace.log) in the output")
+    j = b.add_argument_group("job options (t/io_uring equivalents)")
+    j.add_argument("--bs", type=_positive, default=4096, help="block size (-b)")
+    j.add_argument("--qd", type=_positive, default=1, help="queue depth (-d)")
+    j.add_argument("--batch-submit", type=_positive, default=1, help="submit batch (-s)")
+    j.add_argument("--batch-complete", type=_positive, default=1, help="complete batch (-c)")
+    j.add_argument("--iopoll", action="store_true", help="polled completions (-p1)")
+    j.add_argument("--fixed", action="store_true", help="registered buffers (-B1)")
+    j.add_argument("--pattern", choices=("random", "sequential"), default="random", help="(-r)")
+    j.add_argument("--rwmix-read", type=int, default=100, help="percent reads, 0..100 (default 100)")
+    j.add_argument("--runtime", type=_fraction_seconds, help="seconds per run (default 2; presets: theirs)")
+    j.add_argument("--ios", type=_positive, help="I/Os per run instead of a runtime")
+    j.add_argument("--length", type=_positive, default=64 << 20, help="bytes the I/Os cover")
+    j.add_argument("--backend", choices=("null", "file"), default="null")
 
 
 # -- run ---------------------------------------------------------------------------------
@@ -219,6 +262,60 @@ def cmd_build(args: argparse.Namespace) -> int:
     return 0
 
 
+# -- bench -------------------------------------------------------------------------------
+
+
+def bench_options(args: argparse.Namespace):
+    """BenchOptions from the command line; bad combinations are a UsageError."""
+    from .bench.job import BenchOptions, Job, fair
+    from .bench.presets import preset
+
+    if args.preset:
+        if args.ios is not None:
+            raise UsageError("--ios does not go with --preset (presets run for a time; use --runtime)")
+        comparisons = preset(args.preset, args.runtime)
+    else:
+        job = Job(bs=args.bs, qd=args.qd, batch_submit=args.batch_submit, batch_complete=args.batch_complete,
+                  iopoll=args.iopoll, fixed=args.fixed, pattern=args.pattern, rwmix_read=args.rwmix_read,
+                  runtime_s=None if args.ios else (args.runtime or 2.0), ios=args.ios, length=args.length)
+        comparisons = (fair(f"{job.op_label}-qd{job.qd}-{args.backend}", job, args.backend),)
+    return BenchOptions(comparisons=comparisons, pairs=args.pairs, icount=args.icount, fio=args.fio,
+                        fio_runs=args.fio_runs, kicks=args.kicks, keep_trace=args.keep_trace).validate()
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from .bench.report import write_all
+    from .bench.runner import BenchPlan, run_bench
+    from .report.terminal import TerminalReporter
+
+    options = bench_options(args)
+    try:  # the plots come at the end: fail before booting, not after the measurements
+        import matplotlib  # noqa: F401
+    except ImportError:
+        raise MissingPrerequisite("matplotlib is not installed (pip install matplotlib, or python3-matplotlib)") from None
+    kernel = _artifact(args.kernel, ENV_KERNEL, "kernel image", "--kernel")
+    initramfs = _artifact(args.initramfs, ENV_INITRAMFS, "initramfs", "--initramfs")
+    stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+    out = Path(args.out) if args.out else DEFAULT_OUT_ROOT / f"bench-{stamp}"
+    plan = BenchPlan(kernel=kernel, initramfs=initramfs, out=out, options=options, qemu=args.qemu,
+                     accel=args.accel, smp=args.smp or (1 if args.icount else 2), memory_mb=args.memory,
+                     preset=args.preset)
+    report = TerminalReporter()
+    try:
+        record = run_bench(plan, report)
+    except VblkCiError as exc:
+        if out.is_dir():
+            with open(out / "run.log", "a", encoding="utf-8") as f:
+                f.write("".join(traceback.format_exception(exc)))
+        raise
+    finally:
+        report.close()
+    files = write_all(record, out)
+    print(files["markdown"].read_text(encoding="utf-8"))
+    print(f"vblk-ci: bench done: results in {out}", file=sys.stderr)
+    return 0
+
+
 # -- main --------------------------------------------------------------------------------
 
 
@@ -250,6 +347,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             from .repro.commands import cmd_repro, cmd_shell
 
             return cmd_repro(args) if args.command == "repro" else cmd_shell(args)
+        if args.command == "bench":
+            return cmd_bench(args)
         return cmd_build(args)
     except VblkCiError as exc:
         first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__

@@ -609,3 +609,40 @@ def test_bench_mark_and_stop_signals(engine, disk):
     before, after = r["res_counts"]["4096"], r["res_counts_after_mark"]["4096"]
     assert 0 < after < before == r["ios"]
     assert r["errors"] == 0 and r["close_ok"] is True
+
+
+# --------------------------------------------------------------------------- bench: --buffered, --rwmix-read
+
+
+def test_bench_rwmix_read_splits_reads_and_writes(engine, disk):
+    r = job(engine, "--path", disk, "--op", "randread", "--length", "1m", "--ios", "400",
+            "--qd", "4", "--rwmix-read", "75")
+    b = r["bench"]
+    assert b["rwmix_read"] == 75 and b["reads"] + b["writes"] == 400
+    assert 200 < b["reads"] < 400 and b["writes"] > 0  # 75 % of 400, seeded: far from both ends
+    assert r["errors"] == 0
+
+
+def test_bench_rwmix_keeps_offsets_of_the_plain_job(engine, disk):
+    """The read/write choice has its own generator: same seed, same I/O count as without it."""
+    a = job(engine, "--path", disk, "--op", "randread", "--length", "1m", "--ios", "64")
+    b = job(engine, "--path", disk, "--op", "randread", "--length", "1m", "--ios", "64", "--rwmix-read", "100")
+    assert a["bench"]["reads"] == b["bench"]["reads"] == 64 and a["bench"]["writes"] == 0
+
+
+def test_bench_buffered_and_cpu_time(engine, disk):
+    r = job(engine, "--path", disk, "--op", "randread", "--length", "1m", "--ios", "256", "--buffered")
+    b = r["bench"]
+    assert b["buffered"] is True and b["rwmix_read"] is None
+    assert b["cpu_ns"] > 0 and b["cpu_ns_per_io"] == pytest.approx(b["cpu_ns"] / b["ios"], rel=1e-3)
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--op", "read", "--buffered"], "--buffered/--rwmix-read take a benchmark op"),
+    (["--op", "verify", "--rwmix-read", "50"], "--buffered/--rwmix-read take a benchmark op"),
+    (["--op", "randread", "--rwmix-read", "101"], "--rwmix-read must be 0..100"),
+    (["--op", "randread", "--buffered", "--fixed"], "--buffered cannot go with --fixed or --iopoll"),
+])
+def test_bench_new_options_refused(engine, disk, args, message):
+    proc = run(engine, "--path", disk, *args, expect_rc=2)
+    assert proc.stdout == "" and len(proc.stderr.splitlines()) == 1 and message in proc.stderr

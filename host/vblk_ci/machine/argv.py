@@ -69,6 +69,9 @@ class MachineSpec:
     memory_mb: int = 1024
     append: tuple[str, ...] = ()
     disk_slots: int = 4
+    # Benchmarks: deterministic instruction counting (TCG only) and a file for trace events.
+    icount_shift: int | None = None
+    trace_log: Path | None = None
 
 
 def qopt(value: object) -> str:
@@ -152,6 +155,24 @@ def panic_args(caps: QemuCaps) -> list[str]:
     return argv
 
 
+def icount_args(shift: int | None, accel: str) -> list[str]:
+    """``-icount shift=N,sleep=off``: the virtual clock counts guest instructions
+    (2^N ns each; shift=0: 1 ns per instruction) and jumps over idle time instead of
+    sleeping. TCG only; it makes TCG single-threaded."""
+    if shift is None:
+        return []
+    if accel != "tcg":
+        raise ValueError("icount needs the tcg accelerator")
+    if not 0 <= shift <= 10:
+        raise ValueError(f"icount shift {shift} outside 0..10")
+    return ["-icount", f"shift={shift},sleep=off"]
+
+
+def trace_log_args(path: Path | None) -> list[str]:
+    """``-D path``: where QEMU's log trace backend writes events enabled later over QMP."""
+    return [] if path is None else ["-D", str(path)]
+
+
 def build_argv(spec: MachineSpec, paths: MachinePaths, caps: QemuCaps) -> list[str]:
     if spec.smp < 1 or spec.memory_mb < 64 or spec.disk_slots < 0:
         raise ValueError("smp >= 1, memory_mb >= 64 and disk_slots >= 0 required")
@@ -167,6 +188,8 @@ def build_argv(spec: MachineSpec, paths: MachinePaths, caps: QemuCaps) -> list[s
         *agent_args(paths.agent_sock),
         *root_port_args(spec.disk_slots),
         *panic_args(caps),
+        *icount_args(spec.icount_shift, spec.accel),
+        *trace_log_args(spec.trace_log),
     ]
 
 

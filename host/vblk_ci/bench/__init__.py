@@ -1,0 +1,1 @@
+"""``vblk-ci bench``: passthrough vs block path, same engine, A/B pairs in one VM."""
