@@ -131,6 +131,8 @@ struct job {
 	bool unmap;
 	bool with_trim;
 	bool zero;			/* verify expects zeroes */
+	unsigned int progress_fd;	/* --progress-fd; 0 = no progress lines */
+	unsigned int progress_ms;	/* --progress-ms; 0 = 200 */
 };
 
 struct target {
@@ -265,5 +267,8 @@ void print_json_ascii(const char *s);
 void print_result_head(const struct engine *e);
 void print_res_counts(const char *name, const struct res_counts *rc);
 int print_result_tail(void);
+
+/* progress.c: periodic progress lines for fault schedules */
+void progress_prepared(struct engine *e);
 
 #endif /* VBLK_ENGINE_H */
