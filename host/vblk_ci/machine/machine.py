@@ -290,8 +290,8 @@ class Machine:
         try:
             reply = self._run(self._qmp.execute(cmd, args), timeout)
         except ExecuteError as exc:
-            self._record({"error": {"class": exc.error_class, "desc": exc.error.desc}, "execute": cmd})
-            raise QmpError(cmd, exc.error_class, exc.error.desc) from exc
+            self._record({"error": {"class": exc.error_class, "desc": exc.error.error.desc}, "execute": cmd})
+            raise QmpError(cmd, exc.error_class, exc.error.error.desc) from exc
         except (asyncio.TimeoutError, TimeoutError) as exc:
             self._record({"error": {"class": "Timeout"}, "execute": cmd})
             raise QmpError(cmd, "Timeout", f"no reply within {timeout:.1f}s") from exc
