@@ -216,7 +216,7 @@ def blockdev_add_args(disk: DiskSpec) -> dict:
 
 def device_add_args(disk: DiskSpec, bus: str) -> dict:
     """``device_add`` arguments; numbers stay JSON numbers (QEMU >= 9.2 rejects strings)."""
-    return {
+    args = {
         "driver": "virtio-blk-pci",
         "id": disk.id,
         "bus": bus,
@@ -229,3 +229,7 @@ def device_add_args(disk: DiskSpec, bus: str) -> dict:
         "discard": disk.discard,
         "write-zeroes": disk.write_zeroes,
     }
+    for policy in ("rerror", "werror"):
+        if getattr(disk, policy) is not None:
+            args[policy] = getattr(disk, policy)
+    return args
