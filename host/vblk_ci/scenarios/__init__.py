@@ -6,11 +6,15 @@ from ..errors import UsageError
 from .base import Scenario, ScenarioContext, get, register, registered
 from . import smoke  # noqa: F401  (registers itself)
 from . import driver_ops, driver_refusals, driver_permissions, driver_iopoll, driver_unplug, driver_soak  # noqa: F401
+from . import (fault_blkdebug, fault_blkdebug_delay, fault_error_policy, fault_request_break,  # noqa: F401
+               fault_resize, fault_schedule_eio, fault_throttle, fault_unplug, fault_vm_stop_reset)
 
 SUITES: dict[str, tuple[str, ...]] = {
     "smoke": ("smoke",),
     "driver": ("driver-ops", "driver-refusals", "driver-permissions", "driver-iopoll", "driver-unplug",
                "driver-soak"),
+    "faults": ("fault-blkdebug", "fault-error-policy", "fault-schedule-eio", "fault-unplug", "fault-vm-stop-reset",
+               "fault-throttle", "fault-resize", "fault-request-break", "fault-blkdebug-delay"),
 }
 
 
