@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from vblk_ci.disks.spec import DiskSpec
-from vblk_ci.errors import CheckFailed, UsageError
+from vblk_ci.errors import CheckFailed, QmpError, UsageError
 from vblk_ci.faults import KINDS, Schedule, load_schedule, make_fault
 from vblk_ci.faults import qmp as Q
 from vblk_ci.faults.runner import ScheduleRun
@@ -60,6 +60,7 @@ def test_throttle_resize_qemu_io_and_set_action_arguments():
         "iops": 50, "iops_rd": 0, "iops_wr": 0}
     assert Q.resize_args(FILE_DISK, 1 << 20) == {"node-name": "f0-fmt", "size": 1 << 20}
     assert Q.qemu_io_args("f0-dbg1", "break write_aio t") == {"command-line": 'qemu-io f0-dbg1 "break write_aio t"'}
+    assert Q.qemu_io_args("f0", "resume t", qdev=True) == {"command-line": 'qemu-io -d f0 "resume t"'}
     with pytest.raises(ValueError):
         Q.qemu_io_args("n", 'break "x"')
     assert Q.set_action_args("reset") == {"reboot": "reset"}
@@ -110,10 +111,20 @@ def test_request_break_sets_and_resumes_a_breakpoint():
     fault = make_fault("request-break", FILE_DISK, {"op": "write"})
     fault.arm(m)
     assert m.sent[2][0] == "human-monitor-command"
-    assert "break write_aio" in m.sent[2][1]["command-line"]
+    assert m.sent[2][1]["command-line"].startswith('qemu-io -d /machine/peripheral/f0/virtio-backend "break write_aio ')
     fault.disarm(m)
     assert "resume" in m.sent[3][1]["command-line"]
     assert [c for c, _ in m.sent[4:]] == ["blockdev-reopen", "blockdev-del"]
+
+
+def test_an_hmp_error_text_is_an_error():
+    class Refusing(RecordingMachine):
+        def qmp(self, cmd, args=None, timeout=None):
+            super().qmp(cmd, args, timeout)
+            return "Error: Device does not have a block device backend\r\n" if cmd == "human-monitor-command" else {}
+
+    with pytest.raises(QmpError, match="does not have a block device backend"):
+        make_fault("request-break", FILE_DISK, {"op": "read"}).arm(Refusing())
 
 
 def test_vm_wide_kinds():
@@ -297,3 +308,56 @@ def test_runner_leaves_faults_without_duration_armed_for_the_scenario():
     assert m.sent == [("stop", None)]
     run.disarm_all()
     assert m.sent[-1] == ("cont", None)
+
+
+# -- --schedule FILE ------------------------------------------------------------------------
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def test_the_shipped_example_schedule_is_valid():
+    from vblk_ci.scenarios.fault_schedule_file import check_schedule_file
+
+    schedule = check_schedule_file(REPO / "ci" / "schedules" / "eio-stop-unplug.json")
+    assert schedule.disk_ids() == ["s0", "s1"]
+    assert [f.kind for f in schedule.faults] == ["blkdebug-error", "throttle", "vm-stop", "device-del"]
+
+
+@pytest.mark.parametrize("doc,match", [
+    ({"faults": [{"trigger": {"disk": f"d{i}", "completions": 1}, "kind": "vm-stop"} for i in range(5)]},
+     "at most 4"),
+    ({"faults": [{"trigger": {"at_s": 0}, "kind": "throttle", "disk": "9bad", "params": {"iops": 1}}]}, "disk '9bad'"),
+    ({"faults": [{"trigger": {"at_s": 0}, "kind": "resize", "disk": "d0", "params": {"size_bytes": 1000}}]},
+     "multiple of the disk's block size"),
+])
+def test_schedule_files_that_cannot_run_are_usage_errors(tmp_path, doc, match):
+    from vblk_ci.scenarios.fault_schedule_file import check_schedule_file
+
+    path = tmp_path / "s.json"
+    path.write_text(json.dumps(doc))
+    with pytest.raises(UsageError, match=match):
+        check_schedule_file(path)
+
+
+def test_cli_rejects_a_bad_schedule_before_anything_boots(tmp_path):
+    from vblk_ci import cli
+
+    kernel, initramfs = tmp_path / "bzImage", tmp_path / "initramfs"
+    kernel.write_bytes(b"k")
+    initramfs.write_bytes(b"i")
+    (tmp_path / "s.json").write_text('{"faults": [{"trigger": {"at_s": 0}, "kind": "meteor"}]}')
+    out = tmp_path / "out"
+    rc = cli.main(["run", "--suite", "smoke", "--kernel", str(kernel), "--initramfs", str(initramfs),
+                   "--schedule", str(tmp_path / "s.json"), "--out", str(out)])
+    assert rc == 2
+    assert not out.exists()
+
+
+def test_the_schedule_scenario_runs_only_with_a_schedule():
+    from vblk_ci.runner import Plan, _planned_scenarios
+
+    plan = Plan(kernel=Path("k"), initramfs=Path("i"), run_dir=Path("r"), suite="smoke")
+    assert [c.name for c in _planned_scenarios(plan)] == ["smoke"]
+    with_schedule = Plan(kernel=Path("k"), initramfs=Path("i"), run_dir=Path("r"), suite="smoke",
+                         schedule=Path("s.json"))
+    assert [c.name for c in _planned_scenarios(with_schedule)] == ["smoke", "fault-schedule-file"]

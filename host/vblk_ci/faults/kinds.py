@@ -13,7 +13,7 @@ import itertools
 from typing import Any, Callable, ClassVar
 
 from ..disks.spec import DiskSpec
-from ..errors import UsageError
+from ..errors import QmpError, UsageError
 from . import qmp as Q
 
 ERRNOS = {"EIO": 5, "ENOSPC": 28}
@@ -127,6 +127,14 @@ def make_fault(kind: str, disk: DiskSpec | None = None, params: dict | None = No
     return KINDS[kind](disk, **(params or {}))
 
 
+def _hmp(machine, args: dict) -> str:
+    """An HMP command through QMP; HMP reports failure as text in a successful reply."""
+    out = machine.qmp("human-monitor-command", args)
+    if isinstance(out, str) and out.lstrip().startswith("Error"):
+        raise QmpError("human-monitor-command", "GenericError", f"{args['command-line']}: {out.strip()}")
+    return out
+
+
 class _BlkdebugFault(Fault):
     """Arm: a new blkdebug node over the file node, the format node re-pointed at it.
     Disarm: the format node back on the file node, the blkdebug node deleted."""
@@ -208,11 +216,13 @@ class RequestBreak(_BlkdebugFault):
     def arm(self, machine) -> None:
         super().arm(machine)
         self.tag = f"{self.node}-brk"
-        machine.qmp("human-monitor-command", Q.qemu_io_args(self.node, f"break {Q.BREAK_EVENTS[self.p['op']]} {self.tag}"))
+        # Through the device's BlockBackend: qemu-io walks down from the format node to blkdebug.
+        _hmp(machine, Q.qemu_io_args(Q.backend_path(self.disk), f"break {Q.BREAK_EVENTS[self.p['op']]} {self.tag}",
+                                     qdev=True))
 
     def disarm(self, machine) -> None:
         if self.armed:
-            machine.qmp("human-monitor-command", Q.qemu_io_args(self.node, f"resume {self.tag}"))
+            _hmp(machine, Q.qemu_io_args(Q.backend_path(self.disk), f"resume {self.tag}", qdev=True))
         super().disarm(machine)
 
 

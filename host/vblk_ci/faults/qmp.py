@@ -53,10 +53,15 @@ def reopen_format_args(disk: DiskSpec, child: str) -> dict:
     }]}
 
 
+def backend_path(disk: DiskSpec) -> str:
+    """QOM path of the virtio-blk device that owns the BlockBackend (the PCI proxy does not)."""
+    return f"/machine/peripheral/{disk.id}/virtio-backend"
+
+
 def throttle_args(disk: DiskSpec, iops: int = 0, bps: int = 0) -> dict:
     """``block_set_io_throttle`` for the device's BlockBackend; all zeros lifts the limits."""
     return {
-        "id": f"/machine/peripheral/{disk.id}/virtio-backend",
+        "id": backend_path(disk),
         "bps": bps, "bps_rd": 0, "bps_wr": 0,
         "iops": iops, "iops_rd": 0, "iops_wr": 0,
     }
@@ -66,11 +71,15 @@ def resize_args(disk: DiskSpec, size_bytes: int) -> dict:
     return {"node-name": disk.node_name, "size": size_bytes}
 
 
-def qemu_io_args(node_name: str, command: str) -> dict:
-    """``human-monitor-command`` running one qemu-io command on a node (output goes to QEMU's stdout)."""
+def qemu_io_args(target: str, command: str, qdev: bool = False) -> dict:
+    """``human-monitor-command`` running one qemu-io command (output goes to QEMU's stdout).
+
+    ``qdev``: ``target`` is a device id and qemu-io uses the device's own BlockBackend; else
+    ``target`` is a node name and HMP wraps it in a temporary BlockBackend, whose removal
+    drains the node (on QEMU 10 a ``resume`` through one never returned)."""
     if '"' in command or "\n" in command:
         raise ValueError(f"qemu-io command must not contain quotes or newlines: {command!r}")
-    return {"command-line": f'qemu-io {node_name} "{command}"'}
+    return {"command-line": f'qemu-io {"-d " if qdev else ""}{target} "{command}"'}
 
 
 def set_action_args(reboot: str) -> dict:

@@ -114,6 +114,15 @@ class Schedule:
             out.append(make_fault(entry.kind, disks.get(entry.disk) if entry.disk else None, entry.params))
         return out
 
+    def disk_ids(self) -> list[str]:
+        """Every disk the schedule names (as a fault's target or in a trigger), in first-use order."""
+        ids: list[str] = []
+        for entry in self.faults:
+            for disk in (entry.disk, entry.trigger.disk):
+                if disk is not None and disk not in ids:
+                    ids.append(disk)
+        return ids
+
     def thresholds(self) -> list[int | None]:
         """Completion counts each entry waits for, jitter drawn from the seed (same seed, same run)."""
         rng = random.Random(self.seed)
