@@ -1,20 +1,22 @@
 """fault-throttle: an I/O limit set at run time slows the disk to about the limit.
 
-Random reads at QD 8 on a null disk for a few seconds, unthrottled, with
+Random reads at QD 8 on a file-backed disk for a few seconds, unthrottled, with
 ``block_set_io_throttle`` iops=LIMIT, and after the limit is lifted. The
 measured IOPS and their ratio to the limit are recorded; the check only
 holds the throttled rate to a generous bound (at most 2x the limit, and below
 half the unthrottled rate), and the rate must come back once it is lifted.
 No iothread is used (QEMU 7.2 aborted on iothread + throttle + io-error cont).
+The data written before the limit reads back intact after it.
 """
 
 from __future__ import annotations
 
-from ..disks.spec import DiskSpec
 from ..faults.kinds import make_fault
 from .base import Scenario, ScenarioContext, register
 from .driver_common import CheckFailed, MiB, eargs, expect_clean, plug, run_engine, run_gated, unplug
+from .fault_common import file_disk, verify_baseline, write_baseline
 
+SEED = 55
 LIMIT_IOPS = 50
 MEASURE_S = 3
 
@@ -34,10 +36,11 @@ class FaultThrottle(Scenario):
                    "the limit (ratio recorded) and recover when the limit is lifted.")
 
     def run(self, ctx: ScenarioContext) -> None:
-        disk = DiskSpec(id="fthr0", serial="vblk-fthr0", backend="null", size_bytes=64 * MiB).validate()
+        disk = file_disk(ctx, "fthr0")
         st: dict = {}
         if not run_gated(ctx, True, [("hotplug", plug(ctx, disk, st))], ""):
             return
+        ctx.check("baseline-write", write_baseline(ctx, st["chardev"], SEED))
 
         def throttled(rec: dict) -> None:
             free = measure(ctx, rec, "unthrottled", st["chardev"])
@@ -57,4 +60,5 @@ class FaultThrottle(Scenario):
                 raise CheckFailed(f"after lifting the limit only {after:.0f} IOPS (before {free:.0f})")
 
         ctx.check("iops-limit-at-run-time", throttled)
+        ctx.check("data-intact", verify_baseline(ctx, st["chardev"], SEED))
         ctx.check("unplug", unplug(ctx, disk, st))

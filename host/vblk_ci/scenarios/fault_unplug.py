@@ -5,7 +5,9 @@ I/O progress instead of a debugfs poll: the job streams its completions and
 device_del is fired once it has completed ``TRIGGER_COMPLETIONS`` and holds
 commands in flight; once on interrupt-driven queues, once on an IOPOLL ring on
 a poll queue (the job keeps polling). Every command completes (error or
-success), later commands on the old fd fail with -ENODEV, no splat.
+success), later commands on the old fd fail with -ENODEV, no splat. Once
+more on a file-backed disk whose image is then plugged again as a new disk:
+the data written before the unplug reads back intact.
 """
 
 from __future__ import annotations
@@ -14,11 +16,12 @@ from ..disks.spec import DiskSpec
 from ..errors import CheckFailed
 from ..faults.schedule import Schedule, record_schedule
 from .base import Scenario, ScenarioContext, register
-from .driver_common import MiB, eargs
+from .driver_common import MiB, eargs, plug, run_gated, unplug
 from .driver_unplug import JOB_RUNTIME_S, LATENCY_NS, POLL_QUEUES_PARAM, QD, Lifetime
-from .fault_common import PROGRESS_MS
+from .fault_common import PROGRESS_MS, file_disk, verify_baseline, write_baseline
 
 TRIGGER_COMPLETIONS = 200
+SEED = 57
 
 
 def unplug_schedule(disk_id: str) -> Schedule:
@@ -56,12 +59,29 @@ class FaultUnplug(Scenario):
     description = ("Surprise device_del after 200 completions with QD-8 passthrough reads in flight, with and "
                    "without IOPOLL: all commands complete, later ones fail -ENODEV, close is safe, no splat.")
 
+    def data_survives(self, ctx: ScenarioContext) -> None:
+        """The same surprise unplug on a file-backed disk, then its image plugged again as a new
+        disk: the data written before the unplug reads back intact."""
+        image = file_disk(ctx, "funp2")
+        again = DiskSpec(id="funp3", serial="vblk-funp3", backend="file", path=image.path,
+                         size_bytes=image.size_bytes).validate()
+        first = ProgressLifetime(ctx, image, prefix="file-", after_plug=(
+            ("baseline-write", lambda rec: write_baseline(ctx, first.st["chardev"], SEED)(rec)),))
+        if not first.run():
+            ctx.skip("file-replug-data-intact", "not run: the file-backed unplug did not finish")
+            return
+        st: dict = {}
+        if run_gated(ctx, True, [("file-replug", plug(ctx, again, st))], ""):
+            ctx.check("file-replug-data-intact", verify_baseline(ctx, st["chardev"], SEED))
+            ctx.check("file-replug-unplug", unplug(ctx, again, st))
+
     def run(self, ctx: ScenarioContext) -> None:
         irq = DiskSpec(id="funp0", serial="vblk-funp0", backend="null", size_bytes=64 * MiB,
                        latency_ns=LATENCY_NS, num_queues=2).validate()
         polled = DiskSpec(id="funp1", serial="vblk-funp1", backend="null", size_bytes=64 * MiB,
                           latency_ns=LATENCY_NS, num_queues=2).validate()
         ProgressLifetime(ctx, irq).run()
+        self.data_survives(ctx)
         if ctx.agent.exec(cmd=f"test -w {POLL_QUEUES_PARAM}").get("rc") != 0:
             ctx.skip("polled-hotplug", f"not run: no writable {POLL_QUEUES_PARAM} in the guest")
             return
