@@ -274,6 +274,7 @@ class ScriptedAgent:
 
 def _ev(seq, completions, errors=0):
     return {"event": "progress", "job": 1, "seq": seq, "completions": completions, "in_flight": 8,
+            "prepared": completions + 8,
             "res": {"0": completions - errors, **({"1": errors} if errors else {})}}
 
 
@@ -282,11 +283,14 @@ def test_runner_fires_at_the_completion_count_and_disarms_after_the_duration():
         {"trigger": {"disk": "f0", "completions": 100}, "kind": "blkdebug-error", "disk": "f0",
          "params": {"op": "write"}, "duration_s": 0}]})
     m = RecordingMachine()
-    agent = ScriptedAgent([_ev(0, 10), _ev(1, 99), _ev(2, 130), _ev(3, 150, 20), _ev(4, 160, 20)])
+    agent = ScriptedAgent([_ev(0, 10), _ev(1, 99), _ev(2, 130), _ev(3, 150, 20), _ev(4, 157, 21),
+                           _ev(5, 158, 22), _ev(6, 170, 22)])
     run = ScheduleRun(m, agent, schedule, schedule.bind({"f0": FILE_DISK}), {"f0": 1}, 1.0)
     fired = run.run()
     assert fired[0]["progress_at_arm"]["completions"] == 130
-    assert fired[0]["progress_after_disarm"]["res"] == {"0": 130, "1": 20}
+    # settled: the first event after the disarm had 158 I/Os prepared; wait until 158 completed
+    assert fired[0]["progress_after_disarm"]["completions"] == 158
+    assert fired[0]["progress_after_disarm"]["res"] == {"0": 136, "1": 22}
     assert [c for c, _ in m.sent] == ["blockdev-add", "blockdev-reopen", "blockdev-reopen", "blockdev-del"]
 
 

@@ -67,15 +67,23 @@ class ScheduleRun:
             fault.disarm(self.machine)
             record["disarmed_at_s"] = round(time.monotonic() - t0, 3)
             if entry.trigger.disk is not None:
-                record["progress_after_disarm"] = _progress_view(self.fresh_progress(self.jobs[entry.trigger.disk]))
+                record["progress_after_disarm"] = _progress_view(self.settled_progress(self.jobs[entry.trigger.disk]))
         return self.fired
 
-    def fresh_progress(self, job: int) -> dict | None:
-        """A progress event the engine wrote after this moment: a ping's reply follows every event
-        the agent sent before it, so the next one after it is newer than the ping."""
+    def settled_progress(self, job: int) -> dict | None:
+        """Progress once every I/O prepared before this moment has completed: what a fault
+        armed until now did to the job is all in it.
+
+        A ping's reply follows every event the agent sent before it, so the next event is
+        newer than the ping; its ``prepared`` covers every I/O issued before; then wait for
+        that many completions."""
         self.agent.ping()
         seen = (self.agent.progress.get(job) or {}).get("seq", -1)
-        return self.agent.wait_progress(job, lambda ev: ev.get("seq", -1) > seen, 5.0)
+        fresh = self.agent.wait_progress(job, lambda ev: ev.get("seq", -1) > seen, 5.0)
+        if fresh is None:
+            return None
+        issued = int(fresh.get("prepared", 0))
+        return self.agent.wait_progress(job, lambda ev: int(ev.get("completions", 0)) >= issued, 10.0)
 
     def disarm_all(self) -> None:
         """Take back faults left armed (no duration), newest first; for a scenario's clean-up."""
