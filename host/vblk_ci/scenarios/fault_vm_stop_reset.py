@@ -44,7 +44,13 @@ class FaultVmStopReset(Scenario):
             job = spawn_progress(ctx, eargs(st["chardev"], "write", offset=16 * MiB, length=16 * MiB, qd=8,
                                             runtime=JOB_RUNTIME_S, bench=True))
             try:
+                seen = len(ctx.machine.events())
                 fire_schedule(ctx, schedule("vm-stop", disk.id, 300, 1.0), {disk.id: disk}, {disk.id: job}, rec)
+                # QEMU really paused and resumed the VM (events since the schedule started only)
+                names = [e.get("event") for e in ctx.machine.events()[seen:]]
+                rec["qmp_events"] = names
+                if [n for n in names if n in ("STOP", "RESUME")] != ["STOP", "RESUME"]:
+                    raise CheckFailed(f"expected QMP events STOP then RESUME, got {names}")
                 last = ctx.agent.progress.get(job, {}).get("completions", 0)
                 if ctx.agent.wait_progress(job, lambda ev: ev.get("completions", 0) >= last + 200,
                                            ctx.timeouts(30.0)) is None:
