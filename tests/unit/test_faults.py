@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from vblk_ci.disks.spec import DiskSpec
+from vblk_ci.disks.spec import DiskSpec, InjectError
 from vblk_ci.errors import CheckFailed, QmpError, UsageError
 from vblk_ci.faults import KINDS, Schedule, load_schedule, make_fault
 from vblk_ci.faults import qmp as Q
@@ -155,6 +155,8 @@ def test_delay_needs_qemu_10():
     ("blkdebug-error", FILE_DISK, {"op": "read", "colour": 1}, "colour: unknown parameter"),
     ("blkdebug-error", NULL_DISK, {"op": "read"}, "file backend"),
     ("blkdebug-error", None, {"op": "read"}, "disk: is required"),
+    ("blkdebug-error", DiskSpec(id="f9", serial="s", backend="file", path=Path("/x"),
+                                inject_errors=(InjectError(),)), {"op": "read"}, "fixed inject_errors"),
     ("blkdebug-delay", FILE_DISK, {"op": "read", "delay_ns": 0}, "delay_ns"),
     ("throttle", NULL_DISK, {}, "give iops or bps"),
     ("throttle", NULL_DISK, {"iops": True}, "iops"),

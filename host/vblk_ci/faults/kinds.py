@@ -143,6 +143,9 @@ class _BlkdebugFault(Fault):
         assert self.disk is not None
         if self.disk.backend != "file":
             raise _bad(self.kind, "disk", f"{self.disk.id!r} needs the file backend (blkdebug sits over the file node)")
+        if self.disk.inject_errors:
+            raise _bad(self.kind, "disk", f"{self.disk.id!r} has fixed inject_errors: its blkdebug node would be "
+                                          "dropped by the re-pointing; use one or the other")
 
     def rules(self) -> list[dict]:
         return []
