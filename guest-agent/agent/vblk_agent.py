@@ -203,6 +203,7 @@ class Agent:
         self._mknod_failed = set()
         self._jobs = {}
         self._next_job = 1
+        self.emit = None  # set by serve(): sends one unsolicited event (thread-safe)
 
     def power_off(self):
         """Run after the poweroff reply went out: stop serving, then power off."""
@@ -565,27 +566,88 @@ def _job(agent, job_id):
     return job
 
 
-@method("spawn", args=(p_str_list, _REQUIRED))
-def m_spawn(agent, args):
+@method("spawn", args=(p_str_list, _REQUIRED), progress_ms=(p_uint, None))
+def m_spawn(agent, args, progress_ms):
     import subprocess
     import tempfile
 
+    if progress_ms is not None and not 10 <= progress_ms <= 60000:
+        raise _bad_params("progress_ms must be 10..60000")
     out, err = tempfile.TemporaryFile(), tempfile.TemporaryFile()
+    progress = _Progress(args, progress_ms)
     try:
-        proc = subprocess.Popen([agent.engine_path] + args, stdin=subprocess.DEVNULL,
-                                stdout=out, stderr=err)
+        proc = subprocess.Popen([agent.engine_path] + progress.args, stdin=subprocess.DEVNULL,
+                                stdout=out, stderr=err, pass_fds=progress.pass_fds)
     except (FileNotFoundError, PermissionError) as e:
         out.close()
         err.close()
+        progress.close()
         raise AgentError("NoEngine", f"cannot run {agent.engine_path}: {e}") from None
     except ValueError as e:
         out.close()
         err.close()
+        progress.close()
         raise _bad_params(f"args: {e}") from None
     job_id = agent._next_job
     agent._next_job += 1
     agent._jobs[job_id] = Job(job_id, proc, out, err)
+    progress.forward(agent, job_id)
     return {"job": job_id, "pid": proc.pid}
+
+
+class _Progress:
+    """The engine's progress pipe for one spawned job (or nothing).
+
+    The engine writes JSON lines (``--progress-fd``); a thread turns each into
+    ``{"event": "progress", "job": J, ...}`` to the host until the engine exits.
+    The engine never blocks on it: its end is non-blocking and drops lines.
+    """
+
+    def __init__(self, args, progress_ms):
+        self.args, self.pass_fds, self.rfd, self.wfd = list(args), (), None, None
+        if progress_ms is None:
+            return
+        self.rfd, self.wfd = os.pipe()
+        self.pass_fds = (self.wfd,)
+        self.args += ["--progress-fd", str(self.wfd), "--progress-ms", str(progress_ms)]
+
+    def close(self):
+        for fd in (self.rfd, self.wfd):
+            if fd is not None:
+                os.close(fd)
+        self.rfd = self.wfd = None
+
+    def forward(self, agent, job_id):
+        if self.rfd is None:
+            return
+        import threading
+
+        os.close(self.wfd)  # the engine holds the only write end: EOF when it exits
+        self.wfd = None
+        rfd, self.rfd = self.rfd, None
+        threading.Thread(target=_forward_progress, args=(agent, job_id, rfd), daemon=True).start()
+
+
+def _forward_progress(agent, job_id, rfd):
+    buf = b""
+    try:
+        while True:
+            chunk = os.read(rfd, READ_CHUNK)
+            if not chunk:
+                return
+            buf += chunk
+            *lines, buf = buf.split(b"\n")
+            for line in lines:
+                try:
+                    fields = json.loads(line)
+                except ValueError:
+                    continue
+                if isinstance(fields, dict) and agent.emit is not None:
+                    agent.emit({**fields, "event": "progress", "job": job_id})
+    except OSError as e:
+        _log(f"job {job_id}: progress pipe: {e}")
+    finally:
+        os.close(rfd)
 
 
 @method("wait_job", job=(p_uint, _REQUIRED), timeout_s=(p_timeout, 120.0))
@@ -721,6 +783,9 @@ class Channel:
         self.rfd, self.wfd, self.reconnect = rfd, wfd, reconnect
         self.buf = b""
         self.down = False
+        import threading
+
+        self.send_lock = threading.Lock()
 
     def lines(self):
         """Yield complete lines (bytes), or OVERSIZE for a runaway line."""
@@ -753,9 +818,10 @@ class Channel:
 
     def send(self, obj):
         data = (json.dumps(obj, separators=(",", ":")) + "\n").encode("utf-8")
-        while data:
-            n = os.write(self.wfd, data)
-            data = data[n:]
+        with self.send_lock:  # replies and progress events must not interleave
+            while data:
+                n = os.write(self.wfd, data)
+                data = data[n:]
 
 
 def _send_reply(chan, reply):
@@ -775,8 +841,16 @@ def _send_reply(chan, reply):
         _log(f"cannot send reply: {e}")
 
 
+def _send_event(chan, event):
+    try:
+        chan.send(event)
+    except (OSError, TypeError, ValueError) as e:
+        _log(f"cannot send event: {e}")
+
+
 def serve(agent, chan):
     """Answer requests until EOF (stdio) or poweroff."""
+    agent.emit = lambda event: _send_event(chan, event)
     try:
         chan.send({"event": "ready", "boot_ns": _boot_ns()})
     except OSError as e:

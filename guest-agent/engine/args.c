@@ -87,6 +87,7 @@ enum {
 	OPT_VEC, OPT_FIXED, OPT_IOPOLL, OPT_UNMAP, OPT_RANGES, OPT_WITH_TRIM,
 	OPT_INIT_SEED, OPT_BENCH, OPT_BATCH_SUBMIT, OPT_BATCH_COMPLETE, OPT_ZERO,
 	OPT_UID, OPT_GID, OPT_BUFFERED, OPT_RWMIX_READ,
+	OPT_PROGRESS_FD, OPT_PROGRESS_MS,
 };
 
 static const struct option long_opts[] = {
@@ -123,6 +124,8 @@ static const struct option long_opts[] = {
 	{ "gid",		required_argument, NULL, OPT_GID },
 	{ "buffered",		no_argument,	   NULL, OPT_BUFFERED },
 	{ "rwmix-read",		required_argument, NULL, OPT_RWMIX_READ },
+	{ "progress-fd",	required_argument, NULL, OPT_PROGRESS_FD },
+	{ "progress-ms",	required_argument, NULL, OPT_PROGRESS_MS },
 	{ NULL, 0, NULL, 0 },
 };
 
@@ -156,6 +159,10 @@ static const struct {
 	  "--batch-submit must be 1..4096, got '%s'" },
 	{ OPT_BATCH_COMPLETE, offsetof(struct job, batch_complete), 1, MAX_QD,
 	  "--batch-complete must be 1..4096, got '%s'" },
+	{ OPT_PROGRESS_FD, offsetof(struct job, progress_fd), 3, 1023,
+	  "--progress-fd must be an open fd 3..1023, got '%s'" },
+	{ OPT_PROGRESS_MS, offsetof(struct job, progress_ms), 10, 60000,
+	  "--progress-ms must be 10..60000, got '%s'" },
 };
 
 /* Raw 32-bit overrides of passthrough command fields. */

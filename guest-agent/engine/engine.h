@@ -134,6 +134,8 @@ struct job {
 	bool buffered;			/* bench: block path without O_DIRECT */
 	bool have_rwmix;
 	unsigned int rwmix_read;	/* bench: % of I/Os that read (--rwmix-read) */
+	unsigned int progress_fd;	/* --progress-fd; 0 = no progress lines */
+	unsigned int progress_ms;	/* --progress-ms; 0 = 200 */
 };
 
 struct target {
@@ -268,5 +270,8 @@ void print_json_ascii(const char *s);
 void print_result_head(const struct engine *e);
 void print_res_counts(const char *name, const struct res_counts *rc);
 int print_result_tail(void);
+
+/* progress.c: periodic progress lines for fault schedules */
+void progress_prepared(struct engine *e);
 
 #endif /* VBLK_ENGINE_H */

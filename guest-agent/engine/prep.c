@@ -264,6 +264,7 @@ void prep_io(struct engine *e, struct io_uring_sqe *sqe, struct slot *s)
 	else
 		prep_block(e, sqe, s);
 	io_uring_sqe_set_data(sqe, s);
+	progress_prepared(e);
 }
 
 /* Did the I/O in @s succeed with completion result @res? */

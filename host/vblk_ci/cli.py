@@ -68,6 +68,8 @@ def build_parser() -> argparse.ArgumentParser:
                      help="run these DiskSpecs (TOML [disk] keys, e.g. id=a,num_queues=4,aio=io_uring,"
                           "backend=file) as a matrix with a QD1 workload; repeatable; --smp sets vCPUs")
     run.add_argument("--together", action="store_true", help="with --disk: also plug all the disks at once")
+    run.add_argument("--schedule", metavar="FILE",
+                     help="a fault schedule (JSON) to fire at fresh disks after the suite (scenario fault-schedule-file)")
 
     build = sub.add_parser("build", help="build the guest kernel or initramfs")
     what = build.add_subparsers(dest="target", metavar="TARGET", parser_class=_Parser)
@@ -195,6 +197,16 @@ def cmd_run_matrix(args: argparse.Namespace) -> int:
     return result.exit_code
 
 
+def _schedule(arg: str | None) -> Path | None:
+    """--schedule: checked here (file, JSON, kinds, parameters, disks) so a bad one is exit 2 before a boot."""
+    if arg is None:
+        return None
+    from .scenarios.fault_schedule_file import check_schedule_file
+
+    check_schedule_file(Path(arg))
+    return Path(arg)
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     from .report.terminal import TerminalReporter
     from .runner import Plan, run
@@ -210,9 +222,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     initramfs = _artifact(args.initramfs, ENV_INITRAMFS, "initramfs", "--initramfs")
     stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
     run_dir = Path(args.out) if args.out else DEFAULT_OUT_ROOT / f"{args.suite}-{stamp}"
+    schedule = _schedule(args.schedule)
     plan = Plan(
         kernel=kernel, initramfs=initramfs, run_dir=run_dir, qemu=args.qemu, accel=args.accel,
-        smp=args.smp, memory_mb=args.memory, suite=args.suite,
+        smp=args.smp, memory_mb=args.memory, suite=args.suite, schedule=schedule,
     )
     report = TerminalReporter()
     try:

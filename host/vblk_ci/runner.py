@@ -34,6 +34,7 @@ from .report.summary import append_step_summary
 from .repro.bundle import write_bundle
 from .result import SKIP, CheckResult, FindingRecord, RunResult, ScenarioResult
 from .scenarios import ScenarioContext, suite
+from .scenarios import get as get_scenario
 
 
 @dataclass(frozen=True)
@@ -49,6 +50,7 @@ class Plan:
     disk_slots: int = 4
     append: tuple[str, ...] = ()
     repro_bundle: bool = True  # write repro-bundle.tar.gz when the verdict is not pass
+    schedule: Path | None = None  # a fault schedule (JSON): runs scenario fault-schedule-file after the suite
 
 
 def check_artifacts(plan: Plan) -> None:
@@ -87,10 +89,18 @@ def _scenario_status(checks: list[CheckResult]) -> str:
     return E.PASS
 
 
+def _planned_scenarios(plan: Plan) -> list:
+    classes = suite(plan.suite)
+    if plan.schedule is not None:
+        classes.append(get_scenario("fault-schedule-file"))
+    return classes
+
+
 def _run_scenarios(plan: Plan, machine: Machine, emit: E.Emit, result: RunResult, reported: set[str]) -> None:
-    for cls in suite(plan.suite):
+    options = {"schedule": plan.schedule} if plan.schedule is not None else {}
+    for cls in _planned_scenarios(plan):
         scenario = cls()
-        ctx = ScenarioContext(cls.name, machine, plan.run_dir, emit, reported)
+        ctx = ScenarioContext(cls.name, machine, plan.run_dir, emit, reported, options)
         record = ScenarioResult(cls.name, cls.description)
         result.scenarios.append(record)
         reasons = scenario.requires(ctx)

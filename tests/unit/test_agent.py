@@ -644,3 +644,29 @@ def test_serves_on_a_char_device_port(fake_root):
         proc.stderr.close()
         os.close(slave)
         os.close(master)
+
+
+def test_spawn_with_progress_forwards_the_engines_lines_as_events(fake_root, tmp_path):
+    # Like the engine: JSON lines on the fd named by --progress-fd, then the result on stdout.
+    body = ('while [ "$1" != "--progress-fd" ]; do shift; done; fd=$2\n'
+            'for i in 0 1 2; do eval "echo \'{\\"seq\\": $i, \\"completions\\": $((i * 10))}\' >&$fd"; '
+            'sleep 0.05; done\n'
+            'eval "echo \'not json\' >&$fd"\n'
+            'echo "{\\"done\\": true}"\n')
+    a = AgentProc(fake_root, "--engine", str(fake_engine(tmp_path, body)))
+    try:
+        a.send_raw(json.dumps({"id": 1, "method": "spawn", "params": {"args": ["--op", "read"],
+                                                                       "progress_ms": 50}}).encode() + b"\n")
+        job, events = None, []
+        while len(events) < 3 or job is None:
+            msg = a.read_obj()
+            if msg.get("event") == "progress":
+                events.append(msg)
+            else:
+                assert msg["id"] == 1, msg
+                job = msg["result"]["job"]
+        assert [(e["job"], e["seq"], e["completions"]) for e in events] == [(job, 0, 0), (job, 1, 10), (job, 2, 20)]
+        assert a.call("wait_job", job=job, timeout_s=10)["done"] is True
+        assert a.error("spawn", {"args": [], "progress_ms": 5})["type"] == "BadParams"
+    finally:
+        a.close()

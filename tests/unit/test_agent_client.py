@@ -242,3 +242,28 @@ def test_background_job_methods():
         ("signal_job", {"job": 4, "signal": "USR1"}),
         ("wait_job", {"job": 4, "timeout_s": 60}),
     ]
+
+
+def test_wait_progress_reads_events_until_the_condition_holds():
+    def handler(req):
+        if req["method"] == "spawn":
+            assert req["params"] == {"args": ["--op", "read"], "progress_ms": 50}
+            return [{"id": req["id"], "result": {"job": 3, "pid": 99}},
+                    *({"event": "progress", "job": 3, "seq": i, "completions": i * 100} for i in range(5)),
+                    {"event": "other"}]
+        return [{"id": req["id"], "result": echo_ping(req)}]
+
+    client = FakeAgent(handler).client()
+    job = client.spawn_with_progress(["--op", "read"], progress_ms=50)
+    assert job == 3
+    got = client.wait_progress(3, lambda ev: ev["completions"] >= 250, timeout=5.0)
+    assert (got["seq"], got["completions"]) == (3, 300)
+    assert client.progress[3]["seq"] == 3
+    # progress events are kept apart from the other unsolicited messages
+    assert client.wait_progress(3, lambda ev: ev["seq"] == 4, timeout=5.0)["completions"] == 400
+    assert client.ping()["token"]
+    assert client.events == [{"event": "other"}]
+    # never reached: None once the time is up
+    started = time.monotonic()
+    assert client.wait_progress(3, lambda ev: ev["completions"] > 10_000, timeout=0.3) is None
+    assert time.monotonic() - started >= 0.3

@@ -646,3 +646,42 @@ def test_bench_buffered_and_cpu_time(engine, disk):
 def test_bench_new_options_refused(engine, disk, args, message):
     proc = run(engine, "--path", disk, *args, expect_rc=2)
     assert proc.stdout == "" and len(proc.stderr.splitlines()) == 1 and message in proc.stderr
+# ---- progress lines (--progress-fd / --progress-ms) -------------------------
+
+
+def test_progress_lines_count_completions_while_the_job_runs(engine, disk):
+    rfd, wfd = os.pipe()
+    try:
+        proc = subprocess.run([str(engine), "--path", str(disk), "--op", "write", "--length", "1m",
+                               "--qd", "4", "--runtime", "0.5", "--progress-fd", str(wfd), "--progress-ms", "20"],
+                              capture_output=True, text=True, timeout=60, pass_fds=(wfd,))
+        os.close(wfd)
+        wfd = None
+        with os.fdopen(rfd, "rb") as f:
+            rfd = None
+            lines = [json.loads(line) for line in f.read().splitlines()]
+    finally:
+        for fd in (rfd, wfd):
+            if fd is not None:
+                os.close(fd)
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(proc.stdout)
+    assert len(lines) >= 5  # 0.5 s at one line per 20 ms, give or take
+    assert [ln["seq"] for ln in lines] == list(range(len(lines)))
+    done = [ln["completions"] for ln in lines]
+    assert done == sorted(done) and done[-1] <= result["ios"]
+    for ln in lines:
+        assert ln["completions"] == sum(ln["res"].values()) + ln["other"]
+        assert 0 <= ln["in_flight"] <= 4 and ln["prepared"] == ln["completions"] + ln["in_flight"]
+        assert set(ln["res"]) <= {"4096"}
+    gaps = [b["t_ns"] - a["t_ns"] for a, b in zip(lines, lines[1:])]
+    assert min(gaps) >= 20_000_000
+
+
+@pytest.mark.parametrize("args,msg", [
+    (["--progress-fd", "1"], "--progress-fd must be an open fd 3..1023"),
+    (["--progress-fd", "5", "--progress-ms", "5"], "--progress-ms must be 10..60000"),
+])
+def test_progress_options_are_checked(engine, disk, args, msg):
+    proc = run(engine, "--path", disk, "--op", "read", *args, expect_rc=2)
+    assert msg in proc.stderr

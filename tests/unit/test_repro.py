@@ -163,7 +163,8 @@ def test_plan_from_json_overrides_and_unknown_fields(run, tmp_path):
     data = {**plan_to_json(plan), "schedule": "x.json", "faults_seed": 7}
     back, unknown = plan_from_json(data, Plan, kernel=tmp_path / "k", accel="tcg")
     assert back.kernel == tmp_path / "k" and back.accel == "tcg" and back.memory_mb == 768
-    assert unknown == ["faults_seed", "schedule"]
+    assert back.schedule == Path("x.json")
+    assert unknown == ["faults_seed"]
     with pytest.raises(BundleError, match="plan.json lacks kernel"):
         plan_from_json({"initramfs": "i", "run_dir": "r"}, Plan)
 

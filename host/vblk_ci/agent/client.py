@@ -41,6 +41,7 @@ class AgentClient:
         self._own_log = isinstance(log, (str, Path))
         self._log: TextIO | None = open(log, "a", encoding="utf-8") if self._own_log else log  # type: ignore[arg-type]
         self.events: list[dict] = []  # unsolicited messages, e.g. {"event": "ready"}
+        self.progress: dict[int, dict] = {}  # job -> its latest {"event": "progress"} (kept apart: many)
         self.closed = False
 
     # -- transport ---------------------------------------------------------------------
@@ -105,7 +106,7 @@ class AgentClient:
             if msg is None:
                 return None
             if "event" in msg and "id" not in msg:
-                self.events.append(msg)
+                self._note_event(msg)
                 continue
             if msg.get("id") in ids:
                 return msg
@@ -113,6 +114,12 @@ class AgentClient:
                 err = msg["error"] or {}
                 raise AgentError(str(err.get("type", "BadRequest")), str(err.get("message", "")))
             # A reply to an earlier call that timed out on our side: drop it.
+
+    def _note_event(self, msg: dict) -> None:
+        if msg.get("event") == "progress" and isinstance(msg.get("job"), int):
+            self.progress[msg["job"]] = msg
+        else:
+            self.events.append(msg)
 
     # -- calls -------------------------------------------------------------------------
     def call(self, method: str, params: dict | None = None, timeout: float = 30.0) -> Any:
@@ -191,6 +198,27 @@ class AgentClient:
     def spawn(self, args: list[str], timeout: float = 10.0) -> int:
         """Start an engine job in the background; returns its job id."""
         return self.call("spawn", {"args": list(args)}, timeout)["job"]
+
+    def spawn_with_progress(self, args: list[str], progress_ms: int = 100, timeout: float = 10.0) -> int:
+        """``spawn`` whose engine reports progress every ``progress_ms`` (see ``wait_progress``)."""
+        params = {"args": list(args), "progress_ms": progress_ms}
+        return self.call("spawn", params, timeout)["job"]
+
+    def wait_progress(self, job: int, until: Callable[[dict], bool], timeout: float) -> dict | None:
+        """Read the agent's progress events for ``job`` until ``until(event)`` holds; that event,
+        or ``None`` after ``timeout`` seconds (the job stalled or ended first)."""
+        deadline = time.monotonic() + timeout
+        with self._lock:
+            while True:
+                last = self.progress.get(job)
+                if last is not None and until(last):
+                    return last
+                msg = self._next_message(deadline)
+                if msg is None:
+                    return None
+                if "event" in msg and "id" not in msg:
+                    self._note_event(msg)
+                # a reply to a call that timed out on our side: drop it
 
     def wait_job(self, job: int, timeout_s: float = 120.0) -> dict:
         """The finished job's result, as ``engine`` returns it; ``Timeout`` if it still runs."""

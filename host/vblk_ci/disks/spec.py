@@ -24,6 +24,9 @@ _SERIAL_RE = re.compile(r"^[A-Za-z0-9_.-]{1,20}$")
 
 # blkdebug events a rule may name (QEMU's BlkdebugEvent subset the suites use).
 INJECT_EVENTS = ("read_aio", "write_aio", "flush_to_disk", "pwritev", "preadv")
+# QEMU's BlockdevOnError values for virtio-blk (rerror has no enospc).
+RERROR_POLICIES = ("report", "ignore", "stop", "auto")
+WERROR_POLICIES = ("report", "ignore", "enospc", "stop", "auto")
 
 IOTHREAD_MODES = ("none", "shared", "per-disk")
 AIO_MODES = ("threads", "native", "io_uring")
@@ -110,6 +113,9 @@ class DiskSpec:
         if self.iothread == "per-disk":
             return f"iot-{self.id}"
         return None
+    # virtio-blk error policies (device_add ``rerror``/``werror``); None leaves QEMU's default.
+    rerror: str | None = None
+    werror: str | None = None
 
     @property
     def node_name(self) -> str:
@@ -203,6 +209,10 @@ class DiskSpec:
                 raise bad("inject_errors", "sector must be a non-negative integer")
             if not _is_int(rule.errno) or rule.errno <= 0:
                 raise bad("inject_errors", "errno must be a positive integer")
+        if self.rerror is not None and self.rerror not in RERROR_POLICIES:
+            raise bad("rerror", f"must be one of {', '.join(RERROR_POLICIES)}, not {self.rerror!r}")
+        if self.werror is not None and self.werror not in WERROR_POLICIES:
+            raise bad("werror", f"must be one of {', '.join(WERROR_POLICIES)}, not {self.werror!r}")
         return self
 
 

@@ -287,7 +287,7 @@ def _device_extras(disk: DiskSpec) -> dict:
 
 def device_add_args(disk: DiskSpec, bus: str) -> dict:
     """``device_add`` arguments; numbers stay JSON numbers (QEMU >= 9.2 rejects strings)."""
-    return {
+    args = {
         "driver": "virtio-blk-pci",
         "id": disk.id,
         "bus": bus,
@@ -301,3 +301,7 @@ def device_add_args(disk: DiskSpec, bus: str) -> dict:
         "write-zeroes": disk.write_zeroes,
         **_device_extras(disk),
     }
+    for policy in ("rerror", "werror"):
+        if getattr(disk, policy) is not None:
+            args[policy] = getattr(disk, policy)
+    return args

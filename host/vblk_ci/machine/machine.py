@@ -351,6 +351,20 @@ class Machine:
         self._agent_ready = True
         return time.monotonic() - self._launched_at
 
+    def wait_reboot(self, mark: int) -> float:
+        """After a reset: wait for the kernel to start init again (console text after ``mark``) and
+        for the new agent to answer; seconds taken. Disks stay plugged (QEMU keeps the devices)."""
+        assert self.console is not None and self.agent is not None
+        started = time.monotonic()
+        timeout = self.timeouts(self.timeouts.boot)
+        if self.console.wait_for(INIT_MARKER, timeout, mark=mark, abort=lambda: not self.is_running()) is None:
+            raise BootError(f"no second boot within {timeout:.0f}s after the reset\n{self.console.tail()}")
+        try:
+            self.agent.handshake(self.timeouts(self.timeouts.agent), alive=self.is_running)
+        except AgentError as exc:
+            raise BootError(f"the guest agent did not answer after the reset: {exc}\n{self.console.tail()}") from exc
+        return time.monotonic() - started
+
     # -- disks -------------------------------------------------------------------------
     def plug(self, disk: DiskSpec, slot: int) -> float:
         """blockdev-add + device_add into root port ``slot``; returns the monotonic time of device_add."""

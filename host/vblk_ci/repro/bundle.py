@@ -16,6 +16,7 @@ except the artifacts):
   reply and event, timestamped from launch), ``agent.log``, ``events.jsonl``,
   ``results.json``, ``qemu.log``, ``run.log``, ``schedule.json`` (a fault schedule,
   with its seed), ``qemu.argv``
+- ``schedule-input.json`` the ``--schedule FILE`` the run was given, replayed as is
 
 ``read_bundle(path, dest)`` extracts into ``dest`` after checking every member
 against the manifest; a bad bundle is a ``BundleError`` (a usage error: exit 2).
@@ -46,6 +47,8 @@ KERNEL = "artifacts/bzImage"
 KERNEL_CONFIG = "artifacts/kernel.config"
 KERNEL_MANIFEST = "artifacts/kernel-manifest.json"
 INITRAMFS = "artifacts/initramfs.cpio.gz"
+# The --schedule FILE the run was given (schedule.json is what the run made of it).
+SCHEDULE_INPUT = "schedule-input.json"
 
 
 class BundleError(UsageError):
@@ -181,7 +184,7 @@ def plan_from_json(data: dict, plan_cls: type, **overrides: Any) -> tuple[Any, l
         default = fields[name].default
         if isinstance(value, list) and (isinstance(default, tuple) or default is dataclasses.MISSING):
             value = tuple(value)
-        if name in ("kernel", "initramfs", "run_dir") and value is not None:
+        if name in ("kernel", "initramfs", "run_dir", "schedule") and value is not None:
             value = Path(value)
         kwargs[name] = value
     missing = [n for n, f in fields.items() if n not in kwargs and f.default is dataclasses.MISSING
@@ -261,6 +264,9 @@ def write_bundle(plan: Any, result: Any, run_dir: Path, dest: Path | None = None
         initramfs = Path(plan.initramfs)
         if initramfs.is_file():
             w.add_file(INITRAMFS, initramfs)
+        given = getattr(plan, "schedule", None)
+        if given is not None and Path(given).is_file():
+            w.add_file(SCHEDULE_INPUT, Path(given))
         sig = signature_of(result_dict)
         manifest = {
             "schema": SCHEMA,

@@ -16,7 +16,9 @@ from typing import Callable
 
 from .. import events as E
 from ..errors import EXIT_FAIL, EXIT_INFRA, EXIT_PASS
-from .bundle import INITRAMFS, KERNEL, Bundle, BundleError, Signature, plan_from_json, signature_of
+from .bundle import (
+    INITRAMFS, KERNEL, SCHEDULE_INPUT, Bundle, BundleError, Signature, plan_from_json, signature_of,
+)
 
 
 @dataclass(frozen=True)
@@ -84,6 +86,11 @@ def replay_plan(bundle: Bundle, options: ReplayOptions, run_dir: Path, plan_cls:
         overrides["accel"] = accel
     if options.qemu:
         overrides["qemu"] = options.qemu
+    if bundle.plan.get("schedule"):
+        schedule = bundle.member(SCHEDULE_INPUT)
+        if schedule is None:
+            raise BundleError("the run had a --schedule file but the bundle does not hold it")
+        overrides["schedule"] = schedule
     plan, _unknown = plan_from_json(bundle.plan, plan_cls, **overrides)
     return plan
 

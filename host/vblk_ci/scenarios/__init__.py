@@ -7,6 +7,9 @@ from .base import Scenario, ScenarioContext, get, register, registered
 from . import smoke  # noqa: F401  (registers itself)
 from . import driver_ops, driver_refusals, driver_permissions, driver_iopoll, driver_unplug, driver_soak  # noqa: F401
 from . import hotplug_cycles, meta  # noqa: F401
+from . import (fault_blkdebug, fault_blkdebug_delay, fault_error_policy, fault_request_break,  # noqa: F401
+               fault_resize, fault_schedule_eio, fault_schedule_file, fault_throttle, fault_unplug,
+               fault_vm_stop_reset)
 
 SUITES: dict[str, tuple[str, ...]] = {
     "smoke": ("smoke",),
@@ -16,6 +19,8 @@ SUITES: dict[str, tuple[str, ...]] = {
     # Runs that must fail (the harness's own tests, and vblk-ci repro's).
     "meta-crash": ("meta-sysrq-crash",),
     "meta-fail": ("meta-failing-check",),
+    "faults": ("fault-blkdebug", "fault-error-policy", "fault-schedule-eio", "fault-unplug", "fault-vm-stop-reset",
+               "fault-throttle", "fault-resize", "fault-request-break", "fault-blkdebug-delay"),
 }
 
 

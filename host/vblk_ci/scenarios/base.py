@@ -65,8 +65,10 @@ def registered() -> dict[str, type[Scenario]]:
 class ScenarioContext:
     """What a scenario sees: the machine, its agent, a scratch dir, the event sink."""
 
-    def __init__(self, scenario: str, machine, run_dir: Path, emit: Emit, reported_findings: set[str]):
+    def __init__(self, scenario: str, machine, run_dir: Path, emit: Emit, reported_findings: set[str],
+                 options: dict | None = None):
         self.scenario = scenario
+        self.options = dict(options or {})  # run-wide inputs a scenario may use, e.g. "schedule" (a Path)
         self.machine = machine
         self.run_dir = Path(run_dir)
         self.emit = emit
