@@ -8,7 +8,8 @@
 #     kernel-config/ go in before the first (unpatched, full) kernel build;
 #     driver/ comes after it, so a change to the series costs one incremental
 #     make in the same source tree and objects directory.
-#   * initramfs stage: only build/initramfs.py + cache.py, images/ and guest-agent/.
+#   * initramfs stage: only build/initramfs.py + cache.py, images/ and guest-agent/;
+#     it builds the suites' initramfs and the bench's (the same plus fio).
 #   * runtime stage: the rest of host/ is copied last.
 # Nothing here is pulled from a registry but the base image, which can also be
 # made locally: mmdebstrap --variant=minbase trixie t.tar && docker import t.tar debian:trixie-slim
@@ -44,13 +45,13 @@ RUN python3 -m vblk_ci.build.kernel --variant debug --output-dir /artifacts-debu
  && cat /artifacts-debug/kernel-manifest.json
 
 # ------------------------------------------------------------------ initramfs
+# Two initramfs: the suites' one, and the bench's, which adds Debian's fio as the
+# block-path reference (fio's libraries make it 4.5x larger, so the suites do not pay for it).
 FROM ${BASE_IMAGE} AS initramfs
-ARG WITH_FIO=0
 ENV DEBIAN_FRONTEND=noninteractive LANG=C.UTF-8
 RUN apt-get update \
  && apt-get install -y --no-install-recommends \
-      busybox-static python3 liburing-dev gcc make libc6-dev \
-      $( [ "$WITH_FIO" = 1 ] && echo fio ) \
+      busybox-static python3 liburing-dev gcc make libc6-dev fio \
  && rm -rf /var/lib/apt/lists/*
 ENV VBLK_CI_CACHE=/cache PYTHONPATH=/src/host PYTHONDONTWRITEBYTECODE=1
 RUN mkdir -p /src/host/vblk_ci && : > /src/host/vblk_ci/__init__.py
@@ -59,8 +60,9 @@ COPY host/vblk_ci/build/__init__.py host/vblk_ci/build/cache.py host/vblk_ci/bui
 COPY images/ /src/images/
 COPY guest-agent/ /src/guest-agent/
 RUN python3 -m vblk_ci.build.initramfs --output-dir /artifacts \
-      $( [ "$WITH_FIO" = 1 ] && echo --with-fio ) \
  && cat /artifacts/initramfs-manifest.json
+RUN python3 -m vblk_ci.build.initramfs --output-dir /artifacts-bench --with-fio \
+ && cat /artifacts-bench/initramfs-manifest.json
 
 # -------------------------------------------------------------------- runtime
 FROM ${BASE_IMAGE} AS runtime
@@ -88,12 +90,16 @@ ENV PATH=/opt/vblk-ci/venv/bin:$PATH
 COPY --from=kernel /artifacts/ /opt/vblk-ci/
 COPY --from=kernel /artifacts-debug/ /opt/vblk-ci/debug/
 COPY --from=initramfs /artifacts/ /opt/vblk-ci/
+COPY --from=initramfs /artifacts-bench/ /opt/vblk-ci/bench/
+COPY ci/matrix-default.toml /opt/vblk-ci/ci/
+COPY ci/schedules/ /opt/vblk-ci/ci/schedules/
 COPY pyproject.toml /src/vblk-ci/
 COPY host/ /src/vblk-ci/host/
 RUN pip install --no-cache-dir --disable-pip-version-check --no-deps --no-build-isolation /src/vblk-ci \
  && python3 -c "import vblk_ci, qemu.qmp, pexpect, docker, testinfra, matplotlib"
 ENV VBLK_CI_KERNEL=/opt/vblk-ci/bzImage \
-    VBLK_CI_INITRAMFS=/opt/vblk-ci/initramfs.cpio.gz
+    VBLK_CI_INITRAMFS=/opt/vblk-ci/initramfs.cpio.gz \
+    VBLK_CI_INITRAMFS_BENCH=/opt/vblk-ci/bench/initramfs.cpio.gz
 VOLUME /out
 ENTRYPOINT ["vblk-ci"]
 CMD ["run", "--out", "/out"]

@@ -27,6 +27,8 @@ from .errors import (
 
 ENV_KERNEL = "VBLK_CI_KERNEL"
 ENV_INITRAMFS = "VBLK_CI_INITRAMFS"
+# The bench's initramfs: the suites' one plus fio (the image builds both).
+ENV_INITRAMFS_BENCH = "VBLK_CI_INITRAMFS_BENCH"
 DEFAULT_OUT_ROOT = Path("vblk-ci-out")
 
 
@@ -119,7 +121,8 @@ def _fraction_seconds(text: str) -> float:
 def _add_bench_parser(sub) -> None:
     b = sub.add_parser("bench", help="benchmark passthrough against the block path (A/B pairs in one VM)")
     b.add_argument("--kernel", help=f"bzImage (default ${ENV_KERNEL})")
-    b.add_argument("--initramfs", help=f"guest initramfs, with fio for the reference (default ${ENV_INITRAMFS})")
+    b.add_argument("--initramfs", help=f"guest initramfs, with fio for the reference "
+                                       f"(default ${ENV_INITRAMFS_BENCH}, else ${ENV_INITRAMFS})")
     b.add_argument("--out", help="output folder (default vblk-ci-out/bench-<time>)")
     b.add_argument("--qemu", default="qemu-system-x86_64")
     b.add_argument("--accel", choices=("auto", "tcg", "kvm"), default="auto")
@@ -307,7 +310,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
     except ImportError:
         raise MissingPrerequisite("matplotlib is not installed (pip install matplotlib, or python3-matplotlib)") from None
     kernel = _artifact(args.kernel, ENV_KERNEL, "kernel image", "--kernel")
-    initramfs = _artifact(args.initramfs, ENV_INITRAMFS, "initramfs", "--initramfs")
+    initramfs = _artifact(args.initramfs or os.environ.get(ENV_INITRAMFS_BENCH), ENV_INITRAMFS, "initramfs",
+                          "--initramfs")
     stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
     out = Path(args.out) if args.out else DEFAULT_OUT_ROOT / f"bench-{stamp}"
     plan = BenchPlan(kernel=kernel, initramfs=initramfs, out=out, options=options, qemu=args.qemu,

@@ -20,6 +20,7 @@ IMAGE_ARTIFACTS = {
     "kernel": "/opt/vblk-ci/bzImage",
     "kernel_debug": "/opt/vblk-ci/debug/bzImage",
     "initramfs": "/opt/vblk-ci/initramfs.cpio.gz",
+    "initramfs_bench": "/opt/vblk-ci/bench/initramfs.cpio.gz",  # + fio, for vblk-ci bench
 }
 
 
@@ -31,9 +32,10 @@ def _from_env() -> dict[str, Path] | None:
     if missing:
         pytest.skip(f"artifact named in the environment does not exist: {', '.join(missing)}")
     found = {k: Path(v) for k, v in paths.items()}
-    debug = os.environ.get("VBLK_CI_KERNEL_DEBUG")
-    if debug and Path(debug).is_file():
-        found["kernel_debug"] = Path(debug)
+    for name, env in (("kernel_debug", "VBLK_CI_KERNEL_DEBUG"), ("initramfs_bench", "VBLK_CI_INITRAMFS_BENCH")):
+        value = os.environ.get(env)
+        if value and Path(value).is_file():
+            found[name] = Path(value)
     return found
 
 
@@ -49,7 +51,9 @@ def _copy_out_of_image(image: str, dest: Path) -> dict[str, Path]:
             with tarfile.open(fileobj=io.BytesIO(b"".join(stream))) as tar:
                 member = tar.getmembers()[0]
                 data = tar.extractfile(member).read()
-            out[name] = dest / Path(path).name
+            # One folder per artifact: the two kernels are both called bzImage.
+            out[name] = dest / name / Path(path).name
+            out[name].parent.mkdir()
             out[name].write_bytes(data)
         return out
     finally:

@@ -1,0 +1,38 @@
+"""The GitHub workflow's suite steps are real vblk-ci command lines: each parses with the
+CLI's own parser, names a known suite, and points at files the image ships."""
+
+from __future__ import annotations
+
+import re
+import shlex
+from pathlib import Path
+
+import pytest
+
+from vblk_ci.cli import build_parser
+from vblk_ci.scenarios import SUITES
+
+ROOT = Path(__file__).resolve().parents[2]
+WORKFLOW = ROOT / "ci" / "github" / "vblk-ci.yml"
+DOCKERFILE = (ROOT / "Dockerfile").read_text()
+STEPS = re.findall(r"run: ci/github/run-in-image (.+)", WORKFLOW.read_text())
+
+
+def test_workflow_runs_every_ci_suite():
+    names = [shlex.split(s)[0] for s in STEPS]
+    assert len(names) == len(set(names)), "each step needs its own out/ folder"
+    suites = {a.split()[a.split().index("--suite") + 1] for a in STEPS if "--suite" in a}
+    assert {"smoke", "driver", "hotplug", "faults"} <= suites
+    assert any("--matrix" in s for s in STEPS) and any(shlex.split(s)[1] == "bench" for s in STEPS)
+
+
+@pytest.mark.parametrize("step", STEPS)
+def test_step_parses_and_its_files_are_in_the_image(step):
+    name, *argv = shlex.split(step)
+    args = build_parser().parse_args([*argv, "--out", f"/out/{name}"])
+    if getattr(args, "suite", None) and not getattr(args, "matrix", None) and args.command == "run":
+        assert args.suite in SUITES
+    for path in [a for a in argv if a.startswith("/opt/vblk-ci/")]:
+        rel = path.removeprefix("/opt/vblk-ci/")
+        shipped = {"debug/bzImage": "/artifacts-debug/", "ci/matrix-default.toml": "ci/matrix-default.toml"}
+        assert rel in shipped and shipped[rel] in DOCKERFILE, path
