@@ -10,6 +10,7 @@ above (see repro/commands.py).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import datetime as dt
 import json
@@ -154,6 +155,24 @@ def _add_bench_parser(sub) -> None:
 # -- run ---------------------------------------------------------------------------------
 
 
+@contextlib.contextmanager
+def _reporting(run_dir: Path):
+    """A terminal reporter for one run; an error that escapes the run leaves its traceback
+    in the run dir's run.log (the terminal gets one line from main())."""
+    from .report.terminal import TerminalReporter
+
+    report = TerminalReporter()
+    try:
+        yield report
+    except VblkCiError as exc:
+        if run_dir.is_dir():
+            with open(run_dir / "run.log", "a", encoding="utf-8") as f:
+                f.write("".join(traceback.format_exception(exc)))
+        raise
+    finally:
+        report.close()
+
+
 def _artifact(arg: str | None, env: str, what: str, flag: str) -> Path:
     value = arg or os.environ.get(env)
     if not value:
@@ -167,7 +186,6 @@ def _artifact(arg: str | None, env: str, what: str, flag: str) -> Path:
 def cmd_run_matrix(args: argparse.Namespace) -> int:
     from .matrix.run import MatrixPlan, run_matrix, selected
     from .matrix.schema import load_matrix
-    from .report.terminal import TerminalReporter
 
     stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
     source = Path(args.matrix) if args.matrix else None
@@ -190,11 +208,8 @@ def cmd_run_matrix(args: argparse.Namespace) -> int:
     initramfs = _artifact(args.initramfs, ENV_INITRAMFS, "initramfs", "--initramfs")
     plan = MatrixPlan(kernel=kernel, initramfs=initramfs, run_dir=run_dir, matrix=matrix, select=args.select,
                       qemu=args.qemu, accel=args.accel)
-    report = TerminalReporter()
-    try:
+    with _reporting(run_dir) as report:
         result = run_matrix(plan, report)
-    finally:
-        report.close()
     print(f"vblk-ci: {result.status}: results in {run_dir} (table: {run_dir / 'report' / 'matrix.md'})",
           file=sys.stderr)
     return result.exit_code
@@ -211,7 +226,6 @@ def _schedule(arg: str | None) -> Path | None:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from .report.terminal import TerminalReporter
     from .runner import Plan, run
 
     from .scenarios import suite
@@ -230,16 +244,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         kernel=kernel, initramfs=initramfs, run_dir=run_dir, qemu=args.qemu, accel=args.accel,
         smp=args.smp, memory_mb=args.memory, suite=args.suite, schedule=schedule,
     )
-    report = TerminalReporter()
-    try:
+    with _reporting(run_dir) as report:
         result = run(plan, report)
-    except VblkCiError as exc:
-        if run_dir.is_dir():
-            with open(run_dir / "run.log", "a", encoding="utf-8") as f:
-                f.write("".join(traceback.format_exception(exc)))
-        raise
-    finally:
-        report.close()
     print(f"vblk-ci: {result.status}: results in {run_dir}", file=sys.stderr)
     return result.exit_code
 
@@ -302,7 +308,6 @@ def bench_options(args: argparse.Namespace):
 def cmd_bench(args: argparse.Namespace) -> int:
     from .bench.report import write_all
     from .bench.runner import BenchPlan, run_bench
-    from .report.terminal import TerminalReporter
 
     options = bench_options(args)
     try:  # the plots come at the end: fail before booting, not after the measurements
@@ -317,16 +322,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
     plan = BenchPlan(kernel=kernel, initramfs=initramfs, out=out, options=options, qemu=args.qemu,
                      accel=args.accel, smp=args.smp or (1 if args.icount else 2), memory_mb=args.memory,
                      preset=args.preset)
-    report = TerminalReporter()
-    try:
+    with _reporting(out) as report:
         record = run_bench(plan, report)
-    except VblkCiError as exc:
-        if out.is_dir():
-            with open(out / "run.log", "a", encoding="utf-8") as f:
-                f.write("".join(traceback.format_exception(exc)))
-        raise
-    finally:
-        report.close()
     files = write_all(record, out)
     print(files["markdown"].read_text(encoding="utf-8"))
     print(f"vblk-ci: bench done: results in {out}", file=sys.stderr)

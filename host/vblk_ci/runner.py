@@ -79,6 +79,14 @@ def _log_exception(run_dir: Path, exc: BaseException) -> None:
         f.write("".join(traceback.format_exception(exc)))
 
 
+def record_abort(result: RunResult, run_dir: Path, exc: Exception) -> None:
+    """A run that stopped early: the machinery (``InfraError``) is an error; a guest that
+    did not boot or a check that gave up is a failure. The traceback goes to run.log."""
+    _log_exception(run_dir, exc)
+    result.status = E.ERROR if isinstance(exc, InfraError) else E.FAIL
+    result.reason = str(exc)
+
+
 def _scenario_status(checks: list[CheckResult]) -> str:
     statuses = {c.status for c in checks}
     for status in (E.ERROR, E.FAIL):
@@ -154,15 +162,8 @@ def run(plan: Plan, emit: E.Emit = E.discard) -> RunResult:
             result.agent_seconds = machine.wait_agent()
             emit(E.AgentReady(result.agent_seconds))
             _run_scenarios(plan, machine, emit, result, reported)
-    except BootError as exc:
-        _log_exception(run_dir, exc)
-        result.status, result.reason = E.FAIL, str(exc)
-    except InfraError as exc:
-        _log_exception(run_dir, exc)
-        result.status, result.reason = E.ERROR, str(exc)
-    except (CheckFailed, AgentError) as exc:
-        _log_exception(run_dir, exc)
-        result.status, result.reason = E.FAIL, str(exc)
+    except (BootError, InfraError, CheckFailed, AgentError) as exc:
+        record_abort(result, run_dir, exc)
     finally:
         result.qemu_exitcode = machine.exitcode
     _judge(result, machine, emit, reported, log.events)

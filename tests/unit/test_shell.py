@@ -3,7 +3,6 @@ prompt's answers (against a stand-in machine; tests/e2e/test_shell_host.py drive
 
 from __future__ import annotations
 
-from pathlib import Path
 
 import pytest
 

@@ -3,7 +3,6 @@ the commands testinfra's modules send, here on the test host itself."""
 
 from __future__ import annotations
 
-import os
 import socket
 import subprocess
 import sys

@@ -224,7 +224,7 @@ def compare(disk: DiskSpec, vcpus: int, qemu: dict, guest: dict) -> list[FieldCh
         FieldCheck(d, "iothread", disk.iothread, iothread_path, qemu.get("iothread") or "", NA, NA),
         FieldCheck(d, "chardev", True, NA, NA, (True, True),
                    (guest.get("class.chardev"), guest.get("dev.chardev")),
-                   f"/sys/class/vblk-generic/{{name}}c0 and /dev/{{name}}c0"),
+                   "/sys/class/vblk-generic/{name}c0 and /dev/{name}c0"),
     ]
     if disk.iothread_id is not None:
         for key, default in IOTHREAD_POLL_DEFAULTS.items():

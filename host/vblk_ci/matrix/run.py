@@ -31,7 +31,7 @@ from ..report.json_report import write_json
 from ..report.junit import write_junit
 from ..report.summary import append_step_summary
 from ..result import SKIP, CheckResult, RunResult, ScenarioResult
-from ..runner import _EventLog, _judge, _log_exception, check_artifacts
+from ..runner import _EventLog, _judge, check_artifacts, record_abort
 from ..scenarios.base import ScenarioContext
 from ..scenarios.driver_common import expect_clean, run_engine
 from .report import write_markdown
@@ -112,15 +112,8 @@ def run_matrix(plan: MatrixPlan, emit: E.Emit = E.discard) -> RunResult:
                 plugger = DiskPlugger(machine)
                 for combo in group:
                     figures.append(_run_combination(combo, machine, plugger, reasons, run_dir, emit, result, reported))
-        except BootError as exc:
-            _log_exception(run_dir, exc)
-            result.status, result.reason = E.FAIL, str(exc)
-        except InfraError as exc:
-            _log_exception(run_dir, exc)
-            result.status, result.reason = E.ERROR, str(exc)
-        except (CheckFailed, AgentError) as exc:
-            _log_exception(run_dir, exc)
-            result.status, result.reason = E.FAIL, str(exc)
+        except (BootError, InfraError, CheckFailed, AgentError) as exc:
+            record_abort(result, run_dir, exc)
         finally:
             result.qemu_exitcode = machine.exitcode
         if result.status != E.PASS:
