@@ -28,7 +28,7 @@ def test_full_argv_tcg():
         "-nodefaults", "-no-reboot", "-display", "none", "-nic", "none",
         "-kernel", "/k/bzImage", "-initrd", "/k/initrd.gz",
         "-append", CMDLINE + " virtio_blk.poll_queues=1",
-        "-chardev", "socket,id=ser0,path=/tmp/s/console.sock,logfile=/run/r1/console.log",
+        "-chardev", "pipe,id=ser0,path=/tmp/s/console,logfile=/run/r1/console.log",
         "-serial", "chardev:ser0",
         "-chardev", "socket,id=qmp0,path=/tmp/s/qmp.sock",
         "-mon", "chardev=qmp0,mode=control",
@@ -67,7 +67,7 @@ def test_root_ports_are_distinct():
 
 def test_commas_in_paths_are_doubled():
     assert A.serial_args(Path("/a,b/s"), Path("/l,og")) == [
-        "-chardev", "socket,id=ser0,path=/a,,b/s,logfile=/l,,og", "-serial", "chardev:ser0"]
+        "-chardev", "pipe,id=ser0,path=/a,,b/s,logfile=/l,,og", "-serial", "chardev:ser0"]
 
 
 def test_kernel_cmdline():

@@ -1,13 +1,14 @@
 """The live serial console: a background drain with a failure watcher.
 
 QEMU writes the complete log itself (``logfile=`` on the chardev); this side only
-reads the socket so QEMU never blocks, keeps the text in memory for waits, and
+reads the FIFO (or socket) so QEMU never blocks, keeps the text in memory for waits, and
 checks each finished line against the pattern table. A hit sets ``crashed``;
 ``findings()`` classifies the text once the report is complete.
 """
 
 from __future__ import annotations
 
+import os
 import socket
 import threading
 import time
@@ -20,11 +21,15 @@ from .classify import Finding, classify, match_line, strip_timestamp
 
 
 class Console:
-    def __init__(self, sock: socket.socket, on_line: Callable[[str], None] | None = None):
+    """``source``: a connected socket, or the read end of QEMU's ``.out`` FIFO; with a
+    FIFO, ``write_fd`` is the ``.in`` FIFO that ``send()`` types into."""
+
+    def __init__(self, source: socket.socket | int, on_line: Callable[[str], None] | None = None,
+                 write_fd: int | None = None):
         # fdspawn owns the descriptor from here on (it closes it in close()).
-        self._spawn = pexpect.fdpexpect.fdspawn(
-            sock.detach(), encoding="utf-8", codec_errors="replace", timeout=None
-        )
+        fd = source.detach() if isinstance(source, socket.socket) else source
+        self._spawn = pexpect.fdpexpect.fdspawn(fd, encoding="utf-8", codec_errors="replace", timeout=None)
+        self._write_fd = write_fd
         self._on_line = on_line
         self._cond = threading.Condition()
         self._chunks: list[str] = []
@@ -139,7 +144,12 @@ class Console:
 
     def send(self, data: str) -> None:
         """Type ``data`` on the guest's serial console (interactive shells)."""
-        self._spawn.send(data)
+        if self._write_fd is None:
+            self._spawn.send(data)
+            return
+        raw = data.encode("utf-8")
+        while raw:
+            raw = raw[os.write(self._write_fd, raw):]
 
     def text_since_locked(self, mark: int) -> str:
         if len(self._chunks) > 1:
@@ -157,3 +167,6 @@ class Console:
             self._spawn.close()
         except OSError:
             pass
+        if self._write_fd is not None:
+            os.close(self._write_fd)
+            self._write_fd = None

@@ -43,7 +43,7 @@ class MachinePaths:
     Sockets go in a short directory (``sun_path`` holds 108 bytes), logs in the run dir.
     """
 
-    console_sock: Path
+    console_pipe: Path  # QEMU writes <console_pipe>.out and reads <console_pipe>.in
     console_log: Path
     qmp_sock: Path
     agent_sock: Path
@@ -52,7 +52,7 @@ class MachinePaths:
     def make(cls, sock_dir: Path, run_dir: Path) -> "MachinePaths":
         sock_dir, run_dir = Path(sock_dir), Path(run_dir)
         return cls(
-            console_sock=sock_dir / "console.sock",
+            console_pipe=sock_dir / "console",
             console_log=run_dir / "console.log",
             qmp_sock=sock_dir / "qmp.sock",
             agent_sock=sock_dir / "agent.sock",
@@ -111,10 +111,16 @@ def boot_args(kernel: Path, initrd: Path | None, append: Sequence[str]) -> list[
     return argv + ["-append", kernel_cmdline(append)]
 
 
-def serial_args(sock: Path, logfile: Path) -> list[str]:
-    """ttyS0 on a socket we listen on; QEMU also keeps the whole log itself."""
+def serial_args(pipe: Path, logfile: Path) -> list[str]:
+    """ttyS0 on a pair of FIFOs (``pipe``.in/.out); QEMU also keeps the whole log itself.
+
+    Not a socket: QEMU writes the serial port a byte at a time, and a Unix socket
+    charges each byte a whole buffer, so a reader a few hundred bytes behind made
+    QEMU see EAGAIN -- the UART then dropped bytes and the logfile doubled them. A
+    FIFO holds 64 KiB of them.
+    """
     return [
-        "-chardev", f"socket,id=ser0,path={qopt(sock)},logfile={qopt(logfile)}",
+        "-chardev", f"pipe,id=ser0,path={qopt(pipe)},logfile={qopt(logfile)}",
         "-serial", "chardev:ser0",
     ]
 
@@ -183,7 +189,7 @@ def build_argv(spec: MachineSpec, paths: MachinePaths, caps: QemuCaps) -> list[s
         *cpu_args(spec.accel, caps),
         *isolation_args(),
         *boot_args(spec.kernel, spec.initrd, spec.append),
-        *serial_args(paths.console_sock, paths.console_log),
+        *serial_args(paths.console_pipe, paths.console_log),
         *qmp_args(paths.qmp_sock),
         *agent_args(paths.agent_sock),
         *root_port_args(spec.disk_slots),

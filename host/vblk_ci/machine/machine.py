@@ -7,8 +7,8 @@ Use it as a context manager::
         plugged = vm.hotplug(disk, slot=0)
         vm.unplug(disk.id)
 
-QEMU connects to three sockets this object listens on before launch (console,
-QMP, agent), so there is no start-up race. The QMP client is asyncio-based; it
+QEMU connects to two sockets this object listens on before launch (QMP, agent),
+and opens the console FIFOs this object made, so there is no start-up race. The QMP client is asyncio-based; it
 runs on an event loop in a background thread and every call goes through
 ``qmp()`` with a timeout. Every command, reply and event is appended to
 ``qmp.jsonl`` in the run dir; QEMU's own stdout/stderr go to ``qemu.log``; the
@@ -104,6 +104,7 @@ class Machine:
         self._proc: subprocess.Popen | None = None
         self._sock_dir: Path | None = None
         self._listeners: dict[str, socket.socket] = {}
+        self._console_hold: int | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._loop_thread: threading.Thread | None = None
         self._qmp: QMPClient | None = None
@@ -165,7 +166,7 @@ class Machine:
         (self.run_dir / "qemu.argv").write_text(shlex.join(self.argv) + "\n", encoding="utf-8")
         self._qmp_file = open(self.qmp_log, "a", encoding="utf-8")
         try:
-            self._listen("console", self.paths.console_sock)
+            self.console = self._open_console(self.paths.console_pipe)
             self._listen("agent", self.paths.agent_sock)
             self._start_loop()
             self._run(self._qmp_start_server(str(self.paths.qmp_sock)), self.timeouts(self.timeouts.launch))
@@ -182,6 +183,22 @@ class Machine:
         except BaseException:
             self.shutdown()
             raise
+
+    def _open_console(self, base: Path) -> Console:
+        """The FIFO pair QEMU's serial chardev opens (``pipe``): we read ``.out`` and
+        type into ``.in``. Until QEMU has opened ``.out`` (it has by the time it
+        connects to QMP), a writer of our own keeps the reader from seeing end-of-file."""
+        out, into = base.with_name(base.name + ".out"), base.with_name(base.name + ".in")
+        os.mkfifo(out)
+        os.mkfifo(into)
+        read_fd = os.open(out, os.O_RDONLY | os.O_NONBLOCK)
+        self._console_hold = os.open(out, os.O_WRONLY | os.O_NONBLOCK)
+        return Console(read_fd, write_fd=os.open(into, os.O_RDWR))
+
+    def _release_console_hold(self) -> None:
+        if self._console_hold is not None:
+            os.close(self._console_hold)
+            self._console_hold = None
 
     def _listen(self, name: str, path: Path) -> None:
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -223,7 +240,6 @@ class Machine:
     def _connect_all(self) -> None:
         deadline = self._launched_at + self.timeouts(self.timeouts.launch)
         # QEMU opens its chardevs in command-line order: console, QMP, agent.
-        self.console = Console(self._accept("console", deadline))
         fut = asyncio.run_coroutine_threadsafe(self._qmp_accept(), self._loop)
         while not fut.done():
             try:
@@ -239,6 +255,7 @@ class Machine:
             if not self.is_running():
                 raise self._launch_failure("QEMU exited during start-up") from exc
             raise self._launch_failure(f"QMP handshake failed: {exc}") from exc
+        self._release_console_hold()  # QEMU holds the console FIFO now: its exit is our EOF
         self.agent = AgentClient(self._accept("agent", deadline), log=self.agent_log)
 
     # -- QMP ---------------------------------------------------------------------------
@@ -504,6 +521,7 @@ class Machine:
                 self._loop_thread.join(5)
             if not self._loop.is_running():
                 self._loop.close()
+        self._release_console_hold()
         for sock in self._listeners.values():
             sock.close()
         self._listeners.clear()
