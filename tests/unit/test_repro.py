@@ -96,6 +96,19 @@ def test_missing_artifacts_are_left_out_not_fatal(run, tmp_path):
         replay_plan(bundle, ReplayOptions(), tmp_path / "r", Plan)
 
 
+def test_a_schedule_file_travels_with_the_bundle_and_the_replay_uses_it(run, tmp_path):
+    plan, result, run_dir = run
+    given = tmp_path / "eio.json"
+    given.write_text('{"seed": 7, "faults": []}')
+    bundle = read_bundle(write_bundle(dataclasses.replace(plan, schedule=given), result, run_dir), tmp_path / "x")
+    replayed = replay_plan(bundle, ReplayOptions(), tmp_path / "r", Plan)
+    assert replayed.schedule == bundle.member("schedule-input.json")
+    assert replayed.schedule.read_text() == given.read_text() and replayed.schedule != given
+    # A run without --schedule replays without one.
+    plain = read_bundle(write_bundle(plan, result, run_dir, tmp_path / "plain.tar.gz"), tmp_path / "y")
+    assert replay_plan(plain, ReplayOptions(), tmp_path / "r2", Plan).schedule is None
+
+
 def _rewrite(src: Path, dest: Path, change) -> Path:
     """Copy a bundle, letting ``change(name, data)`` return new bytes (or None to drop the member)."""
     with tarfile.open(src) as tin, tarfile.open(dest, "w:gz") as tout:
