@@ -2,7 +2,7 @@
 
 Two fair comparisons (QD1; depth 8 with batches of 4) on null-co, 2 pairs of 0.5 s
 runs each. Asserts the outputs exist and agree with each other, never a speed.
-Run: pytest -m e2e tests/e2e/test_bench.py
+Run: pytest -m e2e tests/e2e/test_bench_host.py
 """
 
 from __future__ import annotations
