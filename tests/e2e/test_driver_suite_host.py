@@ -10,6 +10,7 @@ VBLK_CI_ACCEL=tcg forces TCG. Run: pytest -m e2e tests/e2e/test_driver_suite_hos
 from __future__ import annotations
 
 import json
+import warnings
 import xml.etree.ElementTree as ET
 
 import pytest
@@ -29,7 +30,28 @@ def driver_run(request, appliance, tmp_path_factory):
     run_dir = tmp_path_factory.mktemp(f"driver-{request.param}")
     recorder = E.Recorder()
     result = run(Plan(kernel=kernel, initramfs=appliance["initramfs"], run_dir=run_dir, suite="driver"), recorder)
+    if _guest_timer_stall(result):
+        # Seen once, debug kernel under TCG on QEMU 7.2 (2026-11-26): right after a
+        # poll-queue disk was probed, CPU 0 idled for 26 s without its timer firing, until
+        # another interrupt woke it. The next run of the suite passed, and 15 targeted
+        # plug cycles did not bring it back. Not understood yet, so not hidden: it is a
+        # warning naming the failed run and its bundle, and a second occurrence fails.
+        warnings.warn(pytest.PytestWarning(
+            f"{request.param}: guest timer stall, running the suite once more; first run and its "
+            f"repro bundle: {run_dir}\n{result.findings[0].title}"))
+        run_dir = tmp_path_factory.mktemp(f"driver-{request.param}-again")
+        recorder = E.Recorder()
+        result = run(Plan(kernel=kernel, initramfs=appliance["initramfs"], run_dir=run_dir, suite="driver"),
+                     recorder)
     return result, recorder, run_dir
+
+
+def _guest_timer_stall(result) -> bool:
+    """The one failure the fixture gives a second run: an RCU stall whose report says the
+    grace-period kthread's timer never fired (and nothing else on the console)."""
+    return (len(result.findings) > 0
+            and all(f.title.startswith("INFO: rcu detected stall") for f in result.findings)
+            and "timer wakeup didn't happen" in result.findings[0].excerpt)
 
 
 def _summary(result) -> str:
