@@ -88,41 +88,12 @@ def kernel_companions(kernel: Path) -> tuple[Path | None, Path | None]:
 # -- what identifies a failure ----------------------------------------------------------------
 
 
-# The emulated UART loses a character now and then when the console reader lags, and
-# QEMU's own logfile (console.log) holds a retried one twice ("Noo working init"): here
-# 8 to 37 of ~314 boot lines differed between console.log and the socket stream. A
-# finding's title may carry such noise.
-SERIAL_NOISE_CHARS = 2
-
-
-def _collapse_runs(text: str) -> str:
-    return "".join(ch for i, ch in enumerate(text) if i == 0 or text[i - 1] != ch)
-
-
-def _is_subsequence(short: str, long: str) -> bool:
-    it = iter(long)
-    return all(ch in it for ch in short)
-
-
-def same_despite_serial_noise(a: str, b: str, max_lost: int = SERIAL_NOISE_CHARS) -> bool:
-    """True if ``a`` and ``b`` differ only by doubled characters and at most ``max_lost``
-    characters missing from one of them."""
-    for x, y in ((a, b), (_collapse_runs(a), _collapse_runs(b))):
-        if x == y:
-            return True
-        short, long = sorted((x, y), key=len)
-        if 0 < len(long) - len(short) <= max_lost and _is_subsequence(short, long):
-            return True
-    return False
-
-
 @dataclass(frozen=True)
 class Signature:
     """What a replay must show again to count as reproducing the failure.
 
     ``status`` is the verdict; ``key`` the first console finding's title, else the
     first failed (or errored) check's name, else the first line of the reason.
-    Console titles match despite serial noise (``same_despite_serial_noise``).
     """
 
     status: str
@@ -130,11 +101,7 @@ class Signature:
     source: str  # finding | check | reason
 
     def matches(self, other: "Signature") -> bool:
-        if self.status != other.status or self.source != other.source:
-            return False
-        if self.key == other.key:
-            return True
-        return self.source == "finding" and same_despite_serial_noise(self.key, other.key)
+        return (self.status, self.source, self.key) == (other.status, other.source, other.key)
 
     def describe(self) -> str:
         return f"{self.status}: {self.source} {self.key!r}"

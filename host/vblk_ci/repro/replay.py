@@ -2,9 +2,7 @@
 
 A replay counts as reproducing the bundle when its ``Signature`` matches: the
 same verdict and the same first console finding title (or, without a finding,
-the same first failed check, or the same first line of the reason). A title that
-differs only by TCG serial noise (a doubled or a lost character) still matches;
-``repro.json`` marks such runs ``"exact": false``.
+the same first failed check, or the same first line of the reason).
 """
 
 from __future__ import annotations
@@ -36,7 +34,6 @@ class ReplayRun:
     run_dir: str
     signature: Signature
     reproduced: bool
-    exact: bool  # False: reproduced with a title that differs by serial noise
 
 
 @dataclass
@@ -63,7 +60,7 @@ class ReplayReport:
             "reproduced": self.reproduced,
             "repeat": len(self.runs),
             "runs": [{"index": r.index, "run_dir": r.run_dir, "reproduced": r.reproduced,
-                      "exact": r.exact, "signature": r.signature.__dict__} for r in self.runs],
+                      "signature": r.signature.__dict__} for r in self.runs],
         }
 
 
@@ -110,7 +107,7 @@ def replay(bundle: Bundle, options: ReplayOptions, out_dir: Path, run: Callable,
         result = run(plan, emit)
         got = signature_of(json.loads(json.dumps(result.to_dict(), default=str)))
         matched = got.matches(expected)
-        report.runs.append(ReplayRun(i, str(run_dir), got, matched, matched and got.key == expected.key))
+        report.runs.append(ReplayRun(i, str(run_dir), got, matched))
         emit(E.Note(f"replay {i}/{options.repeat}: {'reproduced' if matched else 'not reproduced'} "
                     f"({got.describe()})"))
     return report
