@@ -66,6 +66,15 @@ def spawn_progress(ctx: ScenarioContext, args: list[str]) -> int:
     return ctx.agent.spawn_with_progress(args, progress_ms=PROGRESS_MS)
 
 
+def expect_progress(ctx: ScenarioContext, job: int, more: int, after: str, bound_s: float = 30.0) -> None:
+    """CheckFailed unless ``job`` completes ``more`` I/Os beyond its last progress report
+    within ``bound_s`` (``after``: what the job had to get past, for the message)."""
+    last = ctx.agent.progress.get(job, {}).get("completions", 0)
+    if ctx.agent.wait_progress(job, lambda ev: ev.get("completions", 0) >= last + more,
+                               ctx.timeouts(bound_s)) is None:
+        raise CheckFailed(f"no progress after {after}: stuck at {last} completions")
+
+
 def stop_job(ctx: ScenarioContext, job: int, rec: dict, key: str = "job", bound_s: float = 30.0) -> dict:
     """SIGINT, then the job's result within ``bound_s``; CheckFailed if it hangs."""
     ctx.agent.signal_job(job, "INT")

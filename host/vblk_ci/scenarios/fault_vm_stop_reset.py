@@ -14,8 +14,8 @@ from __future__ import annotations
 from ..faults.schedule import Schedule
 from .base import Scenario, ScenarioContext, register
 from .driver_common import CheckFailed, MiB, eargs, errno_text, guest_disk, plug, run_gated, unplug
-from .fault_common import (JOB_RUNTIME_S, fire_schedule, file_disk, kill_job, res_counts, spawn_progress, stop_job,
-                           verify_baseline, write_baseline)
+from .fault_common import (JOB_RUNTIME_S, expect_progress, fire_schedule, file_disk, kill_job, res_counts,
+                           spawn_progress, stop_job, verify_baseline, write_baseline)
 
 SEED = 47
 
@@ -51,10 +51,7 @@ class FaultVmStopReset(Scenario):
                 rec["qmp_events"] = names
                 if [n for n in names if n in ("STOP", "RESUME")] != ["STOP", "RESUME"]:
                     raise CheckFailed(f"expected QMP events STOP then RESUME, got {names}")
-                last = ctx.agent.progress.get(job, {}).get("completions", 0)
-                if ctx.agent.wait_progress(job, lambda ev: ev.get("completions", 0) >= last + 200,
-                                           ctx.timeouts(30.0)) is None:
-                    raise CheckFailed(f"no progress after cont: stuck at {last} completions")
+                expect_progress(ctx, job, 200, "cont")
                 result = stop_job(ctx, job, rec)
                 job = None
             finally:
