@@ -76,3 +76,22 @@ def appliance(tmp_path_factory) -> dict[str, Path]:
     if not os.environ.get("VBLK_CI_IMAGE"):
         pytest.skip("set VBLK_CI_KERNEL and VBLK_CI_INITRAMFS, or VBLK_CI_IMAGE to take them from the image")
     return _copy_out_of_image(os.environ["VBLK_CI_IMAGE"], tmp_path_factory.mktemp("appliance"))
+
+
+@pytest.fixture(scope="session")
+def run_suite(appliance, tmp_path_factory):
+    """``run_suite(suite, variant)``: run ``suite`` on the default or the debug kernel (skipped
+    when there is no debug kernel); returns (result, event recorder, run dir)."""
+    from vblk_ci import events as E
+    from vblk_ci.runner import Plan, run
+
+    def go(suite: str, variant: str):
+        kernel = appliance["kernel"] if variant == "default" else appliance.get("kernel_debug")
+        if kernel is None:
+            pytest.skip("no debug kernel (set VBLK_CI_KERNEL_DEBUG, or use an image that ships one)")
+        run_dir = tmp_path_factory.mktemp(f"{suite}-{variant}")
+        recorder = E.Recorder()
+        result = run(Plan(kernel=kernel, initramfs=appliance["initramfs"], run_dir=run_dir, suite=suite), recorder)
+        return result, recorder, run_dir
+
+    return go

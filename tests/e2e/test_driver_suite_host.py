@@ -16,20 +16,14 @@ import xml.etree.ElementTree as ET
 import pytest
 
 from vblk_ci import events as E
-from vblk_ci.runner import Plan, run
 from vblk_ci.scenarios import SUITES
 
 pytestmark = pytest.mark.e2e
 
 
 @pytest.fixture(scope="module", params=["default", "debug"])
-def driver_run(request, appliance, tmp_path_factory):
-    kernel = appliance["kernel"] if request.param == "default" else appliance.get("kernel_debug")
-    if kernel is None:
-        pytest.skip("no debug kernel (set VBLK_CI_KERNEL_DEBUG, or use an image that ships one)")
-    run_dir = tmp_path_factory.mktemp(f"driver-{request.param}")
-    recorder = E.Recorder()
-    result = run(Plan(kernel=kernel, initramfs=appliance["initramfs"], run_dir=run_dir, suite="driver"), recorder)
+def driver_run(request, run_suite):
+    result, recorder, run_dir = run_suite("driver", request.param)
     if _guest_timer_stall(result):
         # Seen once, debug kernel under TCG on QEMU 7.2 (2026-11-26): right after a
         # poll-queue disk was probed, CPU 0 idled for 26 s without its timer firing, until
@@ -39,10 +33,7 @@ def driver_run(request, appliance, tmp_path_factory):
         warnings.warn(pytest.PytestWarning(
             f"{request.param}: guest timer stall, running the suite once more; first run and its "
             f"repro bundle: {run_dir}\n{result.findings[0].title}"))
-        run_dir = tmp_path_factory.mktemp(f"driver-{request.param}-again")
-        recorder = E.Recorder()
-        result = run(Plan(kernel=kernel, initramfs=appliance["initramfs"], run_dir=run_dir, suite="driver"),
-                     recorder)
+        result, recorder, run_dir = run_suite("driver", request.param)
     return result, recorder, run_dir
 
 

@@ -13,23 +13,15 @@ import json
 
 import pytest
 
-from vblk_ci import events as E
 from vblk_ci.faults import Schedule
-from vblk_ci.runner import Plan, run
 from vblk_ci.scenarios import SUITES
 
 pytestmark = pytest.mark.e2e
 
 
 @pytest.fixture(scope="module", params=["default", "debug"])
-def faults_run(request, appliance, tmp_path_factory):
-    kernel = appliance["kernel"] if request.param == "default" else appliance.get("kernel_debug")
-    if kernel is None:
-        pytest.skip("no debug kernel (set VBLK_CI_KERNEL_DEBUG, or use an image that ships one)")
-    run_dir = tmp_path_factory.mktemp(f"faults-{request.param}")
-    recorder = E.Recorder()
-    result = run(Plan(kernel=kernel, initramfs=appliance["initramfs"], run_dir=run_dir, suite="faults"), recorder)
-    return result, recorder, run_dir
+def faults_run(request, run_suite):
+    return run_suite("faults", request.param)
 
 
 def _summary(result) -> str:
