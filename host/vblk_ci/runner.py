@@ -59,7 +59,7 @@ def check_artifacts(plan: Plan) -> None:
             raise MissingPrerequisite(f"{what} not found: {path}")
 
 
-class _EventLog:
+class EventLog:
     """An Emit that appends every event to events.jsonl and keeps them for the result."""
 
     def __init__(self, path: Path, downstream: E.Emit):
@@ -130,7 +130,7 @@ def run(plan: Plan, emit: E.Emit = E.discard) -> RunResult:
     started = time.monotonic()
     run_dir = Path(plan.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    log = _EventLog(run_dir / "events.jsonl", emit)
+    log = EventLog(run_dir / "events.jsonl", emit)
     emit = log
     emit(E.RunStart(str(run_dir), plan.suite))
 
@@ -166,7 +166,7 @@ def run(plan: Plan, emit: E.Emit = E.discard) -> RunResult:
         record_abort(result, run_dir, exc)
     finally:
         result.qemu_exitcode = machine.exitcode
-    _judge(result, machine, emit, reported, log.events)
+    judge(result, machine, emit, reported, log.events)
     result.seconds = time.monotonic() - started
     write_json(result, run_dir / "results.json")
     write_junit(result, run_dir / "junit.xml")
@@ -187,7 +187,7 @@ def _write_repro_bundle(plan: Plan, result: RunResult, run_dir: Path, emit: E.Em
     emit(E.Note(f"reproduction bundle: {path} (replay: vblk-ci repro {path})"))
 
 
-def _judge(result: RunResult, machine: Machine, emit: E.Emit, reported: set[str], events: list[E.Event]) -> None:
+def judge(result: RunResult, machine: Machine, emit: E.Emit, reported: set[str], events: list[E.Event]) -> None:
     """Fold console findings, check results and timings into the verdict."""
     try:
         console = (machine.paths.console_log if machine.paths else Path(result.run_dir) / "console.log").read_text(

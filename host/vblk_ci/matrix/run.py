@@ -31,7 +31,7 @@ from ..report.json_report import write_json
 from ..report.junit import write_junit
 from ..report.summary import append_step_summary
 from ..result import SKIP, CheckResult, RunResult, ScenarioResult
-from ..runner import _EventLog, _judge, check_artifacts, record_abort
+from ..runner import EventLog, check_artifacts, judge, record_abort
 from ..scenarios.base import ScenarioContext
 from ..scenarios.driver_common import expect_clean, run_engine
 from .report import write_markdown
@@ -68,7 +68,7 @@ def run_matrix(plan: MatrixPlan, emit: E.Emit = E.discard) -> RunResult:
     started = time.monotonic()
     run_dir = Path(plan.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    log = _EventLog(run_dir / "events.jsonl", emit)
+    log = EventLog(run_dir / "events.jsonl", emit)
     emit = log
     suite_name = f"matrix:{plan.matrix.name}"
     emit(E.RunStart(str(run_dir), suite_name))
@@ -119,7 +119,7 @@ def run_matrix(plan: MatrixPlan, emit: E.Emit = E.discard) -> RunResult:
         if result.status != E.PASS:
             break
     for machine in machines:
-        _judge(result, machine, emit, reported, log.events)
+        judge(result, machine, emit, reported, log.events)
     _fold_mismatch(result)
     result.seconds = time.monotonic() - started
     result.timings["matrix"] = {"file": str(plan.matrix.source), "name": plan.matrix.name, "select": plan.select,
