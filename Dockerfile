@@ -1,24 +1,30 @@
 # vblk-ci appliance: kernel (Debian 6.12 + driver/ series) + initramfs + QEMU.
+# Needs BuildKit (cache mounts, parallel stages); ./appliance and tests/run pick
+# a docker client that has it (ci/setup-host.sh, vblk_docker_build).
 #
-#   docker build --network host -t vblk-ci .
+#   DOCKER_BUILDKIT=1 docker build --network host -t vblk-ci .                 # smoke-ready image
+#   DOCKER_BUILDKIT=1 docker build --network host --target appliance-debug -t vblk-ci .   # + debug kernel
 #   docker run --rm [--device /dev/kvm] -v "$PWD/out:/out" vblk-ci
 #
-# Layer order is chosen for rebuild cost:
-#   * kernel stage: only the kernel builder (build/kernel.py, cache.py) and
-#     kernel-config/ go in before the first (unpatched, full) kernel build;
-#     driver/ comes after it, so a change to the series costs one incremental
-#     make in the same source tree and objects directory.
-#   * initramfs stage: only build/initramfs.py + cache.py, images/ and guest-agent/;
-#     it builds the suites' initramfs and the bench's (the same plus fio).
-#   * runtime stage: the rest of host/ is copied last.
-# Nothing here is pulled from a registry but the base image, which can also be
-# made locally: mmdebstrap --variant=minbase trixie t.tar && docker import t.tar debian:trixie-slim
+# Stages, and why they are split this way:
+#   * kernel / kernel-debug: one kernel variant each.  The builder keeps its
+#     source tree and objects in a BuildKit cache mount, so a change to driver/
+#     costs one incremental make, and the two variants compile in parallel.
+#   * initramfs: the suites' initramfs and the bench's (the same plus fio).
+#   * runtime: QEMU + the orchestrator + the default kernel.  The last stage
+#     (`appliance`, what a plain `docker build .` makes) is that, so the first
+#     verdict never waits for the debug kernel; `appliance-debug` adds it.
+# Nothing is pulled from a registry but the base image, which can also be made
+# locally: mmdebstrap --variant=minbase trixie t.tar && docker import t.tar debian:trixie-slim
+# PyPI is reached only for qemu.qmp, and not at all when .wheels/ holds its wheel
+# (the host's pip fills it, with the host's proxy and CA set-up).
 ARG BASE_IMAGE=debian:trixie-slim
 
-# --------------------------------------------------------------------- kernel
-FROM ${BASE_IMAGE} AS kernel
+# ------------------------------------------------------------ kernel toolchain
+FROM ${BASE_IMAGE} AS kernel-toolchain
 ENV DEBIAN_FRONTEND=noninteractive LANG=C.UTF-8
-RUN apt-get update \
+RUN echo "kernel toolchain: apt-get install linux-source-6.12 (about 150 MB) + gcc, about 1-2 min" \
+ && apt-get update \
  && apt-get install -y --no-install-recommends \
       linux-source-6.12 build-essential bc bison flex libelf-dev libssl-dev cpio xz-utils lz4 kmod git python3 \
  && rm -rf /var/lib/apt/lists/*
@@ -30,28 +36,35 @@ RUN mkdir -p /src/host/vblk_ci && : > /src/host/vblk_ci/__init__.py
 COPY host/vblk_ci/build/__init__.py host/vblk_ci/build/cache.py host/vblk_ci/build/kernel.py \
      /src/host/vblk_ci/build/
 COPY kernel-config/ /src/kernel-config/
-# 1) the unpatched trees with the same configs: cached layers holding all
-#    objects, for the default and the debug variant (base.config + debug.config:
-#    KASAN, KFENCE, lockdep, debug objects, slub debug; the driver suite's
-#    zero-reports run)
-RUN python3 -m vblk_ci.build.kernel --no-series
-RUN python3 -m vblk_ci.build.kernel --no-series --variant debug
-# 2) the series on top of both: incremental (only what the patches touch
-#    recompiles), so a driver-only change costs two incremental makes
 COPY driver/ /src/driver/
-RUN python3 -m vblk_ci.build.kernel --output-dir /artifacts \
+
+# ---------------------------------------------------------------------- kernels
+# The cache mount outlives the image: a cold build extracts the tree and
+# compiles everything (about 11 min on 2 cores for the default variant), a
+# later one after a driver/ change re-applies the series and recompiles what it
+# touched.  `docker builder prune` drops it.
+FROM kernel-toolchain AS kernel
+RUN --mount=type=cache,id=vblk-ci-kernel-default,target=/cache \
+    python3 -m vblk_ci.build.kernel --output-dir /artifacts \
  && cat /artifacts/kernel-manifest.json
-RUN python3 -m vblk_ci.build.kernel --variant debug --output-dir /artifacts-debug \
- && cat /artifacts-debug/kernel-manifest.json
+
+# base.config + debug.config: KASAN, KFENCE, lockdep, debug objects, slub debug.
+FROM kernel-toolchain AS kernel-debug
+RUN --mount=type=cache,id=vblk-ci-kernel-debug,target=/cache \
+    python3 -m vblk_ci.build.kernel --variant debug --output-dir /artifacts \
+ && cat /artifacts/kernel-manifest.json
 
 # ------------------------------------------------------------------ initramfs
 # Two initramfs: the suites' one, and the bench's, which adds Debian's fio as the
 # block-path reference (fio's libraries make it 4.5x larger, so the suites do not pay for it).
+# i386 liburing + gcc-multilib: a 32-bit build of the engine, for compat-ring callers.
 FROM ${BASE_IMAGE} AS initramfs
 ENV DEBIAN_FRONTEND=noninteractive LANG=C.UTF-8
-RUN apt-get update \
+RUN echo "initramfs tools: apt-get install busybox, python3, liburing (amd64 + i386), fio, about 1 min" \
+ && dpkg --add-architecture i386 \
+ && apt-get update \
  && apt-get install -y --no-install-recommends \
-      busybox-static python3 liburing-dev gcc make libc6-dev fio \
+      busybox-static python3 liburing-dev liburing-dev:i386 gcc gcc-multilib make libc6-dev fio \
  && rm -rf /var/lib/apt/lists/*
 ENV VBLK_CI_CACHE=/cache PYTHONPATH=/src/host PYTHONDONTWRITEBYTECODE=1
 RUN mkdir -p /src/host/vblk_ci && : > /src/host/vblk_ci/__init__.py
@@ -69,26 +82,26 @@ FROM ${BASE_IMAGE} AS runtime
 ENV DEBIAN_FRONTEND=noninteractive LANG=C.UTF-8
 # qemu-system-x86 depends on seabios (bios-256k.bin for -M q35), ipxe-qemu and
 # qemu-system-data (linuxboot_dma.bin, kvmvapic.bin for -kernel).
-RUN apt-get update \
+RUN echo "runtime: apt-get install QEMU + Python libraries (about 250 MB), about 1-2 min" \
+ && apt-get update \
  && apt-get install -y --no-install-recommends \
       qemu-system-x86 qemu-system-data seabios qemu-utils \
       python3 python3-venv python3-setuptools python3-pexpect python3-docker python3-testinfra \
       python3-matplotlib \
  && rm -rf /var/lib/apt/lists/*
-# Debian's packages for the rest; PyPI only for qemu.qmp (not packaged in Debian).
-# An optional .wheels/ directory in the build context (tests/run fills it with
-# the host's pip, whose proxy/CA setup a build container may lack) is used
-# instead of PyPI when it holds wheels.
+# Debian's packages for the rest; qemu.qmp is not packaged in Debian.  The
+# set-up scripts fetch its wheel into .wheels/ with the host's own pip; a build
+# without it goes to the index pip is pointed at (--build-arg PIP_INDEX_URL=...).
 ARG QEMU_QMP_VERSION=0.0.6
+ARG PIP_INDEX_URL
 COPY pyproject.toml .wheel[s] /tmp/wheels/
 RUN python3 -m venv --system-site-packages /opt/vblk-ci/venv \
- && if ls /tmp/wheels/*.whl >/dev/null 2>&1; then from="--no-index --find-links /tmp/wheels"; else from=""; fi \
+ && if ls /tmp/wheels/*.whl >/dev/null 2>&1; then from="--no-index --find-links /tmp/wheels"; \
+    else from=""; echo "no .wheels/ in the build context: pip fetches qemu.qmp from ${PIP_INDEX_URL:-PyPI}"; fi \
  && /opt/vblk-ci/venv/bin/pip install --no-cache-dir --disable-pip-version-check $from \
       "qemu.qmp==${QEMU_QMP_VERSION}" \
  && rm -rf /tmp/wheels
 ENV PATH=/opt/vblk-ci/venv/bin:$PATH
-COPY --from=kernel /artifacts/ /opt/vblk-ci/
-COPY --from=kernel /artifacts-debug/ /opt/vblk-ci/debug/
 COPY --from=initramfs /artifacts/ /opt/vblk-ci/
 COPY --from=initramfs /artifacts-bench/ /opt/vblk-ci/bench/
 COPY ci/matrix-default.toml /opt/vblk-ci/ci/
@@ -97,9 +110,19 @@ COPY pyproject.toml /src/vblk-ci/
 COPY host/ /src/vblk-ci/host/
 RUN pip install --no-cache-dir --disable-pip-version-check --no-deps --no-build-isolation /src/vblk-ci \
  && python3 -c "import vblk_ci, qemu.qmp, pexpect, docker, testinfra, matplotlib"
+COPY --from=kernel /artifacts/ /opt/vblk-ci/
 ENV VBLK_CI_KERNEL=/opt/vblk-ci/bzImage \
     VBLK_CI_INITRAMFS=/opt/vblk-ci/initramfs.cpio.gz \
     VBLK_CI_INITRAMFS_BENCH=/opt/vblk-ci/bench/initramfs.cpio.gz
 VOLUME /out
 ENTRYPOINT ["vblk-ci"]
 CMD ["run", "--out", "/out"]
+
+# ------------------------------------------------------- with the debug kernel
+FROM runtime AS appliance-debug
+COPY --from=kernel-debug /artifacts/ /opt/vblk-ci/debug/
+ENV VBLK_CI_KERNEL_DEBUG=/opt/vblk-ci/debug/bzImage
+
+# ----------------------------------------------------- the default build target
+# Last, so a plain `docker build .` makes the smoke-ready image without the debug kernel.
+FROM runtime AS appliance
