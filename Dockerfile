@@ -57,15 +57,27 @@ RUN --mount=type=cache,id=vblk-ci-kernel-debug,target=/cache \
 # ------------------------------------------------------------------ initramfs
 # Two initramfs: the suites' one, and the bench's, which adds Debian's fio as the
 # block-path reference (fio's libraries make it 4.5x larger, so the suites do not pay for it).
-# i386 liburing + gcc-multilib: a 32-bit build of the engine, for compat-ring callers.
 FROM ${BASE_IMAGE} AS initramfs
 ENV DEBIAN_FRONTEND=noninteractive LANG=C.UTF-8
-RUN echo "initramfs tools: apt-get install busybox, python3, liburing (amd64 + i386), fio, about 1 min" \
- && dpkg --add-architecture i386 \
+RUN echo "initramfs tools: apt-get install busybox, python3, liburing, gcc (+ multilib), fio, about 1 min" \
  && apt-get update \
  && apt-get install -y --no-install-recommends \
-      busybox-static python3 liburing-dev liburing-dev:i386 gcc gcc-multilib make libc6-dev fio \
+      busybox-static python3 liburing-dev gcc gcc-multilib make libc6-dev fio \
  && rm -rf /var/lib/apt/lists/*
+# A 32-bit engine (compat-ring callers) links i386 liburing.a statically, so only
+# that file is needed: it is unpacked from the i386 package of trixie main, with
+# a private apt state, instead of co-installing i386 libc (whose version would
+# have to match amd64's to the letter, and the mirror's i386 -updates/-security
+# indexes are not always in sync).
+RUN echo "i386 liburing.a: apt-get download liburing-dev:i386" \
+ && d=/tmp/i386 && mkdir -p $d/lists/partial $d/cache/archives/partial \
+ && echo "deb [arch=i386] http://deb.debian.org/debian trixie main" > $d/sources.list \
+ && dpkg --add-architecture i386 \
+ && o="-o Dir::Etc::sourcelist=$d/sources.list -o Dir::Etc::sourceparts=- -o Dir::State::Lists=$d/lists -o Dir::Cache=$d/cache" \
+ && apt-get $o update && (cd $d && apt-get $o download liburing-dev:i386) \
+ && dpkg-deb -x $d/liburing-dev_*_i386.deb /opt/i386 \
+ && dpkg --remove-architecture i386 && rm -rf $d \
+ && ls -l /opt/i386/usr/lib/i386-linux-gnu/liburing.a
 ENV VBLK_CI_CACHE=/cache PYTHONPATH=/src/host PYTHONDONTWRITEBYTECODE=1
 RUN mkdir -p /src/host/vblk_ci && : > /src/host/vblk_ci/__init__.py
 COPY host/vblk_ci/build/__init__.py host/vblk_ci/build/cache.py host/vblk_ci/build/initramfs.py \
