@@ -64,6 +64,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--smp", type=_positive, default=2)
     run.add_argument("--memory", type=_positive, default=1024, metavar="MB")
     run.add_argument("--suite", default="smoke")
+    run.add_argument("--strict", action="store_true",
+                     help="a skipped check or scenario fails the run unless its reason is on the allow list "
+                          "(host/vblk_ci/strict.py); CI runs strict")
     run.add_argument("--matrix", metavar="FILE", help="run a device-configuration matrix (TOML) instead of a suite")
     run.add_argument("-k", dest="select", metavar="EXPR",
                      help="with --matrix: only combinations whose names match EXPR (words, and/or/not)")
@@ -242,7 +245,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     schedule = _schedule(args.schedule)
     plan = Plan(
         kernel=kernel, initramfs=initramfs, run_dir=run_dir, qemu=args.qemu, accel=args.accel,
-        smp=args.smp, memory_mb=args.memory, suite=args.suite, schedule=schedule,
+        smp=args.smp, memory_mb=args.memory, suite=args.suite, schedule=schedule, strict=args.strict,
     )
     with _reporting(run_dir) as report:
         result = run(plan, report)

@@ -35,6 +35,7 @@ from .repro.bundle import write_bundle
 from .result import SKIP, CheckResult, FindingRecord, RunResult, ScenarioResult
 from .scenarios import ScenarioContext, suite
 from .scenarios import get as get_scenario
+from .strict import unallowed_skips
 
 
 @dataclass(frozen=True)
@@ -51,6 +52,7 @@ class Plan:
     append: tuple[str, ...] = ()
     repro_bundle: bool = True  # write repro-bundle.tar.gz when the verdict is not pass
     schedule: Path | None = None  # a fault schedule (JSON): runs scenario fault-schedule-file after the suite
+    strict: bool = False  # a skip not on strict.ALLOWED_SKIPS fails the run
 
 
 def check_artifacts(plan: Plan) -> None:
@@ -166,7 +168,7 @@ def run(plan: Plan, emit: E.Emit = E.discard) -> RunResult:
         record_abort(result, run_dir, exc)
     finally:
         result.qemu_exitcode = machine.exitcode
-    judge(result, machine, emit, reported, log.events)
+    judge(result, machine, emit, reported, log.events, strict=plan.strict)
     result.seconds = time.monotonic() - started
     write_json(result, run_dir / "results.json")
     write_junit(result, run_dir / "junit.xml")
@@ -187,8 +189,10 @@ def _write_repro_bundle(plan: Plan, result: RunResult, run_dir: Path, emit: E.Em
     emit(E.Note(f"reproduction bundle: {path} (replay: vblk-ci repro {path})"))
 
 
-def judge(result: RunResult, machine: Machine, emit: E.Emit, reported: set[str], events: list[E.Event]) -> None:
-    """Fold console findings, check results and timings into the verdict."""
+def judge(result: RunResult, machine: Machine, emit: E.Emit, reported: set[str], events: list[E.Event],
+          strict: bool = False) -> None:
+    """Fold console findings, check results and timings into the verdict; ``strict``: a skip
+    without an allowed reason (strict.py) fails a run that would otherwise pass."""
     try:
         console = (machine.paths.console_log if machine.paths else Path(result.run_dir) / "console.log").read_text(
             errors="replace")
@@ -215,6 +219,11 @@ def judge(result: RunResult, machine: Machine, emit: E.Emit, reported: set[str],
         result.reason = f"{len(failed)} check(s) failed, first {failed[0].full_name}: {failed[0].detail}"
     elif result.status == E.PASS and not result.checks():
         result.status, result.reason = E.ERROR, "no check ran"
+    if strict and result.status == E.PASS:
+        skips = unallowed_skips(result)
+        if skips:
+            result.status = E.FAIL
+            result.reason = f"strict: {len(skips)} skip(s) without an allowed reason, first {skips[0]}"
     result.timings = {
         "hotplug_visible_s": [e.seconds_to_visible for e in events if isinstance(e, E.DiskPlugged)],
         "unplug_deleted_s": [e.seconds for e in events if isinstance(e, E.DiskUnplugged)],

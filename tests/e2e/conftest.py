@@ -91,7 +91,9 @@ def run_suite(appliance, tmp_path_factory):
             pytest.skip("no debug kernel (set VBLK_CI_KERNEL_DEBUG, or use an image that ships one)")
         run_dir = tmp_path_factory.mktemp(f"{suite}-{variant}")
         recorder = E.Recorder()
-        result = run(Plan(kernel=kernel, initramfs=appliance["initramfs"], run_dir=run_dir, suite=suite), recorder)
+        # Strict, as CI runs: a skip without an allowed reason fails the run.
+        result = run(Plan(kernel=kernel, initramfs=appliance["initramfs"], run_dir=run_dir, suite=suite, strict=True),
+                     recorder)
         return result, recorder, run_dir
 
     return go

@@ -34,5 +34,22 @@ def test_step_parses_and_its_files_are_in_the_image(step):
         assert args.suite in SUITES
     for path in [a for a in argv if a.startswith("/opt/vblk-ci/")]:
         rel = path.removeprefix("/opt/vblk-ci/")
-        shipped = {"debug/bzImage": "/artifacts-debug/", "ci/matrix-default.toml": "ci/matrix-default.toml"}
+        shipped = {"debug/bzImage": "COPY --from=kernel-debug /artifacts/ /opt/vblk-ci/debug/",
+                   "ci/matrix-default.toml": "ci/matrix-default.toml"}
         assert rel in shipped and shipped[rel] in DOCKERFILE, path
+
+
+def test_the_build_step_makes_the_target_that_ships_the_debug_kernel():
+    # The default target has no debug kernel (the first verdict must not wait for it).
+    build = re.search(r"vblk_docker_build ([\w.:-]+) ([\w-]+)", WORKFLOW.read_text())
+    assert build, "the workflow builds through ci/setup-host.sh's vblk_docker_build"
+    uses_debug = any("/opt/vblk-ci/debug/" in s for s in STEPS)
+    assert not uses_debug or build.group(2) == "appliance-debug"
+    assert re.search(r"^FROM runtime AS appliance-debug$", DOCKERFILE, re.M)
+    # A plain `docker build .` makes the last stage: the smoke-ready image without the debug kernel.
+    assert DOCKERFILE.rstrip().splitlines()[-1] == "FROM runtime AS appliance"
+
+
+def test_suite_steps_run_strict():
+    suites = [s for s in STEPS if "--suite" in s]
+    assert suites and all("--strict" in s for s in suites), suites
