@@ -151,6 +151,8 @@ def test_access_all_pass_on_the_v3_model(tmp_path):
     assert got == {"uid-1000-rdonly read": 0, "uid-1000-rdonly get-id": 0, "uid-1000-rdonly flush": 0,
                    "uid-1000-rdonly write": -13, "uid-1000-rdonly discard": -13, "uid-1000-rdonly write-zeroes": -13}
     assert checks["mounted-changes-ebusy"].data["got"]["root-rdwr write"] == -16
+    refused = checks["mounted-block-open-ebusy"].data["block-write-while-mounted"]
+    assert refused["data"]["exit_code"] == 3 and "Device or resource busy" in refused["data"]["stderr"]
     # root really sent its writes through an O_RDONLY fd, and the user dropped to uid 1000
     engine = [c[1] for c in guest.calls if c[0] == "engine"]
     assert any("--rdonly" in e and "write" in e and "--uid" not in e for e in engine)

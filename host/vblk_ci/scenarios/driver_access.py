@@ -242,6 +242,7 @@ class DriverAccess(Scenario):
                 result = block(rec, "block-write-while-mounted", "write", MOUNTED_OFF, seed=BASE_SEED + 9)
             except AgentError as exc:
                 data = exc.data if isinstance(exc.data, dict) else {}
+                rec["block-write-while-mounted"] = {"error": str(exc), "data": exc.data}
                 if data.get("exit_code") != 3 or "Device or resource busy" not in (data.get("stderr") or ""):
                     raise CheckFailed(f"opening {st['blockdev']} O_RDWR while mounted failed, but not with "
                                       f"EBUSY: {exc}") from exc
