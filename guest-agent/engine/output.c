@@ -134,6 +134,13 @@ static void print_options(const struct engine *e)
 	print_raw("flag", &job->flag, false);
 	print_raw("data_len", &job->data_len, false);
 	putchar('}');
+	printf(", \"ioprio\": ");
+	print_id(job->ioprio.set, job->ioprio.v);
+	printf(", \"sector\": ");
+	if (job->sector.set)
+		printf("%" PRIu64, job->sector.v);
+	else
+		fputs("null", stdout);
 }
 
 void print_result_head(const struct engine *e)
