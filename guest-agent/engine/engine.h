@@ -144,6 +144,7 @@ struct job {
 	unsigned int progress_ms;	/* --progress-ms; 0 = 200 */
 	struct raw_u32 ioprio;		/* --ioprio: cmd.ioprio / sqe->ioprio */
 	struct raw_u64 sector;		/* --sector: raw passthrough sector */
+	struct raw_u64 range_sector;	/* --range-sector: raw sector of every range */
 };
 
 struct target {

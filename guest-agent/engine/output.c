@@ -54,6 +54,15 @@ static void print_raw(const char *name, const struct raw_u32 *r, bool first)
 		fputs("null", stdout);
 }
 
+static void print_raw_u64(const char *name, const struct raw_u64 *r)
+{
+	printf(", \"%s\": ", name);
+	if (r->set)
+		printf("%" PRIu64, r->v);
+	else
+		fputs("null", stdout);
+}
+
 /* mix and bench say which I/O and target an error or mismatch came from. */
 static bool extended(const struct job *job)
 {
@@ -136,11 +145,8 @@ static void print_options(const struct engine *e)
 	putchar('}');
 	printf(", \"ioprio\": ");
 	print_id(job->ioprio.set, job->ioprio.v);
-	printf(", \"sector\": ");
-	if (job->sector.set)
-		printf("%" PRIu64, job->sector.v);
-	else
-		fputs("null", stdout);
+	print_raw_u64("sector", &job->sector);
+	print_raw_u64("range_sector", &job->range_sector);
 }
 
 void print_result_head(const struct engine *e)

@@ -5,7 +5,8 @@
  * Passthrough (char device): IORING_OP_URING_CMD with struct
  * virtblk_uring_cmd at sqe->cmd; the raw knobs (--type, --cmd-op, --flag,
  * --data-len, --bad-ptr) override fields verbatim after the normal values
- * are computed; --sector overrides the 512-byte sector the same way.
+ * are computed; --sector overrides the 512-byte sector the same way, and
+ * --range-sector the sector of every discard/write-zeroes range.
  * --ioprio goes to the command's ioprio field on passthrough and to
  * sqe->ioprio on the block path, so one job runs on both.  Block path (block device or regular file, O_DIRECT):
  * READ/WRITE (READV/WRITEV with --vec, READ_FIXED/WRITE_FIXED with --fixed),
@@ -55,7 +56,8 @@ static uint32_t fill_ranges(const struct engine *e, struct slot *s)
 
 	for (i = 0; i < s->nranges; i++) {
 		n = left < unit ? left : unit;
-		r[i].sector = to_le64(off / SECTOR_SIZE);
+		r[i].sector = to_le64(e->job->range_sector.set ?
+				      e->job->range_sector.v : off / SECTOR_SIZE);
 		r[i].num_sectors = to_le32((uint32_t)(n / SECTOR_SIZE));
 		r[i].flags = to_le32(unmap ? VBLK_WZ_FLAG_UNMAP : 0);
 		off += n;

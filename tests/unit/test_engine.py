@@ -711,11 +711,14 @@ def test_ioprio_and_sector_on_passthrough_are_reported(engine):
     assert r["raw"] == {"type": None, "cmd_op": None, "flag": None, "data_len": None}
     big = job(engine, "--path", "/dev/zero", "--op", "read", "--ioprio", "0xffffffff")
     assert big["ioprio"] == 0xffffffff     # the command field is 32 bits
+    d = job(engine, "--path", "/dev/zero", "--op", "discard", "--range-sector", "0xfffffffffffffff8")
+    assert (d["range_sector"], d["sector"], d["ioprio"]) == ((1 << 64) - 8, None, None)
 
 
 @pytest.mark.parametrize("args,msg", [
-    (["--op", "write", "--sector", "0"], "--sector needs a passthrough char device"),
+    (["--op", "write", "--sector", "0"], "--sector/--range-sector need a passthrough char device"),
     (["--op", "write", "--ioprio", "0x10000"], "--ioprio above 0xffff"),
+    (["--op", "discard", "--range-sector", "8"], "--sector/--range-sector need a passthrough char device"),
 ])
 def test_ioprio_sector_target_checks(engine, disk, args, msg):
     proc = run(engine, "--path", disk, *args, expect_rc=2)
@@ -727,6 +730,7 @@ def test_ioprio_sector_target_checks(engine, disk, args, msg):
     (["--op", "read", "--sector", "0x10000000000000000"], "bad 64-bit number"),
     (["--op", "read", "--sector", "-1"], "bad 64-bit number"),
     (["--op", "read", "--ioprio", "0x100000000"], "bad 32-bit number"),
+    (["--op", "read", "--range-sector", "8"], "--range-sector takes --op discard or write-zeroes"),
 ])
 def test_ioprio_sector_usage(engine, args, msg):
     proc = run(engine, "--path", "x", *args, expect_rc=2)
