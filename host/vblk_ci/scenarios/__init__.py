@@ -10,6 +10,7 @@ from . import hotplug_cycles, meta  # noqa: F401
 from . import (fault_blkdebug, fault_blkdebug_delay, fault_error_policy, fault_request_break,  # noqa: F401
                fault_resize, fault_schedule_eio, fault_schedule_file, fault_throttle, fault_unplug,
                fault_vm_stop_reset)
+from . import driver_ioprio, driver_bounds  # noqa: F401
 
 SUITES: dict[str, tuple[str, ...]] = {
     "smoke": ("smoke",),
@@ -21,6 +22,9 @@ SUITES: dict[str, tuple[str, ...]] = {
     "meta-fail": ("meta-failing-check",),
     "faults": ("fault-blkdebug", "fault-error-policy", "fault-schedule-eio", "fault-unplug", "fault-vm-stop-reset",
                "fault-throttle", "fault-resize", "fault-request-break", "fault-blkdebug-delay"),
+    # Checks for the review-v2 findings (issue 11): each fails on the v2 series.
+    "review": ("driver-ioprio", "driver-bounds"),
+    "review-ioprio": ("driver-ioprio", "driver-bounds"),
 }
 
 
