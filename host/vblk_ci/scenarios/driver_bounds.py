@@ -59,7 +59,7 @@ class DriverBounds(Scenario):
         ctx.check("control-counters-move", lambda rec: control(ctx, disk, st, rec))
         for name, op, key, sector in REFUSED:
             ctx.check(name, lambda rec, op=op, key=key, sector=sector: refused(ctx, disk, st, rec, op, key, sector))
-        ctx.check("observe-max-hw-sectors", lambda rec: observe_max_hw(ctx, disk, st, rec))
+        # ctx.check("observe-max-hw-sectors", lambda rec: observe_max_hw(ctx, disk, st, rec))
         ctx.check("unplug", unplug(ctx, disk, st))
 
 
