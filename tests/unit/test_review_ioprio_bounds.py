@@ -74,11 +74,15 @@ class ReviewGuest(FakeGuest):
                     "used-idx": self.last_avail - sum(j["running"] for j in self.bg.values())}
         if cmd == "x-query-virtio-queue-element":
             assert args["index"] == (self.last_avail - 1) & 0xFFFF
-            return {"index": 5, "name": "virtio-blk", "descs": [
-                {"addr": HDR_ADDR, "len": 16, "flags": ["next"]},
+            return {"index": 5, "name": "virtio-blk", "descs": [  # QEMU 7.2 order: tail first
+                {"addr": 0x3001000, "len": 1, "flags": ["write"]},
                 {"addr": 0x3000000, "len": 4096, "flags": ["next"]},
-                {"addr": 0x3001000, "len": 1, "flags": ["write"]}]}
+                {"addr": HDR_ADDR, "len": 16, "flags": ["next"]}]}
         return super().qmp(cmd, args)
+
+    def call(self, method, params=None, timeout=30.0):
+        assert method == "sysfs"
+        return {p: {"queue/max_hw_sectors_kb": "2147483647"}.get(p, "1") for p in params["paths"]}
 
     # -- the engine ---------------------------------------------------------------------
     @staticmethod
@@ -118,8 +122,9 @@ class ReviewGuest(FakeGuest):
         disk = self._disk(o["path"])
         counters = self.stats[disk.spec.id]
         op, bs = o["op"], o.get("bs", 4096)
-        if "data-len" in o:
-            return {"exit_code": 0, "ios": 1, "results": [-22], "stderr": ""}
+        if "data-len" in o:  # past the 4 KiB buffer: -EFAULT, or v2's 32-bit limit
+            res = -22 if "data_len_32bit" in self.faults and o["data-len"] > 0xFFFFFE00 else -14
+            return {"exit_code": 0, "ios": 1, "results": [res], "stderr": ""}
         ranges = op in ("discard", "write-zeroes")
         sector = o.get("range-sector" if ranges else "sector", o.get("offset", 0) // 512)
         end = sector + bs // 512
@@ -190,3 +195,11 @@ def test_bounds_wrapping_capacity_check_fails_the_wrap_checks(tmp_path):
     assert [b.split(":")[0] for b in bad] == ["read-sector-wraps", "write-sector-wraps"]
     assert re.search(r"cqe->res = 1 \(VIRTIO_BLK_S_IOERR\), expected -34 \(-ERANGE\); the command reached the "
                      r"device: its counters moved \{'invalid_wr_operations': 1\}", bad[1])
+
+
+def test_bounds_32bit_data_len_limit_fails_the_one_rule_check(tmp_path):
+    checks = run_review(DriverBounds, tmp_path, ReviewGuest({"data_len_32bit"}))
+    assert failing(checks) == [
+        "data-len-one-rule: data_len 0xfffffe00 -> -14 (-EFAULT), data_len 0xffffffff -> -22 (-EINVAL): two "
+        "lengths past the buffer and under max_hw_sectors_kb 2147483647 get different answers (the "
+        "max_hw_sectors limit is computed in 32 bits: max_hw_sectors << 9 = 0xfffffe00)"]

@@ -77,3 +77,41 @@ def test_blockstats_counters_and_delta():
     assert VQ.stats_delta(before, before) == {}
     with pytest.raises(ValueError, match="no blockstats entry for device 'nope'"):
         VQ.device_stats(reply, "nope")
+
+
+# ---- recorded replies (QEMU 7.2, a real driver-ioprio / driver-bounds run) -------------------
+
+
+def _recorded(name: str) -> dict:
+    return json.loads((DATA / name).read_text())
+
+
+@pytest.mark.parametrize("name", ["element-passthru-write.json", "element-block-write.json"])
+def test_recorded_element_to_header(name):
+    """status -> index -> element -> header descriptor -> xp -> decoded header, as the scenario does it."""
+    rec = _recorded(name)
+    assert VQ.last_popped_index(rec["status"]["return"]) == rec["element"]["arguments"]["index"]
+    el = VQ.parse_element(rec["element"]["return"])
+    # QEMU 7.2 lists the chain tail first; parse_element gives chain order:
+    # 16-byte out header, the 4 KiB data (device-readable for a write), the 1-byte status.
+    assert [(d.len, "write" in d.flags) for d in el.descs] == [(16, False), (4096, False), (1, True)]
+    desc = VQ.header_desc(el)
+    assert VQ.xp_args(desc.addr, 16) == rec["xp"]["arguments"]
+    header = VQ.OutHeader.decode(VQ.parse_xp_bytes(rec["xp"]["return"], desc.addr, 16))
+    assert header == VQ.OutHeader(**rec["header"])
+
+
+def test_recorded_element_order_kept_when_already_in_chain_order():
+    rec = _recorded("element-passthru-write.json")["element"]["return"]
+    forward = dict(rec, descs=rec["descs"][::-1])
+    assert VQ.parse_element(forward) == VQ.parse_element(rec)
+
+
+def test_recorded_blockstats_of_a_wrapping_write():
+    """v2 sent the wrapping write to QEMU, which counted it as an invalid write."""
+    rec = _recorded("blockstats-wrap-write.json")
+    before = VQ.device_stats(rec["before"], rec["disk"])
+    after = VQ.device_stats(rec["after"], rec["disk"])
+    assert {"rd_operations", "wr_operations", "invalid_wr_operations", "failed_wr_operations",
+            "flush_operations", "unmap_operations"} <= set(before)
+    assert VQ.stats_delta(before, after) == rec["delta"] == {"invalid_wr_operations": 1}

@@ -65,13 +65,20 @@ class Element:
 
 
 def parse_element(reply: dict) -> Element:
-    """An ``x-query-virtio-queue-element`` reply -> its descriptor chain."""
+    """An ``x-query-virtio-queue-element`` reply -> its descriptor chain, in chain order.
+
+    QEMU 7.2 lists the chain backwards (it prepends each descriptor): the tail, the one
+    without ``next``, comes first. Every descriptor but the tail has ``next``, so the
+    order is told by where the tail is."""
     try:
         descs = tuple(Desc(int(d["addr"]), int(d["len"]), tuple(d.get("flags") or ()))
                       for d in reply["descs"])
-        return Element(int(reply["index"]), descs)
+        head = int(reply["index"])
     except (KeyError, TypeError, ValueError) as exc:
         raise ValueError(f"not a queue element reply: {reply!r}") from exc
+    if len(descs) > 1 and "next" not in descs[0].flags and "next" in descs[-1].flags:
+        descs = descs[::-1]
+    return Element(head, descs)
 
 
 def header_desc(element: Element) -> Desc:

@@ -52,10 +52,17 @@ class DriverIoprio(Scenario):
         disk = DiskSpec(id="prio0", serial="vblk-prio0", backend="file", path=image, size_bytes=64 * MiB,
                         num_queues=1).validate()
         st: dict = {}
-        if run_gated(ctx, True, [("hotplug", plug(ctx, disk, st))], ""):
+        if run_gated(ctx, True, [("hotplug", plug(ctx, disk, st)), ("one-queue", lambda rec: one_queue(st))], ""):
             ctx.check("passthru-header-ioprio", lambda rec: held_header(ctx, disk, st["chardev"], rec, passthru=True))
             ctx.check("block-header-ioprio", lambda rec: held_header(ctx, disk, st["blockdev"], rec, passthru=False))
             ctx.check("unplug", unplug(ctx, disk, st))
+
+
+def one_queue(st: dict) -> None:
+    """The guest uses the one virtqueue QEMU is asked about."""
+    if st.get("info", {}).get("nr_hw_queues") != 1:
+        raise CheckFailed(f"the guest has {st.get('info', {}).get('nr_hw_queues')} hardware queues, expected 1: the held "
+                          f"request could be on another virtqueue than {QUEUE}")
 
 
 def queue_status(ctx: ScenarioContext, disk: DiskSpec) -> dict:
