@@ -60,9 +60,10 @@ class DriverIoprio(Scenario):
 
 def one_queue(st: dict) -> None:
     """The guest uses the one virtqueue QEMU is asked about."""
-    if st.get("info", {}).get("nr_hw_queues") != 1:
-        raise CheckFailed(f"the guest has {st.get('info', {}).get('nr_hw_queues')} hardware queues, expected 1: the held "
-                          f"request could be on another virtqueue than {QUEUE}")
+    queues = st.get("info", {}).get("nr_hw_queues")
+    if queues != 1:
+        raise CheckFailed(f"the guest has {queues} hardware queues, expected 1: the held request could be on "
+                          f"another virtqueue than {QUEUE}")
 
 
 def queue_status(ctx: ScenarioContext, disk: DiskSpec) -> dict:
