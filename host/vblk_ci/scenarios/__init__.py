@@ -24,7 +24,6 @@ SUITES: dict[str, tuple[str, ...]] = {
                "fault-throttle", "fault-resize", "fault-request-break", "fault-blkdebug-delay"),
     # Checks for the review-v2 findings (issue 11): each fails on the v2 series.
     "review": ("driver-ioprio", "driver-bounds"),
-    "review-ioprio": ("driver-ioprio", "driver-bounds"),
 }
 
 
