@@ -1,5 +1,5 @@
 """Parsers of the host-side view of a virtio-blk request (vblk_ci.machine.virtio_queue),
-on QMP/HMP replies recorded from a real run (tests/unit/data/qmp/) and on edge cases."""
+on QMP/HMP replies recorded from real runs on QEMU 7.2 and 10.0 (tests/unit/data/qmp/) and on edge cases."""
 
 from __future__ import annotations
 
@@ -79,20 +79,21 @@ def test_blockstats_counters_and_delta():
         VQ.device_stats(reply, "nope")
 
 
-# ---- recorded replies (QEMU 7.2, a real driver-ioprio / driver-bounds run) -------------------
+# ---- recorded replies (real driver-ioprio / driver-bounds runs) ---------------------------------
 
 
 def _recorded(name: str) -> dict:
     return json.loads((DATA / name).read_text())
 
 
-@pytest.mark.parametrize("name", ["element-passthru-write.json", "element-block-write.json"])
+@pytest.mark.parametrize("name", ["element-passthru-write.json", "element-block-write.json",
+                                  "element-passthru-write-qemu10.json"])
 def test_recorded_element_to_header(name):
     """status -> index -> element -> header descriptor -> xp -> decoded header, as the scenario does it."""
     rec = _recorded(name)
     assert VQ.last_popped_index(rec["status"]["return"]) == rec["element"]["arguments"]["index"]
     el = VQ.parse_element(rec["element"]["return"])
-    # QEMU 7.2 lists the chain tail first; parse_element gives chain order:
+    # QEMU 7.2 and 10.0 list the chain tail first; parse_element gives chain order:
     # 16-byte out header, the 4 KiB data (device-readable for a write), the 1-byte status.
     assert [(d.len, "write" in d.flags) for d in el.descs] == [(16, False), (4096, False), (1, True)]
     desc = VQ.header_desc(el)

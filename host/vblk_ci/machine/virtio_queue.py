@@ -67,7 +67,7 @@ class Element:
 def parse_element(reply: dict) -> Element:
     """An ``x-query-virtio-queue-element`` reply -> its descriptor chain, in chain order.
 
-    QEMU 7.2 lists the chain backwards (it prepends each descriptor): the tail, the one
+    QEMU (7.2 and 10.0 seen) lists the chain backwards: the tail, the one
     without ``next``, comes first. Every descriptor but the tail has ``next``, so the
     order is told by where the tail is."""
     try:
