@@ -203,3 +203,12 @@ def test_bounds_32bit_data_len_limit_fails_the_one_rule_check(tmp_path):
         "data-len-one-rule: data_len 0xfffffe00 -> -14 (-EFAULT), data_len 0xffffffff -> -22 (-EINVAL): two "
         "lengths past the buffer and under max_hw_sectors_kb 2147483647 get different answers (the "
         "max_hw_sectors limit is computed in 32 bits: max_hw_sectors << 9 = 0xfffffe00)"]
+
+
+def test_bounds_without_visible_counters_skips_the_refusals(tmp_path):
+    guest = ReviewGuest()
+    guest.qmp = lambda cmd, args=None: ([] if cmd == "query-blockstats" else ReviewGuest.qmp(guest, cmd, args))
+    checks = run_review(DriverBounds, tmp_path, guest)
+    st = statuses(checks)
+    assert (st["control-counters-move"], st["write-sector-wraps"], st["data-len-one-rule"], st["unplug"]) == (
+        "fail", "skip", "skip", "pass")
