@@ -88,6 +88,7 @@ enum {
 	OPT_INIT_SEED, OPT_BENCH, OPT_BATCH_SUBMIT, OPT_BATCH_COMPLETE, OPT_ZERO,
 	OPT_UID, OPT_GID, OPT_BUFFERED, OPT_RWMIX_READ,
 	OPT_PROGRESS_FD, OPT_PROGRESS_MS,
+	OPT_IOPRIO, OPT_SECTOR, OPT_RANGE_SECTOR,
 };
 
 static const struct option long_opts[] = {
@@ -126,6 +127,9 @@ static const struct option long_opts[] = {
 	{ "rwmix-read",		required_argument, NULL, OPT_RWMIX_READ },
 	{ "progress-fd",	required_argument, NULL, OPT_PROGRESS_FD },
 	{ "progress-ms",	required_argument, NULL, OPT_PROGRESS_MS },
+	{ "ioprio",		required_argument, NULL, OPT_IOPRIO },
+	{ "sector",		required_argument, NULL, OPT_SECTOR },
+	{ "range-sector",	required_argument, NULL, OPT_RANGE_SECTOR },
 	{ NULL, 0, NULL, 0 },
 };
 
@@ -171,6 +175,7 @@ static const struct { int opt; size_t off; } raw_opts[] = {
 	{ OPT_CMD_OP,	offsetof(struct job, cmd_op) },
 	{ OPT_FLAG,	offsetof(struct job, flag) },
 	{ OPT_DATA_LEN,	offsetof(struct job, data_len) },
+	{ OPT_IOPRIO,	offsetof(struct job, ioprio) },
 };
 
 #define ARRAY_SIZE(a)	(sizeof(a) / sizeof((a)[0]))
@@ -292,6 +297,18 @@ static int apply_option(struct job *job, int opt, const char *arg)
 			return -EINVAL;
 		}
 		return 0;
+	case OPT_SECTOR:
+	case OPT_RANGE_SECTOR: {
+		/* any 64-bit value: the wrap tests need sectors near U64_MAX */
+		struct raw_u64 *r = opt == OPT_SECTOR ? &job->sector : &job->range_sector;
+
+		if (parse_u64(arg, &r->v)) {
+			usage_error("bad 64-bit number '%s'", arg);
+			return -EINVAL;
+		}
+		r->set = true;
+		return 0;
+	}
 	}
 	return -EINVAL;
 }
@@ -373,6 +390,10 @@ static int check_op_options(const struct job *job)
 	if (!basic && (job->type.set || job->cmd_op.set || job->flag.set ||
 		       job->data_len.set || job->bad_ptr))
 		return fail("--type/--cmd-op/--flag/--data-len/--bad-ptr take a basic op");
+	if (!basic && job->sector.set)
+		return fail("--sector takes a basic op");
+	if (job->range_sector.set && !op_in(job->op, M_RANGES))
+		return fail("--range-sector takes --op discard or write-zeroes");
 	return 0;
 }
 

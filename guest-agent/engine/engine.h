@@ -100,6 +100,12 @@ struct raw_u32 {
 	uint32_t v;
 };
 
+/* The same for the 64-bit sector field (--sector). */
+struct raw_u64 {
+	bool set;
+	uint64_t v;
+};
+
 struct job {
 	const char *path;
 	const char *path2;		/* mix only */
@@ -136,6 +142,9 @@ struct job {
 	unsigned int rwmix_read;	/* bench: % of I/Os that read (--rwmix-read) */
 	unsigned int progress_fd;	/* --progress-fd; 0 = no progress lines */
 	unsigned int progress_ms;	/* --progress-ms; 0 = 200 */
+	struct raw_u32 ioprio;		/* --ioprio: cmd.ioprio / sqe->ioprio */
+	struct raw_u64 sector;		/* --sector: raw passthrough sector */
+	struct raw_u64 range_sector;	/* --range-sector: raw sector of every range */
 };
 
 struct target {

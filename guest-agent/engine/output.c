@@ -54,6 +54,15 @@ static void print_raw(const char *name, const struct raw_u32 *r, bool first)
 		fputs("null", stdout);
 }
 
+static void print_raw_u64(const char *name, const struct raw_u64 *r)
+{
+	printf(", \"%s\": ", name);
+	if (r->set)
+		printf("%" PRIu64, r->v);
+	else
+		fputs("null", stdout);
+}
+
 /* mix and bench say which I/O and target an error or mismatch came from. */
 static bool extended(const struct job *job)
 {
@@ -134,6 +143,10 @@ static void print_options(const struct engine *e)
 	print_raw("flag", &job->flag, false);
 	print_raw("data_len", &job->data_len, false);
 	putchar('}');
+	printf(", \"ioprio\": ");
+	print_id(job->ioprio.set, job->ioprio.v);
+	print_raw_u64("sector", &job->sector);
+	print_raw_u64("range_sector", &job->range_sector);
 }
 
 void print_result_head(const struct engine *e)

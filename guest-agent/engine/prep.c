@@ -5,7 +5,10 @@
  * Passthrough (char device): IORING_OP_URING_CMD with struct
  * virtblk_uring_cmd at sqe->cmd; the raw knobs (--type, --cmd-op, --flag,
  * --data-len, --bad-ptr) override fields verbatim after the normal values
- * are computed.  Block path (block device or regular file, O_DIRECT):
+ * are computed; --sector overrides the 512-byte sector the same way, and
+ * --range-sector the sector of every discard/write-zeroes range.
+ * --ioprio goes to the command's ioprio field on passthrough and to
+ * sqe->ioprio on the block path, so one job runs on both.  Block path (block device or regular file, O_DIRECT):
  * READ/WRITE (READV/WRITEV with --vec, READ_FIXED/WRITE_FIXED with --fixed),
  * FSYNC for flush, FALLOCATE for write-zeroes and for discard on a regular
  * file, BLOCK_URING_CMD_DISCARD for discard on a block device.
@@ -53,7 +56,8 @@ static uint32_t fill_ranges(const struct engine *e, struct slot *s)
 
 	for (i = 0; i < s->nranges; i++) {
 		n = left < unit ? left : unit;
-		r[i].sector = to_le64(off / SECTOR_SIZE);
+		r[i].sector = to_le64(e->job->range_sector.set ?
+				      e->job->range_sector.v : off / SECTOR_SIZE);
 		r[i].num_sectors = to_le32((uint32_t)(n / SECTOR_SIZE));
 		r[i].flags = to_le32(unmap ? VBLK_WZ_FLAG_UNMAP : 0);
 		off += n;
@@ -156,6 +160,8 @@ static void pt_overrides(const struct engine *e, struct vblk_uring_cmd *cmd,
 		cmd->flag = job->flag.v;
 	if (job->cmd_op.set)
 		*cmd_op = job->cmd_op.v;
+	if (job->sector.set)
+		cmd->sector = job->sector.v;
 }
 
 static void prep_passthru(struct engine *e, struct io_uring_sqe *sqe,
@@ -168,6 +174,7 @@ static void prep_passthru(struct engine *e, struct io_uring_sqe *sqe,
 	memset(&cmd, 0, sizeof(cmd));
 	cmd.type = kind_type[s->kind];
 	cmd.sector = pt_sector(s);
+	cmd.ioprio = e->job->ioprio.v;	/* 0 without --ioprio */
 	pt_data(e, s, &cmd.data, &cmd.data_len);
 	pt_overrides(e, &cmd, &cmd_op);
 
@@ -259,10 +266,13 @@ static void prep_block(struct engine *e, struct io_uring_sqe *sqe,
 
 void prep_io(struct engine *e, struct io_uring_sqe *sqe, struct slot *s)
 {
-	if (e->tgt[s->tgt].passthru)
+	if (e->tgt[s->tgt].passthru) {
 		prep_passthru(e, sqe, s);
-	else
+	} else {
 		prep_block(e, sqe, s);
+		/* checked at setup to fit in 16 bits */
+		sqe->ioprio = (uint16_t)e->job->ioprio.v;
+	}
 	io_uring_sqe_set_data(sqe, s);
 	progress_prepared(e);
 }

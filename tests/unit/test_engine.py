@@ -685,3 +685,53 @@ def test_progress_lines_count_completions_while_the_job_runs(engine, disk):
 def test_progress_options_are_checked(engine, disk, args, msg):
     proc = run(engine, "--path", disk, "--op", "read", *args, expect_rc=2)
     assert msg in proc.stderr
+
+
+# ---- --ioprio / --sector (review-v2 #1, #2) ---------------------------------
+
+
+def test_ioprio_reaches_the_block_path_sqe(engine, disk):
+    """sqe->ioprio is really set: io_uring checks it (ioprio_check_cap), so an invalid class
+    (7) is -EINVAL while best-effort level 3 (0x4003) goes through."""
+    ok = job(engine, "--path", disk, "--op", "write", "--ioprio", "0x4003")
+    assert (ok["ioprio"], ok["results"], ok["sector"]) == (0x4003, [4096], None)
+    bad = job(engine, "--path", disk, "--op", "write", "--ioprio", "0xe000")
+    assert bad["results"] == [-22]
+    plain = job(engine, "--path", disk, "--op", "read")
+    assert (plain["ioprio"], plain["sector"]) == (None, None)
+
+
+def test_ioprio_and_sector_on_passthrough_are_reported(engine):
+    if not os.path.exists("/dev/zero"):
+        pytest.skip("/dev/zero is missing")
+    r = job(engine, "--path", "/dev/zero", "--op", "write", "--ioprio", "0x4003",
+            "--sector", "0xfffffffffffffff8")
+    assert r["mode"] == "passthru"
+    assert (r["ioprio"], r["sector"]) == (0x4003, (1 << 64) - 8)
+    assert r["raw"] == {"type": None, "cmd_op": None, "flag": None, "data_len": None}
+    big = job(engine, "--path", "/dev/zero", "--op", "read", "--ioprio", "0xffffffff")
+    assert big["ioprio"] == 0xffffffff     # the command field is 32 bits
+    d = job(engine, "--path", "/dev/zero", "--op", "discard", "--range-sector", "0xfffffffffffffff8")
+    assert (d["range_sector"], d["sector"], d["ioprio"]) == ((1 << 64) - 8, None, None)
+
+
+@pytest.mark.parametrize("args,msg", [
+    (["--op", "write", "--sector", "0"], "--sector/--range-sector need a passthrough char device"),
+    (["--op", "write", "--ioprio", "0x10000"], "--ioprio above 0xffff"),
+    (["--op", "discard", "--range-sector", "8"], "--sector/--range-sector need a passthrough char device"),
+])
+def test_ioprio_sector_target_checks(engine, disk, args, msg):
+    proc = run(engine, "--path", disk, *args, expect_rc=2)
+    assert proc.stdout == "" and msg in proc.stderr and len(proc.stderr.splitlines()) == 1
+
+
+@pytest.mark.parametrize("args,msg", [
+    (["--op", "randread", "--sector", "8"], "--sector takes a basic op"),
+    (["--op", "read", "--sector", "0x10000000000000000"], "bad 64-bit number"),
+    (["--op", "read", "--sector", "-1"], "bad 64-bit number"),
+    (["--op", "read", "--ioprio", "0x100000000"], "bad 32-bit number"),
+    (["--op", "read", "--range-sector", "8"], "--range-sector takes --op discard or write-zeroes"),
+])
+def test_ioprio_sector_usage(engine, args, msg):
+    proc = run(engine, "--path", "x", *args, expect_rc=2)
+    assert proc.stdout == "" and msg in proc.stderr
