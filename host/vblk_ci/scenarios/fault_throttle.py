@@ -56,8 +56,11 @@ class FaultThrottle(Scenario):
                 raise CheckFailed(f"unthrottled only {free:.0f} IOPS: too slow here to see a limit of {LIMIT_IOPS}")
             if limited > 2 * LIMIT_IOPS or limited > free / 2:
                 raise CheckFailed(f"throttled to {LIMIT_IOPS} IOPS but measured {limited:.0f} (unthrottled {free:.0f})")
-            if after < free / 2:
-                raise CheckFailed(f"after lifting the limit only {after:.0f} IOPS (before {free:.0f})")
+            # Lifted means well above the limit again; not "back to the first figure", which a
+            # loaded host does not give (1,952 after 6,063 before, seen under load 8 on 2 cores).
+            if after < 4 * LIMIT_IOPS:
+                raise CheckFailed(f"after lifting the limit only {after:.0f} IOPS: still near the limit of "
+                                  f"{LIMIT_IOPS} (before {free:.0f})")
 
         ctx.check("iops-limit-at-run-time", throttled)
         ctx.check("data-intact", verify_baseline(ctx, st["chardev"], SEED))

@@ -1,0 +1,54 @@
+"""End to end on the host's QEMU: the ``review`` suite, one check per finding of
+``shared/spec/review-v2.md`` that behaviour can show, against today's v2 series.
+
+The suite exists to be seen failing on v2: this test asserts the exact set of checks
+that fail (each names the finding it shows) and that every other check passes, so a
+check that stops catching its bug -- or a new failure -- turns this test red. When the
+v3 series lands, V2_FAILURES becomes empty and the suite joins CI's all-pass suites.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from vblk_ci.scenarios import SUITES
+
+pytestmark = pytest.mark.e2e
+
+# check -> the review-v2 finding it shows on the v2 series (seen failing 2026-11-30,
+# default kernel, host QEMU 7.2.22, TCG; the failing lines are in the issue 11 note).
+V2_FAILURES = {
+    "driver-ioprio/passthru-header-ioprio": "#1 ioprio from the command is lost (device got 0x0)",
+    "driver-bounds/read-sector-wraps": "#2 capacity check wraps (device saw the read: IOERR)",
+    "driver-bounds/write-sector-wraps": "#2 capacity check wraps (device saw the write: IOERR)",
+    "driver-bounds/data-len-one-rule": "#6 max_hw_sectors check computed in 32 bits",
+    "driver-access/root-rdonly-cap-sys-admin-every-command": "#5 root gets -EBADF on an O_RDONLY fd",
+    "driver-access/user-rdonly-changes-eacces": "#5 -EBADF instead of -EACCES; flush refused",
+    "driver-access/mounted-changes-ebusy": "#5 writes to a mounted disk are not refused",
+    "driver-access/mounted-refused-changes-left-data": "#5 those writes change the mounted disk",
+    "driver-access/read-only-disk-changes-erofs": "#5 -EBADF before -EROFS on a read-only disk",
+}
+
+
+@pytest.fixture(scope="module")
+def review_run(run_suite):
+    return run_suite("review", "default")
+
+
+def test_every_review_scenario_ran(review_run):
+    result, _, run_dir = review_run
+    assert result.status in ("pass", "fail"), f"{result.status}: {result.reason}\n(run dir {run_dir})"
+    assert [s.name for s in result.scenarios] == list(SUITES["review"])
+    assert "error" not in {c.status for c in result.checks()}, [c.full_name for c in result.checks()
+                                                                if c.status == "error"]
+    assert not result.findings, [f"{f.title}\n{f.excerpt}" for f in result.findings]
+
+
+def test_exactly_the_v2_findings_fail(review_run):
+    result, _, run_dir = review_run
+    failed = {c.full_name for c in result.checks() if c.status == "fail"}
+    assert failed == set(V2_FAILURES), (f"run dir {run_dir}\nnot failing any more: "
+                                        f"{sorted(set(V2_FAILURES) - failed)}\nnew failures: "
+                                        f"{sorted(failed - set(V2_FAILURES))}")
+    others = {c.full_name: c.status for c in result.checks() if c.full_name not in V2_FAILURES}
+    assert set(others.values()) == {"pass"}, {k: v for k, v in others.items() if v != "pass"}
