@@ -136,6 +136,9 @@ struct job {
 	unsigned int rwmix_read;	/* bench: % of I/Os that read (--rwmix-read) */
 	unsigned int progress_fd;	/* --progress-fd; 0 = no progress lines */
 	unsigned int progress_ms;	/* --progress-ms; 0 = 200 */
+	unsigned int link;		/* --link: LINK_NONE, LINK_FLUSH, LINK_READ */
+	bool scribble;			/* --scribble: overwrite SQEs after submit */
+	bool async;			/* --async: IOSQE_ASYNC on every SQE */
 };
 
 struct target {
@@ -159,6 +162,7 @@ struct slot {
 	uint64_t wseed;			/* mix: pattern seed of this write */
 	uint64_t t_submit;		/* bench: when it was submitted */
 	bool after_mark;		/* bench: prepared after SIGUSR1 */
+	void *canary;			/* --scribble: target of the scribbled SQE */
 };
 
 /* How often each cqe->res value came back (the first MAX_RES_VALUES values). */
@@ -196,6 +200,10 @@ struct stats {
 
 struct mix_state;
 struct bench_state;
+struct link_state;
+struct scribble_state;
+
+enum link_kind { LINK_NONE, LINK_FLUSH, LINK_READ };
 
 struct engine {
 	const struct job *job;
@@ -216,6 +224,9 @@ struct engine {
 	struct bench_state *bench;
 	bool closed;			/* ring and targets closed before printing */
 	int close_errno;		/* first close() failure, 0 if none */
+	struct link_state *link;	/* --link */
+	struct scribble_state *scribble;	/* --scribble */
+	unsigned int iowq_max;		/* most io-wq workers seen at once */
 };
 
 extern const char *const op_names[OP_COUNT];
@@ -273,5 +284,25 @@ int print_result_tail(void);
 
 /* progress.c: periodic progress lines for fault schedules */
 void progress_prepared(struct engine *e);
+
+/* prep.c: prep_io() without the progress accounting (scribbles) */
+void prep_sqe(struct engine *e, struct io_uring_sqe *sqe, struct slot *s);
+
+/* scribble.c: --scribble, and counting io-wq workers (--scribble/--async/--link) */
+int scribble_setup(struct engine *e, unsigned int cap);
+int scribble_add_canary(struct engine *e, struct slot *s);
+void scribble_teardown(struct engine *e);
+void scribble_note(struct engine *e, struct io_uring_sqe *sqe, const struct slot *s);
+void scribble_submitted(struct engine *e);
+bool scribble_check(struct engine *e, const struct slot *s);
+void iowq_sample(struct engine *e);
+bool iowq_watched(const struct job *job);
+void scribble_print(const struct engine *e);
+
+/* link.c: --link flush|read, linked chains of two SQEs */
+int link_setup(struct engine *e);
+void link_teardown(struct engine *e);
+int link_run(struct engine *e);
+void link_print(const struct engine *e);
 
 #endif /* VBLK_ENGINE_H */

@@ -257,13 +257,21 @@ static void prep_block(struct engine *e, struct io_uring_sqe *sqe,
 	io_uring_prep_nop(sqe);
 }
 
-void prep_io(struct engine *e, struct io_uring_sqe *sqe, struct slot *s)
+/* The SQE for the I/O in @s (with IOSQE_ASYNC under --async), user_data @s. */
+void prep_sqe(struct engine *e, struct io_uring_sqe *sqe, struct slot *s)
 {
 	if (e->tgt[s->tgt].passthru)
 		prep_passthru(e, sqe, s);
 	else
 		prep_block(e, sqe, s);
+	if (e->job->async)
+		sqe->flags |= IOSQE_ASYNC;
 	io_uring_sqe_set_data(sqe, s);
+}
+
+void prep_io(struct engine *e, struct io_uring_sqe *sqe, struct slot *s)
+{
+	prep_sqe(e, sqe, s);
 	progress_prepared(e);
 }
 
