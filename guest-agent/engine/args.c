@@ -88,7 +88,7 @@ enum {
 	OPT_INIT_SEED, OPT_BENCH, OPT_BATCH_SUBMIT, OPT_BATCH_COMPLETE, OPT_ZERO,
 	OPT_UID, OPT_GID, OPT_BUFFERED, OPT_RWMIX_READ,
 	OPT_PROGRESS_FD, OPT_PROGRESS_MS,
-	OPT_LINK, OPT_SCRIBBLE, OPT_ASYNC,
+	OPT_LINK, OPT_SCRIBBLE, OPT_ASYNC, OPT_DEFER_TASKRUN,
 };
 
 static const struct option long_opts[] = {
@@ -130,6 +130,7 @@ static const struct option long_opts[] = {
 	{ "link",		required_argument, NULL, OPT_LINK },
 	{ "scribble",		no_argument,	   NULL, OPT_SCRIBBLE },
 	{ "async",		no_argument,	   NULL, OPT_ASYNC },
+	{ "defer-taskrun",	no_argument,	   NULL, OPT_DEFER_TASKRUN },
 	{ NULL, 0, NULL, 0 },
 };
 
@@ -148,6 +149,7 @@ static const struct { int opt; size_t off; } flag_opts[] = {
 	{ OPT_BUFFERED,		offsetof(struct job, buffered) },
 	{ OPT_SCRIBBLE,		offsetof(struct job, scribble) },
 	{ OPT_ASYNC,		offsetof(struct job, async) },
+	{ OPT_DEFER_TASKRUN,	offsetof(struct job, defer_taskrun) },
 };
 
 /* Options that take a bounded count (unsigned int). */

@@ -38,6 +38,12 @@
 #ifndef IORING_SETUP_SUBMIT_ALL
 #define IORING_SETUP_SUBMIT_ALL		(1U << 7)
 #endif
+#ifndef IORING_SETUP_SINGLE_ISSUER
+#define IORING_SETUP_SINGLE_ISSUER	(1U << 12)
+#endif
+#ifndef IORING_SETUP_DEFER_TASKRUN
+#define IORING_SETUP_DEFER_TASKRUN	(1U << 13)
+#endif
 #ifndef IORING_URING_CMD_FIXED
 #define IORING_URING_CMD_FIXED		(1U << 0)
 #endif
@@ -139,6 +145,7 @@ struct job {
 	unsigned int link;		/* --link: LINK_NONE, LINK_FLUSH, LINK_READ */
 	bool scribble;			/* --scribble: overwrite SQEs after submit */
 	bool async;			/* --async: IOSQE_ASYNC on every SQE */
+	bool defer_taskrun;		/* --defer-taskrun: SINGLE_ISSUER|DEFER_TASKRUN */
 };
 
 struct target {

@@ -27,6 +27,8 @@ static const char *const link_names[] = {
 	[LINK_NONE] = "none", [LINK_FLUSH] = "flush", [LINK_READ] = "read",
 };
 
+#define MAX_BAD_RANGES	32
+
 struct chain {
 	struct slot io[2];		/* the WRITE, then the FLUSH or READ */
 	int res[2];
@@ -53,6 +55,9 @@ struct link_state {
 	uint64_t bad_offset;
 	struct chain_result bad;
 	struct chain_result results[MAX_RESULTS];
+	unsigned int nranges;		/* bad chains as [first, last] ranges */
+	uint64_t ranges[MAX_BAD_RANGES][2];
+	bool more_ranges;		/* bad chains past the last range kept */
 };
 
 int link_setup(struct engine *e)
@@ -164,6 +169,19 @@ static bool check_read(struct engine *e, const struct slot *r)
 	return ok;
 }
 
+/* Chains are judged in increasing order: extend the last range or start one. */
+static void note_bad(struct link_state *l, uint64_t seq)
+{
+	if (l->nranges && l->ranges[l->nranges - 1][1] + 1 == seq) {
+		l->ranges[l->nranges - 1][1] = seq;
+	} else if (l->nranges < MAX_BAD_RANGES) {
+		l->ranges[l->nranges][0] = l->ranges[l->nranges][1] = seq;
+		l->nranges++;
+	} else {
+		l->more_ranges = true;
+	}
+}
+
 static void judge_chain(struct engine *e, struct chain *c)
 {
 	struct link_state *l = e->link;
@@ -195,6 +213,8 @@ static void judge_chain(struct engine *e, struct chain *c)
 	ok = io_ok(e, &c->io[0], r.res[0]) && io_ok(e, &c->io[1], r.res[1]) &&
 	     r.data_ok && !r.scribbled[0] && !r.scribbled[1];
 	l->ok += ok;
+	if (!ok)
+		note_bad(l, c->io[0].seq);
 	if (c->io[0].seq < MAX_RESULTS)
 		l->results[c->io[0].seq] = r;
 	if (!ok && (!l->have_bad || c->io[0].seq < l->bad_chain)) {
@@ -312,6 +332,11 @@ void link_print(const struct engine *e)
 	} else {
 		fputs("null", stdout);
 	}
+	fputs(", \"bad_chains\": [", stdout);
+	for (i = 0; i < l->nranges; i++)
+		printf("%s[%" PRIu64 ", %" PRIu64 "]", i ? ", " : "", l->ranges[i][0],
+		       l->ranges[i][1]);
+	printf("], \"bad_chains_more\": %s", bool_text(l->more_ranges));
 	if (l->nchains <= MAX_RESULTS) {
 		fputs(", \"chain_results\": [", stdout);
 		for (i = 0; i < l->nchains; i++) {

@@ -198,7 +198,8 @@ void scribble_print(const struct engine *e)
 {
 	const struct scribble_state *sc = e->scribble;
 
-	printf(", \"async\": %s, \"scribble\": ", e->job->async ? "true" : "false");
+	printf(", \"async\": %s, \"defer_taskrun\": %s, \"scribble\": ",
+	       e->job->async ? "true" : "false", e->job->defer_taskrun ? "true" : "false");
 	if (sc)
 		printf("{\"sqes\": %" PRIu64 ", \"executed\": %" PRIu64 ", \"len\": %" PRIu32 "}",
 		       sc->sqes, sc->hits, sc->len);

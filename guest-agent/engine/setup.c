@@ -164,6 +164,9 @@ static int setup_ring(struct engine *e)
 	}
 	if (e->job->iopoll)
 		p.flags |= IORING_SETUP_IOPOLL;
+	/* Completions and linked issues run only when the job waits for CQEs. */
+	if (e->job->defer_taskrun)
+		p.flags |= IORING_SETUP_SINGLE_ISSUER | IORING_SETUP_DEFER_TASKRUN;
 	/* --link: a wave of qd chains is 2 * qd SQEs */
 	ret = io_uring_queue_init_params(e->job->link ? 2 * e->job->qd : e->job->qd,
 					 &e->ring, &p);

@@ -690,7 +690,8 @@ def test_progress_options_are_checked(engine, disk, args, msg):
 # -- --link, --scribble, --async (review-v2 #3: a command read from its SQ slot after submit) ---------
 
 
-@pytest.mark.parametrize("extra", [[], ["--scribble"], ["--async"], ["--scribble", "--async"]])
+@pytest.mark.parametrize("extra", [[], ["--scribble"], ["--async"], ["--scribble", "--async"],
+                                   ["--scribble", "--defer-taskrun"]])
 def test_link_read_chains_read_back_what_they_wrote(engine, disk, extra):
     r = job(engine, "--path", disk, "--op", "write", "--link", "read", "--length", "40k", "--qd", "4",
             "--seed", "9", *extra)
@@ -698,12 +699,13 @@ def test_link_read_chains_read_back_what_they_wrote(engine, disk, extra):
     assert (link["kind"], link["chains"], link["ok"]) == ("read", 10, 10)
     assert (link["write_errors"], link["second_errors"], link["data_mismatches"]) == (0, 0, 0)
     assert (link["scribbled_writes"], link["scribbled_seconds"], link["stray_cqes"]) == (0, 0, 0)
-    assert link["first_bad"] is None
+    assert link["first_bad"] is None and link["bad_chains"] == [] and link["bad_chains_more"] is False
     assert link["chain_results"][3] == {"write_res": 4096, "second_res": 4096, "data_ok": True,
                                         "scribbled": [False, False]}
     assert (r["ios"], r["bytes"], r["errors"], r["mismatches"]) == (20, 2 * 40960, 0, 0)
     assert r["res_counts"] == {"4096": 20}
     assert r["async"] == ("--async" in extra)
+    assert r["defer_taskrun"] == ("--defer-taskrun" in extra)
     if "--scribble" in extra:  # every SQE of every wave overwritten after its submit
         assert r["scribble"] == {"sqes": 20, "executed": 0, "len": 4096}
     else:
@@ -738,6 +740,7 @@ def test_link_passthru_failure_cancels_the_linked_command(engine):
     assert link["chain_results"][0]["second_res"] == -125  # -ECANCELED
     assert link["data_mismatches"] == 2  # nothing was read back
     assert link["first_bad"]["chain"] == 0 and link["first_bad"]["result"]["write_res"] < 0
+    assert link["bad_chains"] == [[0, 1]]
     assert r["errors"] == 4 and r["first_error"]["res"] == link["chain_results"][0]["write_res"]
 
 
@@ -784,3 +787,16 @@ def test_link_scribble_usage_errors(engine, disk, args, message):
     proc = run(engine, "--path", disk, *args, expect_rc=2)
     assert proc.stdout == "" and len(proc.stderr.splitlines()) == 1
     assert message in proc.stderr
+
+
+def test_defer_taskrun_ring_runs_every_mode(engine, disk):
+    """IORING_SETUP_SINGLE_ISSUER | DEFER_TASKRUN: completions run only when the job waits for them."""
+    w = job(engine, "--path", disk, "--op", "write", "--length", "64k", "--qd", "8", "--defer-taskrun")
+    v = job(engine, "--path", disk, "--op", "verify", "--length", "64k", "--qd", "8", "--defer-taskrun")
+    assert (w["defer_taskrun"], w["errors"], v["errors"], v["mismatches"]) == (True, 0, 0, 0)
+    m = job(engine, "--path", disk, "--op", "mix", "--ios", "60", "--qd", "4", "--defer-taskrun")
+    assert (m["errors"], m["mismatches"]) == (0, 0)
+    b = job(engine, "--path", disk, "--op", "randread", "--length", "64k", "--ios", "40", "--qd", "8",
+            "--batch-submit", "4", "--batch-complete", "4", "--defer-taskrun")
+    assert (b["ios"], b["errors"]) == (40, 0)
+    assert job(engine, "--path", disk, "--op", "read")["defer_taskrun"] is False
