@@ -148,7 +148,7 @@ static const struct { int opt; size_t off; } flag_opts[] = {
 	{ OPT_ZERO,		offsetof(struct job, zero) },
 	{ OPT_BUFFERED,		offsetof(struct job, buffered) },
 	{ OPT_SCRIBBLE,		offsetof(struct job, scribble) },
-	{ OPT_ASYNC,		offsetof(struct job, async) },
+	{ OPT_ASYNC,		offsetof(struct job, async_sqe) },
 	{ OPT_DEFER_TASKRUN,	offsetof(struct job, defer_taskrun) },
 };
 

@@ -144,7 +144,7 @@ struct job {
 	unsigned int progress_ms;	/* --progress-ms; 0 = 200 */
 	unsigned int link;		/* --link: LINK_NONE, LINK_FLUSH, LINK_READ */
 	bool scribble;			/* --scribble: overwrite SQEs after submit */
-	bool async;			/* --async: IOSQE_ASYNC on every SQE */
+	bool async_sqe;			/* --async: IOSQE_ASYNC on every SQE */
 	bool defer_taskrun;		/* --defer-taskrun: SINGLE_ISSUER|DEFER_TASKRUN */
 };
 
@@ -292,7 +292,7 @@ int print_result_tail(void);
 /* progress.c: periodic progress lines for fault schedules */
 void progress_prepared(struct engine *e);
 
-/* prep.c: prep_io() without the progress accounting (scribbles) */
+/* prep.c: the command alone, no flags/user_data/progress (scribbles) */
 void prep_sqe(struct engine *e, struct io_uring_sqe *sqe, struct slot *s);
 
 /* scribble.c: --scribble, and counting io-wq workers (--scribble/--async/--link) */

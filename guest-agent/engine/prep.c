@@ -257,21 +257,22 @@ static void prep_block(struct engine *e, struct io_uring_sqe *sqe,
 	io_uring_prep_nop(sqe);
 }
 
-/* The SQE for the I/O in @s (with IOSQE_ASYNC under --async), user_data @s. */
+/* The command for the I/O in @s, without flags or user_data (scribbles too). */
 void prep_sqe(struct engine *e, struct io_uring_sqe *sqe, struct slot *s)
 {
 	if (e->tgt[s->tgt].passthru)
 		prep_passthru(e, sqe, s);
 	else
 		prep_block(e, sqe, s);
-	if (e->job->async)
-		sqe->flags |= IOSQE_ASYNC;
-	io_uring_sqe_set_data(sqe, s);
 }
 
 void prep_io(struct engine *e, struct io_uring_sqe *sqe, struct slot *s)
 {
 	prep_sqe(e, sqe, s);
+	/* --async: issued from an io-wq worker, never inline in io_uring_enter */
+	if (e->job->async_sqe)
+		sqe->flags |= IOSQE_ASYNC;
+	io_uring_sqe_set_data(sqe, s);
 	progress_prepared(e);
 }
 

@@ -150,7 +150,7 @@ bool scribble_check(struct engine *e, const struct slot *s)
 
 bool iowq_watched(const struct job *job)
 {
-	return (job->scribble || job->async || job->link) && !job->bench &&
+	return (job->scribble || job->async_sqe || job->link) && !job->bench &&
 	       job->op != OP_MIX;
 }
 
@@ -199,7 +199,7 @@ void scribble_print(const struct engine *e)
 	const struct scribble_state *sc = e->scribble;
 
 	printf(", \"async\": %s, \"defer_taskrun\": %s, \"scribble\": ",
-	       e->job->async ? "true" : "false", e->job->defer_taskrun ? "true" : "false");
+	       e->job->async_sqe ? "true" : "false", e->job->defer_taskrun ? "true" : "false");
 	if (sc)
 		printf("{\"sqes\": %" PRIu64 ", \"executed\": %" PRIu64 ", \"len\": %" PRIu32 "}",
 		       sc->sqes, sc->hits, sc->len);
