@@ -12,8 +12,8 @@ chains, 32 in flight, and with ``--scribble`` overwrites every SQ slot right aft
 with another valid command: a READ of the region's first block into a canary buffer of that
 I/O's own. The canary is outside anything the command under test touches, so a changed canary
 is the kernel executing a command the application never submitted. Each chain must come back
-with every cqe->res 0 (FLUSH) / 0 (READ), the READ with exactly the bytes the WRITE wrote,
-and no canary touched. The same chains without scribbling, with ``IOSQE_ASYNC`` (6.12 copies
+with both cqe->res 0, the READ with exactly the bytes the WRITE wrote, and no canary touched
+(v2 fails both slot-reused checks: every chain runs the overwritten command, all with res 0). The same chains without scribbling, with ``IOSQE_ASYNC`` (6.12 copies
 the SQE at prep then) and on the block path (READ/WRITE copy their SQE fields at prep) are the
 controls that show the check can pass.
 
@@ -29,7 +29,8 @@ The second disk has scarce tags (queue-size 16 on QEMU < 10, and ``nr_requests``
 the block layer's minimum, 4): writes at qd 256 with the slots scribbled, with and without
 ``IOSQE_ASYNC``, must all complete with 0 and read back exactly through /dev/vdX. Without
 ``IOSQE_ASYNC`` a command reaches io-wq only through the -EAGAIN retry, so the engine's count of
-io-wq workers shows that path ran.
+io-wq workers shows that path ran. v2's 0001 makes these pass; they keep the retry honest when
+0001 goes to stable as upstream's backport instead.
 """
 
 from __future__ import annotations
