@@ -89,6 +89,7 @@ enum {
 	OPT_UID, OPT_GID, OPT_BUFFERED, OPT_RWMIX_READ,
 	OPT_PROGRESS_FD, OPT_PROGRESS_MS,
 	OPT_IOPRIO, OPT_SECTOR, OPT_RANGE_SECTOR,
+	OPT_LINK, OPT_SCRIBBLE, OPT_ASYNC, OPT_DEFER_TASKRUN,
 };
 
 static const struct option long_opts[] = {
@@ -130,6 +131,10 @@ static const struct option long_opts[] = {
 	{ "ioprio",		required_argument, NULL, OPT_IOPRIO },
 	{ "sector",		required_argument, NULL, OPT_SECTOR },
 	{ "range-sector",	required_argument, NULL, OPT_RANGE_SECTOR },
+	{ "link",		required_argument, NULL, OPT_LINK },
+	{ "scribble",		no_argument,	   NULL, OPT_SCRIBBLE },
+	{ "async",		no_argument,	   NULL, OPT_ASYNC },
+	{ "defer-taskrun",	no_argument,	   NULL, OPT_DEFER_TASKRUN },
 	{ NULL, 0, NULL, 0 },
 };
 
@@ -146,6 +151,9 @@ static const struct { int opt; size_t off; } flag_opts[] = {
 	{ OPT_BENCH,		offsetof(struct job, bench) },
 	{ OPT_ZERO,		offsetof(struct job, zero) },
 	{ OPT_BUFFERED,		offsetof(struct job, buffered) },
+	{ OPT_SCRIBBLE,		offsetof(struct job, scribble) },
+	{ OPT_ASYNC,		offsetof(struct job, async_sqe) },
+	{ OPT_DEFER_TASKRUN,	offsetof(struct job, defer_taskrun) },
 };
 
 /* Options that take a bounded count (unsigned int). */
@@ -291,6 +299,16 @@ static int apply_option(struct job *job, int opt, const char *arg)
 		job->rwmix_read = (unsigned int)v;
 		job->have_rwmix = true;
 		return 0;
+	case OPT_LINK:
+		if (!strcmp(arg, "flush")) {
+			job->link = LINK_FLUSH;
+		} else if (!strcmp(arg, "read")) {
+			job->link = LINK_READ;
+		} else {
+			usage_error("--link must be flush or read, got '%s'", arg);
+			return -EINVAL;
+		}
+		return 0;
 	case OPT_RUNTIME:
 		if (parse_seconds(arg, &job->runtime_ns)) {
 			usage_error("--runtime must be seconds > 0, got '%s'", arg);
@@ -368,6 +386,23 @@ static int decide_bench(struct job *job)
 	return 0;
 }
 
+/* --link and --scribble: plain buffers, basic jobs (link.c, scribble.c). */
+static int check_link_options(const struct job *job)
+{
+	bool basic = !job->bench && job->op != OP_MIX;
+
+	if (job->link && (job->op != OP_WRITE || !basic))
+		return fail("--link takes --op write (no --ios/--runtime/--bench/--batch-*)");
+	if (job->scribble && (!basic || !op_in(job->op, M_DATA)))
+		return fail("--scribble takes --op write, read or verify");
+	if ((job->link || job->scribble) &&
+	    (job->vec || job->fixed || job->iopoll || job->bad_ptr || job->type.set ||
+	     job->cmd_op.set || job->flag.set || job->data_len.set))
+		return fail("--link/--scribble cannot go with --vec, --fixed, --iopoll, --bad-ptr "
+			    "or --type/--cmd-op/--flag/--data-len");
+	return 0;
+}
+
 /* Options that belong to some ops only. */
 static int check_op_options(const struct job *job)
 {
@@ -394,7 +429,7 @@ static int check_op_options(const struct job *job)
 		return fail("--sector takes a basic op");
 	if (job->range_sector.set && !op_in(job->op, M_RANGES))
 		return fail("--range-sector takes --op discard or write-zeroes");
-	return 0;
+	return check_link_options(job);
 }
 
 static int check_mix(const struct job *job)

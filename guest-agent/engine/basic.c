@@ -80,6 +80,7 @@ static int queue_io(struct engine *e, uint64_t index)
 	place_io(e->job, s, index);
 	fill_buffer(e, s);
 	prep_io(e, sqe, s);
+	scribble_note(e, sqe, s);
 	return 0;
 }
 
@@ -110,6 +111,7 @@ static void take_id(struct engine *e, const struct slot *s)
 static void complete_io(struct engine *e, struct slot *s, int res)
 {
 	count_res(&e->st.res_counts, res);
+	scribble_check(e, s);
 	if (s->seq < MAX_RESULTS)
 		e->st.results[s->seq] = res;
 	if (!io_ok(e, s, res)) {
@@ -131,12 +133,31 @@ static unsigned int reap_completions(struct engine *e)
 
 	while (io_uring_peek_cqe(&e->ring, &cqe) == 0) {
 		s = io_uring_cqe_get_data(cqe);
+		if (!s) {	/* not an I/O of ours: a kernel ran a scribble */
+			io_uring_cqe_seen(&e->ring, cqe);
+			continue;
+		}
 		complete_io(e, s, cqe->res);
 		io_uring_cqe_seen(&e->ring, cqe);
 		e->free_slots[e->nr_free++] = s;
 		n++;
 	}
 	return n;
+}
+
+/*
+ * --scribble: submit, overwrite the submitted SQEs at once (scribble.c),
+ * then wait for a completion.
+ */
+static int submit_scribbled(struct engine *e)
+{
+	int ret = io_uring_submit(&e->ring);
+
+	scribble_submitted(e);
+	iowq_sample(e);
+	if (ret < 0)
+		return ret;
+	return io_uring_submit_and_wait(&e->ring, 1);
 }
 
 int basic_run(struct engine *e)
@@ -154,12 +175,14 @@ int basic_run(struct engine *e)
 			next++;
 			inflight++;
 		}
-		ret = io_uring_submit_and_wait(&e->ring, 1);
+		ret = e->scribble ? submit_scribbled(e) :
+				    io_uring_submit_and_wait(&e->ring, 1);
 		if (ret < 0 && ret != -EINTR) {
 			runtime_error(e, -ret);
 			return -1;
 		}
 		ret = (int)reap_completions(e);
+		iowq_sample(e);
 		inflight -= (unsigned int)ret;
 		done += (uint64_t)ret;
 	}

@@ -38,6 +38,12 @@
 #ifndef IORING_SETUP_SUBMIT_ALL
 #define IORING_SETUP_SUBMIT_ALL		(1U << 7)
 #endif
+#ifndef IORING_SETUP_SINGLE_ISSUER
+#define IORING_SETUP_SINGLE_ISSUER	(1U << 12)
+#endif
+#ifndef IORING_SETUP_DEFER_TASKRUN
+#define IORING_SETUP_DEFER_TASKRUN	(1U << 13)
+#endif
 #ifndef IORING_URING_CMD_FIXED
 #define IORING_URING_CMD_FIXED		(1U << 0)
 #endif
@@ -145,6 +151,10 @@ struct job {
 	struct raw_u32 ioprio;		/* --ioprio: cmd.ioprio / sqe->ioprio */
 	struct raw_u64 sector;		/* --sector: raw passthrough sector */
 	struct raw_u64 range_sector;	/* --range-sector: raw sector of every range */
+	unsigned int link;		/* --link: LINK_NONE, LINK_FLUSH, LINK_READ */
+	bool scribble;			/* --scribble: overwrite SQEs after submit */
+	bool async_sqe;			/* --async: IOSQE_ASYNC on every SQE */
+	bool defer_taskrun;		/* --defer-taskrun: SINGLE_ISSUER|DEFER_TASKRUN */
 };
 
 struct target {
@@ -168,6 +178,7 @@ struct slot {
 	uint64_t wseed;			/* mix: pattern seed of this write */
 	uint64_t t_submit;		/* bench: when it was submitted */
 	bool after_mark;		/* bench: prepared after SIGUSR1 */
+	void *canary;			/* --scribble: target of the scribbled SQE */
 };
 
 /* How often each cqe->res value came back (the first MAX_RES_VALUES values). */
@@ -205,6 +216,10 @@ struct stats {
 
 struct mix_state;
 struct bench_state;
+struct link_state;
+struct scribble_state;
+
+enum link_kind { LINK_NONE, LINK_FLUSH, LINK_READ };
 
 struct engine {
 	const struct job *job;
@@ -225,6 +240,9 @@ struct engine {
 	struct bench_state *bench;
 	bool closed;			/* ring and targets closed before printing */
 	int close_errno;		/* first close() failure, 0 if none */
+	struct link_state *link;	/* --link */
+	struct scribble_state *scribble;	/* --scribble */
+	unsigned int iowq_max;		/* most io-wq workers seen at once */
 };
 
 extern const char *const op_names[OP_COUNT];
@@ -282,5 +300,25 @@ int print_result_tail(void);
 
 /* progress.c: periodic progress lines for fault schedules */
 void progress_prepared(struct engine *e);
+
+/* prep.c: the command alone, no flags/user_data/progress (scribbles) */
+void prep_sqe(struct engine *e, struct io_uring_sqe *sqe, struct slot *s);
+
+/* scribble.c: --scribble, and counting io-wq workers (--scribble/--async/--link) */
+int scribble_setup(struct engine *e, unsigned int cap);
+int scribble_add_canary(struct engine *e, struct slot *s);
+void scribble_teardown(struct engine *e);
+void scribble_note(struct engine *e, struct io_uring_sqe *sqe, const struct slot *s);
+void scribble_submitted(struct engine *e);
+bool scribble_check(struct engine *e, const struct slot *s);
+void iowq_sample(struct engine *e);
+bool iowq_watched(const struct job *job);
+void scribble_print(const struct engine *e);
+
+/* link.c: --link flush|read, linked chains of two SQEs */
+int link_setup(struct engine *e);
+void link_teardown(struct engine *e);
+int link_run(struct engine *e);
+void link_print(const struct engine *e);
 
 #endif /* VBLK_ENGINE_H */

@@ -170,6 +170,7 @@ void print_result_head(const struct engine *e)
 	printf(", \"close_ok\": %s, \"close_errno\": %d",
 	       bool_str(e->closed && !e->close_errno), e->close_errno);
 	print_options(e);
+	scribble_print(e);
 }
 
 int print_result_tail(void)

@@ -264,7 +264,8 @@ static void prep_block(struct engine *e, struct io_uring_sqe *sqe,
 	io_uring_prep_nop(sqe);
 }
 
-void prep_io(struct engine *e, struct io_uring_sqe *sqe, struct slot *s)
+/* The command for the I/O in @s, without flags or user_data (scribbles too). */
+void prep_sqe(struct engine *e, struct io_uring_sqe *sqe, struct slot *s)
 {
 	if (e->tgt[s->tgt].passthru) {
 		prep_passthru(e, sqe, s);
@@ -273,6 +274,14 @@ void prep_io(struct engine *e, struct io_uring_sqe *sqe, struct slot *s)
 		/* checked at setup to fit in 16 bits */
 		sqe->ioprio = (uint16_t)e->job->ioprio.v;
 	}
+}
+
+void prep_io(struct engine *e, struct io_uring_sqe *sqe, struct slot *s)
+{
+	prep_sqe(e, sqe, s);
+	/* --async: issued from an io-wq worker, never inline in io_uring_enter */
+	if (e->job->async_sqe)
+		sqe->flags |= IOSQE_ASYNC;
 	io_uring_sqe_set_data(sqe, s);
 	progress_prepared(e);
 }

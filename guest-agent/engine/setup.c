@@ -168,7 +168,12 @@ static int setup_ring(struct engine *e)
 	}
 	if (e->job->iopoll)
 		p.flags |= IORING_SETUP_IOPOLL;
-	ret = io_uring_queue_init_params(e->job->qd, &e->ring, &p);
+	/* Completions and linked issues run only when the job waits for CQEs. */
+	if (e->job->defer_taskrun)
+		p.flags |= IORING_SETUP_SINGLE_ISSUER | IORING_SETUP_DEFER_TASKRUN;
+	/* --link: a wave of qd chains is 2 * qd SQEs */
+	ret = io_uring_queue_init_params(e->job->link ? 2 * e->job->qd : e->job->qd,
+					 &e->ring, &p);
 	if (ret < 0) {
 		setup_error("io_uring setup failed for", e->job->path, -ret);
 		return -1;
@@ -293,6 +298,19 @@ static int setup_bad_addr(struct engine *e)
 	return 0;
 }
 
+/* --scribble in a basic job: a canary per slot (scribble.c). */
+static int setup_basic_scribble(struct engine *e)
+{
+	unsigned int i;
+
+	if (scribble_setup(e, e->job->qd))
+		return -1;
+	for (i = 0; i < e->job->qd; i++)
+		if (scribble_add_canary(e, &e->slots[i]))
+			return -1;
+	return 0;
+}
+
 /*
  * Exit the ring, then close the targets; the first close() error is kept
  * for the result ("close_ok").  Idempotent.
@@ -327,6 +345,7 @@ void engine_teardown(struct engine *e)
 	}
 	free(e->slots);
 	free(e->free_slots);
+	scribble_teardown(e);
 }
 
 /* Returns 0, EXIT_USAGE or EXIT_SETUP (after a stderr line). */
@@ -348,6 +367,8 @@ int engine_setup(struct engine *e, const struct job *job)
 	if (job->fixed && register_buffers(e))
 		goto fail;
 	if (job->bad_ptr && setup_bad_addr(e))
+		goto fail;
+	if (job->scribble && !job->link && setup_basic_scribble(e))
 		goto fail;
 	return 0;
 fail:

@@ -11,7 +11,7 @@
  * Files: args.c (command line), setup.c (targets, ring, buffers), prep.c
  * (SQEs for both paths), basic.c (write/read/verify/flush/get-id/discard/
  * write-zeroes), mix.c (randomised verified mix), bench.c (benchmarks),
- * output.c (JSON).
+ * output.c (JSON), link.c (--link chains), scribble.c (--scribble).
  *
  * Exit codes: 0 the job ran (I/O errors and mismatches are data),
  * 1 the ring failed in the middle of the job, 2 bad usage,
@@ -141,11 +141,14 @@ static const struct mode mix_mode = { mix_setup, mix_run, mix_print, mix_teardow
 static const struct mode bench_mode = {
 	bench_setup, bench_run, bench_print, bench_teardown,
 };
+static const struct mode link_mode = { link_setup, link_run, link_print, link_teardown };
 
 static const struct mode *job_mode(const struct job *job)
 {
 	if (job->op == OP_MIX)
 		return &mix_mode;
+	if (job->link)
+		return &link_mode;
 	if (job->bench)
 		return &bench_mode;
 	return &basic_mode;

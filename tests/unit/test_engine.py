@@ -735,3 +735,118 @@ def test_ioprio_sector_target_checks(engine, disk, args, msg):
 def test_ioprio_sector_usage(engine, args, msg):
     proc = run(engine, "--path", "x", *args, expect_rc=2)
     assert proc.stdout == "" and msg in proc.stderr
+
+
+# -- --link, --scribble, --async (review-v2 #3: a command read from its SQ slot after submit) ---------
+
+
+@pytest.mark.parametrize("extra", [[], ["--scribble"], ["--async"], ["--scribble", "--async"],
+                                   ["--scribble", "--defer-taskrun"]])
+def test_link_read_chains_read_back_what_they_wrote(engine, disk, extra):
+    r = job(engine, "--path", disk, "--op", "write", "--link", "read", "--length", "40k", "--qd", "4",
+            "--seed", "9", *extra)
+    link = r["link"]
+    assert (link["kind"], link["chains"], link["ok"]) == ("read", 10, 10)
+    assert (link["write_errors"], link["second_errors"], link["data_mismatches"]) == (0, 0, 0)
+    assert (link["scribbled_writes"], link["scribbled_seconds"], link["stray_cqes"]) == (0, 0, 0)
+    assert link["first_bad"] is None and link["bad_chains"] == [] and link["bad_chains_more"] is False
+    assert link["chain_results"][3] == {"write_res": 4096, "second_res": 4096, "data_ok": True,
+                                        "scribbled": [False, False]}
+    assert (r["ios"], r["bytes"], r["errors"], r["mismatches"]) == (20, 2 * 40960, 0, 0)
+    assert r["res_counts"] == {"4096": 20}
+    assert r["async"] == ("--async" in extra)
+    assert r["defer_taskrun"] == ("--defer-taskrun" in extra)
+    if "--scribble" in extra:  # every SQE of every wave overwritten after its submit
+        assert r["scribble"] == {"sqes": 20, "executed": 0, "len": 4096}
+    else:
+        assert r["scribble"] is None
+    assert isinstance(r["iowq_workers_max"], int)
+    assert disk.read_bytes()[:40960] == pattern(9, 0, 40960)
+
+
+def test_link_flush_chains_and_partial_last_chain(engine, disk):
+    r = job(engine, "--path", disk, "--op", "write", "--link", "flush", "--offset", "8k", "--length", "20k",
+            "--bs", "8k", "--qd", "2", "--scribble", "--seed", "4")
+    link = r["link"]
+    assert (link["kind"], link["chains"], link["ok"]) == ("flush", 3, 3)
+    assert [c["write_res"] for c in link["chain_results"]] == [8192, 8192, 4096]
+    assert [c["second_res"] for c in link["chain_results"]] == [0, 0, 0]
+    assert r["scribble"] == {"sqes": 6, "executed": 0, "len": 8192}
+    assert disk.read_bytes()[8192:8192 + 20480] == pattern(4, 8192, 20480)
+
+
+def test_link_more_chains_than_listed(engine, disk):
+    r = job(engine, "--path", disk, "--op", "write", "--link", "read", "--length", "68k", "--qd", "16")
+    assert (r["link"]["chains"], r["link"]["ok"]) == (17, 17)
+    assert "chain_results" not in r["link"]
+
+
+def test_link_passthru_failure_cancels_the_linked_command(engine):
+    """/dev/zero has no ->uring_cmd: the WRITE fails and the kernel cancels what is linked to it."""
+    r = job(engine, "--path", "/dev/zero", "--op", "write", "--link", "read", "--length", "8k", "--scribble")
+    link = r["link"]
+    assert r["mode"] == "passthru"
+    assert (link["chains"], link["ok"], link["write_errors"], link["second_errors"]) == (2, 0, 2, 2)
+    assert link["chain_results"][0]["second_res"] == -125  # -ECANCELED
+    assert link["data_mismatches"] == 2  # nothing was read back
+    assert link["first_bad"]["chain"] == 0 and link["first_bad"]["result"]["write_res"] < 0
+    assert link["bad_chains"] == [[0, 1]]
+    assert r["errors"] == 4 and r["first_error"]["res"] == link["chain_results"][0]["write_res"]
+
+
+@pytest.mark.parametrize("op", ["write", "verify", "read"])
+def test_scribble_basic_jobs_stay_clean(engine, disk, op):
+    job(engine, "--path", disk, "--op", "write", "--length", "64k", "--seed", "6")
+    r = job(engine, "--path", disk, "--op", op, "--length", "64k", "--qd", "8", "--seed", "6", "--scribble")
+    assert (r["errors"], r["mismatches"], r["ios"]) == (0, 0, 16)
+    assert r["scribble"] == {"sqes": 16, "executed": 0, "len": 4096}
+    assert disk.read_bytes()[:65536] == pattern(6, 0, 65536)
+
+
+def test_async_goes_through_io_wq(engine, disk):
+    """IOSQE_ASYNC: every SQE is issued from an io-wq worker, which the engine counts."""
+    r = job(engine, "--path", disk, "--op", "write", "--length", "64k", "--qd", "8", "--async")
+    assert r["async"] is True and r["errors"] == 0
+    assert r["iowq_workers_max"] >= 1
+    plain = job(engine, "--path", disk, "--op", "write", "--length", "64k", "--qd", "8")
+    assert (plain["async"], plain["scribble"], plain["iowq_workers_max"]) == (False, None, None)
+
+
+def test_async_in_mix_and_bench(engine, disk):
+    m = job(engine, "--path", disk, "--op", "mix", "--ios", "50", "--qd", "4", "--async")
+    assert m["async"] is True and m["errors"] == 0 and m["mismatches"] == 0 and m["iowq_workers_max"] is None
+    b = job(engine, "--path", disk, "--op", "randread", "--length", "64k", "--ios", "32", "--async")
+    assert b["async"] is True and b["errors"] == 0
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--link", "write"], "--link must be flush or read"),
+    (["--op", "read", "--link", "read"], "--link takes --op write"),
+    (["--op", "write", "--link", "read", "--ios", "4"], "--link takes --op write"),
+    (["--op", "write", "--link", "flush", "--vec", "2"], "--link/--scribble cannot go with"),
+    (["--op", "write", "--link", "read", "--fixed"], "--link/--scribble cannot go with"),
+    (["--op", "write", "--link", "read", "--iopoll"], "--link/--scribble cannot go with"),
+    (["--op", "flush", "--scribble"], "--scribble takes --op write, read or verify"),
+    (["--op", "mix", "--ios", "4", "--scribble"], "--scribble takes --op write, read or verify"),
+    (["--op", "write", "--scribble", "--bad-ptr"], "--link/--scribble cannot go with"),
+    (["--op", "read", "--scribble", "--type", "0"], "--link/--scribble cannot go with"),
+])
+def test_link_scribble_usage_errors(engine, disk, args, message):
+    if "--op" not in args:
+        args = ["--op", "write", *args]
+    proc = run(engine, "--path", disk, *args, expect_rc=2)
+    assert proc.stdout == "" and len(proc.stderr.splitlines()) == 1
+    assert message in proc.stderr
+
+
+def test_defer_taskrun_ring_runs_every_mode(engine, disk):
+    """IORING_SETUP_SINGLE_ISSUER | DEFER_TASKRUN: completions run only when the job waits for them."""
+    w = job(engine, "--path", disk, "--op", "write", "--length", "64k", "--qd", "8", "--defer-taskrun")
+    v = job(engine, "--path", disk, "--op", "verify", "--length", "64k", "--qd", "8", "--defer-taskrun")
+    assert (w["defer_taskrun"], w["errors"], v["errors"], v["mismatches"]) == (True, 0, 0, 0)
+    m = job(engine, "--path", disk, "--op", "mix", "--ios", "60", "--qd", "4", "--defer-taskrun")
+    assert (m["errors"], m["mismatches"]) == (0, 0)
+    b = job(engine, "--path", disk, "--op", "randread", "--length", "64k", "--ios", "40", "--qd", "8",
+            "--batch-submit", "4", "--batch-complete", "4", "--defer-taskrun")
+    assert (b["ios"], b["errors"]) == (40, 0)
+    assert job(engine, "--path", disk, "--op", "read")["defer_taskrun"] is False

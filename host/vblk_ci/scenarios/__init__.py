@@ -7,6 +7,7 @@ from .base import Scenario, ScenarioContext, get, register, registered
 from . import smoke  # noqa: F401  (registers itself)
 from . import driver_ops, driver_refusals, driver_permissions, driver_iopoll, driver_unplug, driver_soak  # noqa: F401
 from . import hotplug_cycles, meta  # noqa: F401
+from . import driver_links  # noqa: F401
 from . import (fault_blkdebug, fault_blkdebug_delay, fault_error_policy, fault_request_break,  # noqa: F401
                fault_resize, fault_schedule_eio, fault_schedule_file, fault_throttle, fault_unplug,
                fault_vm_stop_reset)
@@ -23,7 +24,7 @@ SUITES: dict[str, tuple[str, ...]] = {
     "faults": ("fault-blkdebug", "fault-error-policy", "fault-schedule-eio", "fault-unplug", "fault-vm-stop-reset",
                "fault-throttle", "fault-resize", "fault-request-break", "fault-blkdebug-delay"),
     # Checks for the review-v2 findings (issue 11): they fail on the v2 series.
-    "review": ("driver-ioprio", "driver-bounds", "driver-access"),
+    "review": ("driver-ioprio", "driver-bounds", "driver-access", "driver-links"),
 }
 
 
