@@ -34,7 +34,8 @@ class FakeBlockGuest:
         self.holder: int | None = None
         self.plugged: str | None = None
         self.files: dict[str, str] = {"/proc/sys/vm/dirty_writeback_centisecs": "500\n",
-                                      "/proc/sys/vm/dirty_expire_centisecs": "3000\n"}
+                                      "/proc/sys/vm/dirty_expire_centisecs": "3000\n",
+                                      "/sys/class/bdi/254:0/min_ratio": "0\n"}
 
     # -- the page cache ------------------------------------------------------------------
     def _page(self, p: int) -> list:
@@ -104,9 +105,15 @@ class FakeBlockGuest:
         return {"name": name}
 
     def read_file(self, path, max_bytes=1 << 20):
-        if path == "/proc/meminfo":
+        if path == "/sys/kernel/debug/bdi/254:0/stats":
             dirty = sum(PAGE for e in self.cache.values() if e[1]) // 1024
-            return f"MemTotal: 1000 kB\nDirty: {dirty} kB\n"
+            # A disk without a minimum dirty share and no writeout history: written back at once.
+            if self.files["/sys/class/bdi/254:0/min_ratio"] == "0\n":
+                self.writeback(0, SIZE)
+                dirty = 0
+            return f"BdiWriteback:            0 kB\nBdiReclaimable:     {dirty:8d} kB\nBdiDirtyThresh: 1 kB\n"
+        if path == "/sys/block/vdb/dev":
+            return "254:0\n"
         return self.files[path]
 
     def write_file(self, path, data):
@@ -166,8 +173,9 @@ class FakeBlockGuest:
             bad = [i for i in range(0, n, 8) if got[i:i + 8] != want[i:i + 8]]
             result["mismatches"] = len(bad)
             if bad:
-                result["first_mismatch"] = {"offset": off + bad[0], "expected": "0x" + want[bad[0]:bad[0] + 8][::-1].hex(),
-                                            "got": "0x" + got[bad[0]:bad[0] + 8][::-1].hex()}
+                i = bad[0]
+                result["first_mismatch"] = {"offset": off + i, "expected": "0x" + want[i:i + 8][::-1].hex(),
+                                            "got": "0x" + got[i:i + 8][::-1].hex()}
             result["results"] = [0 if passthru else n]
         else:
             raise AgentError("BadParams", op)
@@ -212,6 +220,7 @@ def test_coherent_driver_passes_every_check(tmp_path):
     assert {n: c.status for n, c in checks.items() if c.status != "pass"} == {}
     assert len(checks) == 13
     assert guest.files["/proc/sys/vm/dirty_writeback_centisecs"] == "500\n"  # restored
+    assert guest.files["/sys/class/bdi/254:0/min_ratio"] == "0\n"
     assert guest.holder is None
 
 

@@ -9,7 +9,8 @@ import sys
 import pytest
 
 from vblk_ci.scenarios.driver_coherency import (
-    SEED_NEW, SEED_OLD, SPAN, case_offset, contents, digest, guest_program, name_content, pattern, splitmix64,
+    SEED_NEW, SEED_OLD, SPAN, bdi_reclaimable_kib, case_offset, contents, digest, guest_program, name_content,
+    pattern, splitmix64,
 )
 from vblk_ci.scenarios.driver_pollq import early_timeout_verdict, parse_kworkers, wakeups
 from vblk_ci.scenarios.driver_unplug_iopoll import describe, merge_counts, unexpected
@@ -53,6 +54,18 @@ def test_name_content_names_each_known_content_and_the_rest():
     assert name_content(digest(b"\x5a" * SPAN), known) == "QEMU's 0x5a bytes"
     # The right seed at the wrong offset is not the data that belongs there.
     assert name_content(digest(pattern(SEED_NEW, 0, SPAN)), known) == "something else"
+
+
+BDI_STATS = """\
+BdiWriteback:                0 kB
+BdiReclaimable:             64 kB
+BdiDirtyThresh:          12345 kB
+"""
+
+
+def test_bdi_reclaimable_kib():
+    assert bdi_reclaimable_kib(BDI_STATS) == 64
+    assert bdi_reclaimable_kib("BdiWriteback: 0 kB\n") is None
 
 
 KW_BEFORE = """\

@@ -24,9 +24,10 @@ Checks, in order:
   device holds it (O_DIRECT read), a buffered read must return it;
 - odirect-write-then-buffered-read: the control, an O_DIRECT write through /dev/vdX in
   the passthrough write's place (coherent on any kernel);
-- buffered-write-then-passthru-read: a buffered write of new data (dirty in the cache,
-  periodic writeback switched off for the scenario), then a passthrough READ must
-  return it;
+- buffered-write-then-passthru-read: a buffered write of new data, still dirty in the
+  cache (periodic writeback off and a minimum dirty share for the disk while the
+  scenario runs; the disk's ``BdiReclaimable`` in debugfs must show the 64 KiB), then a
+  passthrough READ must return it;
 - buffered-write-then-odirect-read: the control (an O_DIRECT read writes back first);
 - passthru-discard-then-buffered-read, passthru-write-zeroes-then-buffered-read: cached
   read, then DISCARD / WRITE_ZEROES through /dev/vdXc0; the device then reads zeroes
@@ -43,7 +44,7 @@ import json
 import struct
 
 from ..disks.spec import DiskSpec, create_sparse_file
-from ..errors import CheckFailed
+from ..errors import AgentError, CheckFailed
 from ..faults import qmp as Q
 from .base import Scenario, ScenarioContext, register
 from .driver_common import KiB, MiB, eargs, expect_clean, expect_results, plug, run_engine, run_gated, unplug
@@ -56,6 +57,10 @@ WITNESS_BYTE = 0x5A  # what QEMU writes behind the guest's back in page-cache-in
 # Periodic writeback off while the scenario runs: a dirty page stays dirty until someone
 # writes it back, so "the passthrough READ wrote it back" is the only way it can reach the disk.
 VM_KNOBS = {"/proc/sys/vm/dirty_writeback_centisecs": "0", "/proc/sys/vm/dirty_expire_centisecs": "360000"}
+# Background writeback also starts when a device's dirty pages exceed its share of the background
+# threshold, and a fresh disk (no writeout history) has a share of ~0: its first dirty page is
+# written back at once. A minimum share (/sys/class/bdi/MAJ:MIN/min_ratio, percent) keeps 64 KiB dirty.
+BDI_MIN_RATIO = "50"
 
 
 # -- the engine's data pattern (PROTOCOL.md), shared with the guest program -----------------
@@ -112,6 +117,15 @@ def contents(offset: int, length: int = SPAN, old: int = SEED_OLD, new: int = SE
         "zeroes": digest(bytes(length)),
         f"QEMU's 0x{WITNESS_BYTE:02x} bytes": digest(bytes([WITNESS_BYTE]) * length),
     }
+
+
+def bdi_reclaimable_kib(stats: str) -> int | None:
+    """``BdiReclaimable`` (dirty pages of the device, kB) from debugfs ``bdi/MAJ:MIN/stats``."""
+    for line in stats.splitlines():
+        parts = line.split()
+        if len(parts) >= 2 and parts[0] == "BdiReclaimable:" and parts[1].isdigit():
+            return int(parts[1])
+    return None
 
 
 def case_offset(n: int) -> int:
@@ -219,11 +233,15 @@ class Coherency:
 
     # -- steps ------------------------------------------------------------------------------
     def hold(self, rec: dict, saved: dict[str, str]) -> None:
-        """A background sleep holds /dev/vdX open; periodic writeback off (old values kept in ``saved``)."""
-        for path, value in VM_KNOBS.items():
+        """A background sleep holds /dev/vdX open; periodic writeback off and a minimum dirty share for the
+        disk (old values kept in ``saved``)."""
+        devno = self.ctx.agent.read_file(f"/sys/block/{self.st['name']}/dev").strip()
+        self.st["bdi"] = devno
+        knobs = {**VM_KNOBS, f"/sys/class/bdi/{devno}/min_ratio": BDI_MIN_RATIO}
+        for path, value in knobs.items():
             saved[path] = self.ctx.agent.read_file(path).strip()
             self.ctx.agent.write_file(path, value + "\n")
-        rec["vm_knobs_were"] = dict(saved)
+        rec["knobs_were"] = dict(saved)
         out = self.ctx.agent.exec(cmd=f"sleep 100000 < {self.st['blockdev']} > /dev/null 2>&1 & echo $!")
         if out.get("rc") != 0 or not out.get("stdout", "").strip().isdigit():
             raise CheckFailed(f"could not start a process holding {self.st['blockdev']} open: {out}")
@@ -273,7 +291,10 @@ class Coherency:
         offset = case_offset(n)
         self.odirect_write(rec, "old-odirect-write", offset, SEED_OLD)
         self.buffered(rec, "buffered-write", "write", offset, SEED_NEW)
-        rec["dirty_kib"] = self.dirty_kib()
+        rec["dirty_kib"] = dirty = self.dirty_kib()
+        if dirty is not None and dirty < SPAN // KiB:
+            raise CheckFailed(f"precondition: right after the buffered write only {dirty} kB of the disk are dirty, "
+                              f"not {SPAN // KiB}: something wrote it back already, so the read proves nothing")
         path, how = ((self.st["chardev"], "a passthrough READ through") if passthru
                      else (self.st["blockdev"], "an O_DIRECT read through"))
         result = self.engine(rec, "read", path, "verify", offset, seed=SEED_NEW)
@@ -299,10 +320,15 @@ class Coherency:
         self.expect_buffered(rec, offset, "zeroes", how)
 
     def dirty_kib(self) -> int | None:
-        for line in self.ctx.agent.read_file("/proc/meminfo").splitlines():
-            if line.startswith("Dirty:"):
-                return int(line.split()[1])
-        return None
+        """The disk's dirty pages (kB) from debugfs bdi stats; None if the guest does not show them."""
+        try:
+            stats = self.ctx.agent.read_file(f"/sys/kernel/debug/bdi/{self.st['bdi']}/stats")
+        except AgentError:
+            return None
+        return bdi_reclaimable_kib(stats)
 
 
-__all__ = ["DriverCoherency", "contents", "digest", "guest_program", "name_content", "pattern", "splitmix64"]
+__all__ = [
+    "DriverCoherency", "bdi_reclaimable_kib", "contents", "digest", "guest_program", "name_content", "pattern",
+    "splitmix64",
+]

@@ -10,13 +10,14 @@ depth QD) keep reaping each other's requests, on a null-co disk whose requests
 take LATENCY_NS each; then the disk is unplugged (device_del) with all of them
 polling, CYCLES times (a fresh disk each cycle).
 
-Per cycle (one check, ``cycle-N``): commands are in flight on the device before
-the unplug; DEVICE_DELETED arrives within UNPLUG_S and /sys/block/vdX and the
-node go; every job finishes within 30 s of SIGINT (no hang), and every
-completion it counted is 0 or a "gone" errno (-ENODEV, -ENXIO). A splat fails
-the check through the console. The default kernel is unlikely to show the race
-as a crash (nothing checks for use after free there); the debug kernel (KASAN)
-is where a lost race would show.
+Per cycle (one check, ``cycle-N``): commands are in flight on the device
+before the unplug (device_del 0-0.5 s after they are seen, varying by cycle);
+DEVICE_DELETED arrives within UNPLUG_S and /sys/block/vdX and the node go;
+every job finishes within 30 s of SIGINT (no hang), and every completion it
+counted is 0 or a "gone" errno (-ENODEV, -ENXIO). A splat fails the check
+through the console. The default kernel is unlikely to show the race as a
+crash (nothing checks for use after free there); the debug kernel (KASAN) is
+where a lost race would show.
 """
 
 from __future__ import annotations
@@ -31,8 +32,10 @@ from .driver_common import ENODEV, ENXIO, MiB, eargs, errno_text, plug, run_gate
 
 POLL_QUEUES_PARAM = "/sys/module/virtio_blk/parameters/poll_queues"
 DEBUGFS_BLOCK = "/sys/kernel/debug/block"
-CYCLES = 4
-JOBS = 2
+CYCLES = 12
+JOBS = 3
+# device_del this long after the commands are seen in flight, by cycle (varies where the unplug lands)
+UNPLUG_DELAYS_S = (0.0, 0.05, 0.2, 0.5)
 QD = 8
 DISK_SIZE = 64 * MiB
 LATENCY_NS = 2_000_000
@@ -136,7 +139,8 @@ def cycle(ctx: ScenarioContext, i: int, rec: dict) -> None:
             f"[ \"$n\" -ge {QD} ] && {{ echo $n; exit 0; }}; sleep 0.02; done; exit 1"), timeout_s=ctx.timeouts(20.0))
         if busy.get("rc") != 0:
             raise CheckFailed(f"fewer than {QD} commands in flight 5 s after {JOBS} IOPOLL jobs started")
-        rec["in_flight_at_unplug"] = int(busy["stdout"].split()[0])
+        rec["in_flight_seen"] = int(busy["stdout"].split()[0])
+        time.sleep(UNPLUG_DELAYS_S[i % len(UNPLUG_DELAYS_S)])
         try:
             seconds = ctx.machine.unplug(disk.id, timeout=ctx.timeouts(UNPLUG_S))
         except MachineTimeout as exc:
