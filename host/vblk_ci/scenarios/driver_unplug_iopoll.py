@@ -15,9 +15,16 @@ before the unplug (device_del 0-0.5 s after they are seen, varying by cycle);
 DEVICE_DELETED arrives within UNPLUG_S and /sys/block/vdX and the node go;
 every job finishes within 30 s of SIGINT (no hang), and every completion it
 counted is 0 or a "gone" errno (-ENODEV, -ENXIO). A splat fails the check
-through the console. The default kernel is unlikely to show the race as a
-crash (nothing checks for use after free there); the debug kernel (KASAN) is
+through the console. The default kernel is unlikely to show the iopoll race as
+a crash (nothing checks for use after free there); the debug kernel (KASAN) is
 where a lost race would show.
+
+What it did find on the v2 series: commands racing the unplug get -ERANGE.
+del_gendisk() -> __blk_mark_disk_dead() sets the capacity to 0 before it starts
+draining the queue, so a command whose request was allocated in between fails
+the driver's capacity check; patch 4/5's commit message promises -ENODEV for
+exactly this case ("a hot-unplugged disk has capacity 0, and commands on its old
+fds must get -ENODEV from the dying queue").
 """
 
 from __future__ import annotations
@@ -28,7 +35,7 @@ from ..disks.spec import DiskSpec
 from ..errors import AgentError, CheckFailed, MachineTimeout
 from ..events import DiskUnplugged
 from .base import Scenario, ScenarioContext, register
-from .driver_common import ENODEV, ENXIO, MiB, eargs, errno_text, plug, run_gated, wait_gone
+from .driver_common import ENODEV, ENXIO, KiB, MiB, eargs, errno_text, plug, run_gated, wait_gone
 
 POLL_QUEUES_PARAM = "/sys/module/virtio_blk/parameters/poll_queues"
 DEBUGFS_BLOCK = "/sys/kernel/debug/block"
@@ -37,6 +44,8 @@ JOBS = 3
 # device_del this long after the commands are seen in flight, by cycle (varies where the unplug lands)
 UNPLUG_DELAYS_S = (0.0, 0.05, 0.2, 0.5)
 QD = 8
+# Large commands: mapping the user buffer widens the time between request allocation and the driver's checks.
+BS = 256 * KiB
 DISK_SIZE = 64 * MiB
 LATENCY_NS = 2_000_000
 JOB_RUNTIME_S = 120  # upper bound; each job is stopped with SIGINT after the unplug
@@ -133,7 +142,7 @@ def cycle(ctx: ScenarioContext, i: int, rec: dict) -> None:
             raise CheckFailed(f"poll_queues=1 but {name} has no poll hctx: {types}")
         for j in range(JOBS):
             jobs.append(ctx.agent.spawn(eargs(st["chardev"], "read", offset=j * 16 * MiB, length=16 * MiB,
-                                              qd=QD, runtime=JOB_RUNTIME_S, iopoll=True)))
+                                              bs=BS, qd=QD, runtime=JOB_RUNTIME_S, iopoll=True)))
         busy = ctx.agent.exec(cmd=(
             f"for i in $(seq 250); do n=$(cat {DEBUGFS_BLOCK}/{name}/hctx*/busy 2>/dev/null | wc -l); "
             f"[ \"$n\" -ge {QD} ] && {{ echo $n; exit 0; }}; sleep 0.02; done; exit 1"), timeout_s=ctx.timeouts(20.0))
