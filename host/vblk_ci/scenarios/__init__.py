@@ -7,11 +7,12 @@ from .base import Scenario, ScenarioContext, get, register, registered
 from . import smoke  # noqa: F401  (registers itself)
 from . import driver_ops, driver_refusals, driver_permissions, driver_iopoll, driver_unplug, driver_soak  # noqa: F401
 from . import hotplug_cycles, meta  # noqa: F401
-from . import driver_links  # noqa: F401
 from . import (fault_blkdebug, fault_blkdebug_delay, fault_error_policy, fault_request_break,  # noqa: F401
                fault_resize, fault_schedule_eio, fault_schedule_file, fault_throttle, fault_unplug,
                fault_vm_stop_reset)
-from . import driver_access, driver_bounds, driver_ioprio  # noqa: F401
+# The review suite: one scenario per group of review-v2 findings (issue 11).
+from . import (driver_access, driver_bounds, driver_coherency, driver_ioprio, driver_links,  # noqa: F401
+               driver_pollq, driver_unplug_iopoll)
 
 SUITES: dict[str, tuple[str, ...]] = {
     "smoke": ("smoke",),
@@ -24,7 +25,8 @@ SUITES: dict[str, tuple[str, ...]] = {
     "faults": ("fault-blkdebug", "fault-error-policy", "fault-schedule-eio", "fault-unplug", "fault-vm-stop-reset",
                "fault-throttle", "fault-resize", "fault-request-break", "fault-blkdebug-delay"),
     # Checks for the review-v2 findings (issue 11): they fail on the v2 series.
-    "review": ("driver-ioprio", "driver-bounds", "driver-access", "driver-links"),
+    "review": ("driver-ioprio", "driver-bounds", "driver-access", "driver-links", "driver-coherency",
+               "driver-poll-timeout", "driver-unplug-iopoll"),
 }
 
 
