@@ -9,6 +9,8 @@ v3 series lands, V2_FAILURES becomes empty and the suite joins CI's all-pass sui
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from vblk_ci.scenarios import SUITES
@@ -27,7 +29,18 @@ V2_FAILURES = {
     "driver-access/mounted-changes-ebusy": "#5 writes to a mounted disk are not refused",
     "driver-access/mounted-refused-changes-left-data": "#5 those writes change the mounted disk",
     "driver-access/read-only-disk-changes-erofs": "#5 -EBADF before -EROFS on a read-only disk",
+    "driver-links/link-write-flush-slot-reused": "#3 a linked FLUSH is issued from the reused SQ slot",
+    "driver-links/link-write-read-slot-reused": "#3 a linked READ is issued from the reused SQ slot",
+    "driver-coherency/passthru-write-then-buffered-read": "#5 page cache stale after a passthrough write",
+    "driver-coherency/buffered-write-then-passthru-read": "#5 dirty pages not written back before a read",
+    "driver-coherency/passthru-discard-then-buffered-read": "#5 page cache stale after DISCARD",
+    "driver-coherency/passthru-write-zeroes-then-buffered-read": "#5 page cache stale after WRITE_ZEROES",
+    "driver-poll-timeout/no-early-timeout-on-interrupt-queue": "#7 poll timeout armed on an interrupt queue",
 }
+# Found by the suite itself, not by the review: a command racing an unplug gets -ERANGE
+# (del_gendisk() zeroes the capacity before the queue drains) in some cycles only, so
+# these may fail on v2 but need not.
+V2_INTERMITTENT = re.compile(r"^driver-unplug-iopoll/cycle-\d+$")
 
 
 @pytest.fixture(scope="module")
@@ -46,9 +59,17 @@ def test_every_review_scenario_ran(review_run):
 
 def test_exactly_the_v2_findings_fail(review_run):
     result, _, run_dir = review_run
-    failed = {c.full_name for c in result.checks() if c.status == "fail"}
+    failed = {c.full_name for c in result.checks() if c.status == "fail" and not V2_INTERMITTENT.match(c.full_name)}
     assert failed == set(V2_FAILURES), (f"run dir {run_dir}\nnot failing any more: "
                                         f"{sorted(set(V2_FAILURES) - failed)}\nnew failures: "
                                         f"{sorted(failed - set(V2_FAILURES))}")
-    others = {c.full_name: c.status for c in result.checks() if c.full_name not in V2_FAILURES}
+    others = {c.full_name: c.status for c in result.checks()
+              if c.full_name not in V2_FAILURES and not V2_INTERMITTENT.match(c.full_name)}
     assert set(others.values()) == {"pass"}, {k: v for k, v in others.items() if v != "pass"}
+
+
+def test_unplug_races_fail_only_with_erange(review_run):
+    result, _, _ = review_run
+    odd = {c.full_name: c.detail for c in result.checks()
+           if V2_INTERMITTENT.match(c.full_name) and c.status == "fail" and "(-ERANGE)" not in c.detail}
+    assert not odd, odd
