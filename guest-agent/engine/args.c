@@ -89,6 +89,7 @@ enum {
 	OPT_UID, OPT_GID, OPT_BUFFERED, OPT_RWMIX_READ,
 	OPT_PROGRESS_FD, OPT_PROGRESS_MS,
 	OPT_IOPRIO, OPT_SECTOR, OPT_RANGE_SECTOR,
+	OPT_ASYNC, OPT_SQPOLL,
 };
 
 static const struct option long_opts[] = {
@@ -130,6 +131,8 @@ static const struct option long_opts[] = {
 	{ "ioprio",		required_argument, NULL, OPT_IOPRIO },
 	{ "sector",		required_argument, NULL, OPT_SECTOR },
 	{ "range-sector",	required_argument, NULL, OPT_RANGE_SECTOR },
+	{ "async",		no_argument,	   NULL, OPT_ASYNC },
+	{ "sqpoll",		no_argument,	   NULL, OPT_SQPOLL },
 	{ NULL, 0, NULL, 0 },
 };
 
@@ -146,6 +149,8 @@ static const struct { int opt; size_t off; } flag_opts[] = {
 	{ OPT_BENCH,		offsetof(struct job, bench) },
 	{ OPT_ZERO,		offsetof(struct job, zero) },
 	{ OPT_BUFFERED,		offsetof(struct job, buffered) },
+	{ OPT_ASYNC,		offsetof(struct job, async_sqe) },
+	{ OPT_SQPOLL,		offsetof(struct job, sqpoll) },
 };
 
 /* Options that take a bounded count (unsigned int). */

@@ -145,6 +145,8 @@ struct job {
 	struct raw_u32 ioprio;		/* --ioprio: cmd.ioprio / sqe->ioprio */
 	struct raw_u64 sector;		/* --sector: raw passthrough sector */
 	struct raw_u64 range_sector;	/* --range-sector: raw sector of every range */
+	bool async_sqe;			/* --async: IOSQE_ASYNC on every SQE */
+	bool sqpoll;			/* --sqpoll: IORING_SETUP_SQPOLL ring */
 };
 
 struct target {

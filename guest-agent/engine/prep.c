@@ -273,6 +273,9 @@ void prep_io(struct engine *e, struct io_uring_sqe *sqe, struct slot *s)
 		/* checked at setup to fit in 16 bits */
 		sqe->ioprio = (uint16_t)e->job->ioprio.v;
 	}
+	/* --async: issued from an io-wq worker, never inline in io_uring_enter */
+	if (e->job->async_sqe)
+		sqe->flags |= IOSQE_ASYNC;
 	io_uring_sqe_set_data(sqe, s);
 	progress_prepared(e);
 }

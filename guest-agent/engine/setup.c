@@ -168,6 +168,9 @@ static int setup_ring(struct engine *e)
 	}
 	if (e->job->iopoll)
 		p.flags |= IORING_SETUP_IOPOLL;
+	/* The kernel's SQ thread, not this task, issues every SQE (idle: 1 s). */
+	if (e->job->sqpoll)
+		p.flags |= IORING_SETUP_SQPOLL;
 	ret = io_uring_queue_init_params(e->job->qd, &e->ring, &p);
 	if (ret < 0) {
 		setup_error("io_uring setup failed for", e->job->path, -ret);
