@@ -10,7 +10,7 @@ from . import hotplug_cycles, meta  # noqa: F401
 from . import (fault_blkdebug, fault_blkdebug_delay, fault_error_policy, fault_request_break,  # noqa: F401
                fault_resize, fault_schedule_eio, fault_schedule_file, fault_throttle, fault_unplug,
                fault_vm_stop_reset)
-from . import driver_access, driver_bounds, driver_ioprio  # noqa: F401
+from . import driver_access, driver_bounds, driver_compat32, driver_ioprio  # noqa: F401
 
 SUITES: dict[str, tuple[str, ...]] = {
     "smoke": ("smoke",),
@@ -23,7 +23,7 @@ SUITES: dict[str, tuple[str, ...]] = {
     "faults": ("fault-blkdebug", "fault-error-policy", "fault-schedule-eio", "fault-unplug", "fault-vm-stop-reset",
                "fault-throttle", "fault-resize", "fault-request-break", "fault-blkdebug-delay"),
     # Checks for the review-v2 findings (issue 11): they fail on the v2 series.
-    "review": ("driver-ioprio", "driver-bounds", "driver-access"),
+    "review": ("driver-ioprio", "driver-bounds", "driver-access", "driver-compat32"),
 }
 
 
