@@ -89,7 +89,7 @@ enum {
 	OPT_UID, OPT_GID, OPT_BUFFERED, OPT_RWMIX_READ,
 	OPT_PROGRESS_FD, OPT_PROGRESS_MS,
 	OPT_IOPRIO, OPT_SECTOR, OPT_RANGE_SECTOR,
-	OPT_ASYNC, OPT_SQPOLL,
+	OPT_ASYNC, OPT_SQPOLL, OPT_COMPAT_RING,
 };
 
 static const struct option long_opts[] = {
@@ -133,6 +133,7 @@ static const struct option long_opts[] = {
 	{ "range-sector",	required_argument, NULL, OPT_RANGE_SECTOR },
 	{ "async",		no_argument,	   NULL, OPT_ASYNC },
 	{ "sqpoll",		no_argument,	   NULL, OPT_SQPOLL },
+	{ "compat-ring",	no_argument,	   NULL, OPT_COMPAT_RING },
 	{ NULL, 0, NULL, 0 },
 };
 
@@ -151,6 +152,7 @@ static const struct { int opt; size_t off; } flag_opts[] = {
 	{ OPT_BUFFERED,		offsetof(struct job, buffered) },
 	{ OPT_ASYNC,		offsetof(struct job, async_sqe) },
 	{ OPT_SQPOLL,		offsetof(struct job, sqpoll) },
+	{ OPT_COMPAT_RING,	offsetof(struct job, compat_ring) },
 };
 
 /* Options that take a bounded count (unsigned int). */
@@ -392,6 +394,10 @@ static int check_op_options(const struct job *job)
 		return fail("--buffered/--rwmix-read take a benchmark op");
 	if (job->buffered && (job->fixed || job->iopoll))
 		return fail("--buffered cannot go with --fixed or --iopoll");
+	if (job->compat_ring && !compat_ring_supported())
+		return fail("--compat-ring needs the 64-bit x86 engine (vblk-engine32's ring is compat already)");
+	if (job->compat_ring && job->fixed)
+		return fail("--compat-ring cannot go with --fixed");
 	if (!basic && (job->type.set || job->cmd_op.set || job->flag.set ||
 		       job->data_len.set || job->bad_ptr))
 		return fail("--type/--cmd-op/--flag/--data-len/--bad-ptr take a basic op");

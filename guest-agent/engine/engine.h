@@ -147,6 +147,7 @@ struct job {
 	struct raw_u64 range_sector;	/* --range-sector: raw sector of every range */
 	bool async_sqe;			/* --async: IOSQE_ASYNC on every SQE */
 	bool sqpoll;			/* --sqpoll: IORING_SETUP_SQPOLL ring */
+	bool compat_ring;		/* --compat-ring: see compat.c */
 };
 
 struct target {
@@ -227,6 +228,8 @@ struct engine {
 	struct bench_state *bench;
 	bool closed;			/* ring and targets closed before printing */
 	int close_errno;		/* first close() failure, 0 if none */
+	struct io_uring sq_owner;	/* --compat-ring --sqpoll: the 64-bit SQPOLL ring */
+	bool sq_owner_ready;
 };
 
 extern const char *const op_names[OP_COUNT];
@@ -284,5 +287,12 @@ int print_result_tail(void);
 
 /* progress.c: periodic progress lines for fault schedules */
 void progress_prepared(struct engine *e);
+
+/* compat.c: --compat-ring, a compat ring in a 64-bit process (x86-64) */
+bool compat_ring_supported(void);
+int compat_ring_init(struct engine *e, unsigned int entries, struct io_uring_params *p);
+void *low_alloc(size_t len);
+void low_free(void *p, size_t len);
+void pack_iov32(struct iovec *iov, unsigned int n);
 
 #endif /* VBLK_ENGINE_H */

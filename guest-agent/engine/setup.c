@@ -171,7 +171,10 @@ static int setup_ring(struct engine *e)
 	/* The kernel's SQ thread, not this task, issues every SQE (idle: 1 s). */
 	if (e->job->sqpoll)
 		p.flags |= IORING_SETUP_SQPOLL;
-	ret = io_uring_queue_init_params(e->job->qd, &e->ring, &p);
+	if (e->job->compat_ring)
+		ret = compat_ring_init(e, e->job->qd, &p);
+	else
+		ret = io_uring_queue_init_params(e->job->qd, &e->ring, &p);
 	if (ret < 0) {
 		setup_error("io_uring setup failed for", e->job->path, -ret);
 		return -1;
@@ -217,6 +220,15 @@ static int setup_slot(struct engine *e, struct slot *s, unsigned int i)
 	int ret;
 
 	s->buf_index = i;
+	if (e->job->compat_ring) {	/* what a 32-bit caller could point at */
+		s->buf = low_alloc(e->buf_size);
+		s->iov = niov ? low_alloc(niov * sizeof(*s->iov)) : NULL;
+		if (!s->buf || (niov && !s->iov)) {
+			setup_error("cannot map buffers below 4 GiB for", e->job->path, ENOMEM);
+			return -1;
+		}
+		return 0;
+	}
 	ret = posix_memalign(&s->buf, BUF_ALIGN, e->buf_size);
 	if (ret) {
 		s->buf = NULL;
@@ -307,6 +319,9 @@ void engine_close(struct engine *e)
 	if (e->ring_ready)
 		io_uring_queue_exit(&e->ring);
 	e->ring_ready = false;
+	if (e->sq_owner_ready)
+		io_uring_queue_exit(&e->sq_owner);
+	e->sq_owner_ready = false;
 	for (i = 0; i < MAX_TARGETS; i++) {
 		if (e->tgt[i].fd < 0)
 			continue;
@@ -324,6 +339,12 @@ void engine_teardown(struct engine *e)
 	engine_close(e);
 	if (e->slots) {
 		for (i = 0; i < e->job->qd; i++) {
+			if (e->job->compat_ring) {
+				low_free(e->slots[i].buf, e->buf_size);
+				low_free(e->slots[i].iov,
+					 slot_iovs(e->job) * sizeof(struct iovec));
+				continue;
+			}
 			free(e->slots[i].buf);
 			free(e->slots[i].iov);
 		}

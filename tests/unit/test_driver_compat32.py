@@ -11,16 +11,18 @@ from test_driver_scenarios import FakeGuest, failing, parse, run_scenario, statu
 
 from vblk_ci.errors import AgentError
 from vblk_ci.scenarios import SUITES
-from vblk_ci.scenarios.driver_compat32 import DriverCompat32, combinations, job_problems
+from vblk_ci.scenarios.driver_compat32 import DriverCompat32, block_controls, combinations, job_problems
 
 EFAULT = -14
 
 
 class Compat32Guest(FakeGuest):
     """``engine32``: "ok", "missing" (no /usr/bin/vblk-engine32) or "enoexec" (no IA32 emulation).
-    Faults: ``compat_iovec_bug`` (v2: a 32-bit iovec array issued by io-wq or the SQ thread is parsed
-    as 64-bit: -EFAULT, nothing transferred), ``wrong_binary`` (the agent runs the 64-bit engine
-    whatever is asked)."""
+    Faults: ``compat_iovec_bug`` (v2 as seen: the iovec layout follows the issuing thread, which is
+    compat only in a 32-bit task and its io threads, so a compat ring driven by 64-bit syscalls gets its
+    32-bit arrays parsed as 64-bit: -EFAULT, nothing transferred), ``review_model`` (what review-v2 #4
+    predicted: a 32-bit task's arrays misparsed from io-wq and SQPOLL), ``wrong_binary`` (the agent
+    runs the 64-bit engine whatever is asked), ``no_compat_ring`` (the engine ignores --compat-ring)."""
 
     def __init__(self, faults=frozenset(), engine32: str = "ok"):
         super().__init__(faults)
@@ -37,17 +39,22 @@ class Compat32Guest(FakeGuest):
                              {"path": "/usr/bin/vblk-engine32", "errno": 8, "errno_name": name})
         self.runs.append((engine, tuple(args)))
         modes = {a for a in args if a in ("--async", "--sqpoll")}
-        base = [a for a in args if a not in modes]
-        if parse(base)["path"] == "/dev/null":
-            return {"exit_code": 0, "ptr_bits": bits, "results": [0], "errors": 0, "stderr": ""}
+        compat_ring = "--compat-ring" in args and "no_compat_ring" not in self.faults
+        base = [a for a in args if a not in modes and a != "--compat-ring"]
         o = parse(base)
-        if "compat_iovec_bug" in self.faults and bits == 32 and "vec" in o and modes and o["path"].endswith("c0"):
+        if o["path"] == "/dev/null":
+            return {"exit_code": 0, "ptr_bits": bits, "compat_ring": compat_ring, "results": [0], "errors": 0,
+                    "stderr": ""}
+        misparsed = (("compat_iovec_bug" in self.faults and compat_ring) or
+                     ("review_model" in self.faults and bits == 32 and modes))
+        if misparsed and "vec" in o and o["path"].endswith("c0"):
             n = len(self._ios(o))
             return {"exit_code": 0, "ptr_bits": bits, "ios": n, "errors": n, "results": [EFAULT] * n,
                     "res_counts": {str(EFAULT): n}, "res_counts_other": 0, "mismatches": 0,
                     "first_error": {"offset": o["offset"], "res": EFAULT}, "stderr": ""}
         result = super().engine(base, timeout_s)
         result["ptr_bits"] = bits
+        result["compat_ring"] = compat_ring
         if result["mismatches"]:
             result["first_mismatch"] = {"offset": o["offset"], "expected": "0x1", "got": "0x0000000000000000"}
         return result
@@ -63,38 +70,53 @@ def test_registered_in_the_review_suite():
 
 def test_combination_names_and_order():
     names = [c[0] for c in combinations()]
-    assert len(names) == len(set(names)) == 12
-    assert names[0] == "x86_64-single-inline" and names[-1] == "i386-iovec-sqpoll"
+    assert len(names) == len(set(names)) == 18
+    assert names[0] == "x86_64-single-inline" and names[-1] == "compat-ring-iovec-sqpoll"
     assert names.index("x86_64-iovec-sqpoll") < names.index("i386-single-inline")  # 64-bit first
-    assert {"i386-iovec-async", "i386-iovec-sqpoll", "i386-single-inline", "x86_64-iovec-async"} <= set(names)
+    assert {"i386-iovec-async", "i386-iovec-sqpoll", "compat-ring-iovec-inline", "x86_64-iovec-async"} <= set(names)
+    assert [n for n, _ in block_controls()] == [f"compat-ring-block-iovec-{m}" for m in ("inline", "async", "sqpoll")]
 
 
 def test_all_pass_on_a_driver_with_compat_iovecs(tmp_path):
     checks, guest, _ = run(tmp_path, Compat32Guest())
     assert failing(checks) == []
-    assert list(checks) == ["hotplug", *(c[0] for c in combinations()), "unplug"]
+    assert list(checks) == ["hotplug", *(c[0] for c in combinations()), *(n for n, _ in block_controls()),
+                            "unplug"]
     # each combination: write + verify through the char device with its engine, block verify with the 64-bit one
     i386 = [args for engine, args in guest.runs if engine == "vblk-engine32" and "/dev/null" not in args]
     assert len(i386) == 12 and all(args[1].endswith("c0") for args in i386)
-    blocks = [(engine, args) for engine, args in guest.runs if args[1] == "/dev/vda"]
-    assert len(blocks) == 12 and {e for e, _ in blocks} == {"vblk-engine"}
-    assert all("--async" not in a and "--sqpoll" not in a and "--vec" not in a for _, a in blocks)
-    sqpoll_vec = checks["i386-iovec-sqpoll"].data["chardev-write"]
-    assert sqpoll_vec["ptr_bits"] == 32
-    # every combination has its own region and seed
+    verifies = [(engine, args) for engine, args in guest.runs if args[1] == "/dev/vda" and args[3] == "verify"]
+    assert len(verifies) == 21 and {e for e, _ in verifies} == {"vblk-engine"}
+    assert all(not {"--async", "--sqpoll", "--vec", "--compat-ring"} & set(a) for _, a in verifies)
+    assert checks["i386-iovec-sqpoll"].data["chardev-write"]["ptr_bits"] == 32
+    ring = checks["compat-ring-iovec-async"].data["chardev-write"]
+    assert ring["ptr_bits"] == 64 and ring["compat_ring"] is True
+    block = [args for _, args in guest.runs if args[1] == "/dev/vda" and args[3] == "write"]
+    assert len(block) == 3 and all("--compat-ring" in a and "--vec" in a for a in block)
+    # every check has its own region and seed
     regions = {c.data["region"]["offset"] for n, c in checks.items() if "-" in n}
     seeds = {c.data["region"]["seed"] for n, c in checks.items() if "-" in n}
-    assert len(regions) == len(seeds) == 12
+    assert len(regions) == len(seeds) == 21
 
 
-def test_v2_compat_bug_fails_exactly_the_32_bit_iovec_async_and_sqpoll(tmp_path):
+def test_v2_compat_bug_fails_exactly_the_compat_ring_iovec_checks(tmp_path):
     checks, _, _ = run(tmp_path, Compat32Guest({"compat_iovec_bug"}))
-    assert failing(checks) == ["i386-iovec-async", "i386-iovec-sqpoll"]
-    detail = checks["i386-iovec-sqpoll"].detail
+    assert failing(checks) == ["compat-ring-iovec-inline", "compat-ring-iovec-async", "compat-ring-iovec-sqpoll"]
+    detail = checks["compat-ring-iovec-sqpoll"].detail
     assert "chardev-write: 4 of 4 commands failed: -14 (-EFAULT) x4" in detail
     assert "block-verify:" in detail and "zeroes: the data never reached the disk" in detail
     assert "chardev-verify: 4 of 4 commands failed" in detail
-    assert statuses(checks)["i386-iovec-inline"] == "pass"
+    assert statuses(checks)["compat-ring-block-iovec-sqpoll"] == "pass"
+
+
+def test_the_reviews_model_would_fail_the_32_bit_iovec_async_and_sqpoll(tmp_path):
+    checks, _, _ = run(tmp_path, Compat32Guest({"review_model"}))
+    assert failing(checks) == ["i386-iovec-async", "i386-iovec-sqpoll"]
+
+
+def test_an_engine_ignoring_compat_ring_fails_requires_or_the_checks(tmp_path):
+    reasons, _, _ = run(tmp_path, Compat32Guest({"no_compat_ring"}))
+    assert len(reasons) == 1 and "--compat-ring did not run" in reasons[0], reasons
 
 
 def test_a_64_bit_engine_answering_for_the_32_bit_one_is_not_taken_for_it(tmp_path):

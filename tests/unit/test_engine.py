@@ -824,3 +824,27 @@ def test_engine32_block_path_iovec(engine32, disk, mode):
     v = job(engine32, "--path", disk, "--op", "verify", "--length", "64k", "--bs", "16k", "--vec", "4",
             "--seed", "9", *mode)
     assert (v["errors"], v["mismatches"]) == (0, 0)
+
+
+@pytest.mark.parametrize("mode", [[], ["--async"], ["--sqpoll"]])
+def test_compat_ring_block_path_takes_32_bit_iovec_arrays(engine, disk, mode):
+    """--compat-ring: io_uring's WRITEV/READV parse the packed 32-bit arrays (they would fault as
+    64-bit ones), so the ring is a compat ring in every issue mode."""
+    w = subprocess.run([str(engine), "--path", str(disk), "--op", "write", "--length", "64k", "--bs", "16k",
+                        "--vec", "4", "--seed", "11", "--compat-ring", *mode], capture_output=True, text=True,
+                       timeout=60)
+    if w.returncode == 3 and "io_uring setup failed" in w.stderr:
+        pytest.skip(f"no 32-bit io_uring_setup here (IA32 emulation?): {w.stderr.strip()}")
+    assert w.returncode == 0, w.stderr
+    r = json.loads(w.stdout)
+    assert (r["compat_ring"], r["ptr_bits"], r["errors"]) == (True, 64, 0)
+    assert disk.read_bytes()[:65536] == pattern(11, 0, 65536)
+    v = job(engine, "--path", disk, "--op", "verify", "--length", "64k", "--bs", "16k", "--vec", "4",
+            "--seed", "11", "--compat-ring", *mode)
+    assert (v["errors"], v["mismatches"]) == (0, 0)
+    assert job(engine, "--path", disk, "--op", "verify", "--length", "16k")["compat_ring"] is False
+
+
+def test_compat_ring_refuses_fixed_buffers(engine, disk):
+    proc = run(engine, "--path", disk, "--op", "write", "--compat-ring", "--fixed", expect_rc=2)
+    assert "--compat-ring cannot go with --fixed" in proc.stderr
