@@ -123,8 +123,14 @@ int compat_ring_init(struct engine *e, unsigned int entries, struct io_uring_par
 	}
 	memcpy(p, lp, sizeof(*p));
 	ret = io_uring_queue_mmap(fd, p, &e->ring);
-	if (ret < 0)
+	if (ret < 0) {
 		close(fd);
+		goto out;
+	}
+	/* liburing 2.9's io_uring_queue_mmap() maps the rings only: the rest by hand */
+	e->ring.flags = p->flags;
+	e->ring.ring_fd = e->ring.enter_ring_fd = fd;
+	e->ring.features = p->features;
 out:
 	low_free(lp, sizeof(*lp));
 	return ret;
