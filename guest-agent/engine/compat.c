@@ -101,6 +101,7 @@ int compat_ring_init(struct engine *e, unsigned int entries, struct io_uring_par
 #if defined(__x86_64__)
 	struct io_uring_params *lp = low_alloc(sizeof(*lp));
 	struct io_uring_params owner;
+	unsigned int i;
 	int fd, ret;
 
 	if (!lp)
@@ -127,10 +128,17 @@ int compat_ring_init(struct engine *e, unsigned int entries, struct io_uring_par
 		close(fd);
 		goto out;
 	}
-	/* liburing 2.9's io_uring_queue_mmap() maps the rings only: the rest by hand */
+	/*
+	 * liburing 2.9's io_uring_queue_mmap() maps the rings only; the rest is
+	 * done by hand, as io_uring_queue_init_params() would.  Without the
+	 * identity SQ index array (2.9 fills it at init only, no longer at
+	 * submit) the kernel would read SQE 0 for every command.
+	 */
 	e->ring.flags = p->flags;
 	e->ring.ring_fd = e->ring.enter_ring_fd = fd;
 	e->ring.features = p->features;
+	for (i = 0; i < p->sq_entries; i++)
+		e->ring.sq.array[i] = i;
 out:
 	low_free(lp, sizeof(*lp));
 	return ret;

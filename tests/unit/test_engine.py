@@ -831,7 +831,7 @@ def test_compat_ring_block_path_takes_32_bit_iovec_arrays(engine, disk, mode):
     """--compat-ring: io_uring's WRITEV/READV parse the packed 32-bit arrays (they would fault as
     64-bit ones), so the ring is a compat ring in every issue mode."""
     w = subprocess.run([str(engine), "--path", str(disk), "--op", "write", "--length", "64k", "--bs", "16k",
-                        "--vec", "4", "--seed", "11", "--compat-ring", *mode], capture_output=True, text=True,
+                        "--vec", "4", "--qd", "2", "--seed", "11", "--compat-ring", *mode], capture_output=True, text=True,
                        timeout=60)
     if w.returncode == 3 and "io_uring setup failed" in w.stderr:
         pytest.skip(f"no 32-bit io_uring_setup here (IA32 emulation?): {w.stderr.strip()}")
