@@ -110,16 +110,9 @@ def job_problems(key: str, result: dict, bits: int | None) -> list[str]:
 
 def engine32_reason(ctx: ScenarioContext) -> str | None:
     """Why the 32-bit engine or a compat ring cannot run in this guest, or None if both ran a job
-    on /dev/null (no disk needed)."""
-    try:
-        ring = ctx.agent.engine(["--path", "/dev/null", "--op", "flush", "--compat-ring"],
-                                timeout_s=ctx.timeouts(60.0))
-    except AgentError as exc:
-        return f"vblk-engine --compat-ring cannot be run: {exc}"
-    if ring.get("exit_code") != 0 or ring.get("compat_ring") is not True:
-        return (f"vblk-engine --compat-ring did not run a job on /dev/null (a 32-bit io_uring_setup needs "
-                f"CONFIG_IA32_EMULATION): exit {ring.get('exit_code')}, stderr "
-                f"{(ring.get('stderr') or '').strip()!r}")
+    on /dev/null (no disk needed). The 32-bit binary goes first: without IA32 emulation its exec
+    fails cleanly (ENOEXEC), while the compat ring's ``int $0x80`` would be a general protection
+    fault, which the console classifier reports."""
     try:
         result = ctx.agent.engine(["--path", "/dev/null", "--op", "flush"], timeout_s=ctx.timeouts(60.0),
                                   engine="vblk-engine32")
@@ -127,7 +120,7 @@ def engine32_reason(ctx: ScenarioContext) -> str | None:
         data = exc.data if isinstance(exc.data, dict) else {}
         if exc.kind == "NoEngine" and data.get("errno_name") == "ENOEXEC":
             return (f"vblk-engine32 does not start in the guest ({exc}): the guest kernel needs "
-                    "CONFIG_IA32_EMULATION to run 32-bit programs")
+                    "CONFIG_IA32_EMULATION (and not ia32_emulation=false) to run 32-bit programs")
         if exc.kind == "NoEngine" and data.get("errno_name") == "ENOENT":
             return (f"no vblk-engine32 in the initramfs ({exc}): it is built only where an i386 liburing.a "
                     "exists (see the initramfs manifest's \"engine32\")")
@@ -135,6 +128,14 @@ def engine32_reason(ctx: ScenarioContext) -> str | None:
     if result.get("exit_code") != 0 or result.get("ptr_bits") != 32:
         return (f"vblk-engine32 did not run a job on /dev/null: exit {result.get('exit_code')}, "
                 f"ptr_bits {result.get('ptr_bits')}, stderr {result.get('stderr', '').strip()!r}")
+    try:
+        ring = ctx.agent.engine(["--path", "/dev/null", "--op", "flush", "--compat-ring"],
+                                timeout_s=ctx.timeouts(60.0))
+    except AgentError as exc:
+        return f"vblk-engine --compat-ring cannot be run: {exc}"
+    if ring.get("exit_code") != 0 or ring.get("compat_ring") is not True:
+        return (f"vblk-engine --compat-ring did not run a job on /dev/null: exit {ring.get('exit_code')}, "
+                f"compat_ring {ring.get('compat_ring')}, stderr {(ring.get('stderr') or '').strip()!r}")
     return None
 
 
