@@ -27,6 +27,11 @@ V2_FAILURES = {
     "driver-access/mounted-changes-ebusy": "#5 writes to a mounted disk are not refused",
     "driver-access/mounted-refused-changes-left-data": "#5 those writes change the mounted disk",
     "driver-access/read-only-disk-changes-erofs": "#5 -EBADF before -EROFS on a read-only disk",
+    # #4: i386 callers through io-wq/SQPOLL pass (io threads inherit TS_COMPAT); a compat ring driven
+    # by 64-bit syscalls shows it: its 32-bit iovec arrays parsed as 64-bit
+    "driver-compat32/compat-ring-iovec-inline": "#4 compat iovec array parsed as 64-bit (-EFAULT)",
+    "driver-compat32/compat-ring-iovec-async": "#4 compat iovec array parsed as 64-bit in io-wq (-EFAULT)",
+    "driver-compat32/compat-ring-iovec-sqpoll": "#4 compat iovec array parsed as 64-bit by SQPOLL (-EFAULT)",
 }
 
 
