@@ -27,6 +27,9 @@ import time
 
 PORT_NAME = "org.vblk-ci.agent"
 DEFAULT_ENGINE = "/usr/bin/vblk-engine"
+#: The binaries ``engine``/``spawn`` may run (their ``engine`` param): the --engine path, and the
+#: 32-bit build (a compat io_uring caller) beside it.
+ENGINE_NAMES = ("vblk-engine", "vblk-engine32")
 CHARDEV_CLASS = "vblk-generic"
 POLL_INTERVAL_S = 0.010
 MAX_LINE_BYTES = 16 << 20
@@ -96,6 +99,12 @@ def p_timeout(name, value):
 def p_str_list(name, value):
     if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
         raise _bad_params(f"{name} must be a list of strings")
+    return value
+
+
+def p_engine_name(name, value):
+    if not isinstance(value, str) or value not in ENGINE_NAMES:
+        raise _bad_params(f"{name} must be one of {', '.join(ENGINE_NAMES)}")
     return value
 
 
@@ -193,6 +202,7 @@ class Agent:
         self.sys = os.path.join(sysfs_root, "sys")
         self.dev = os.path.join(dev_root, "dev")
         self.engine_path = engine
+        self.engine32_path = os.path.join(os.path.dirname(engine), "vblk-engine32")
         self.allow_poweroff = allow_poweroff
         self.after_reply = None
         self.stop = False
@@ -204,6 +214,10 @@ class Agent:
         self._jobs = {}
         self._next_job = 1
         self.emit = None  # set by serve(): sends one unsolicited event (thread-safe)
+
+    def engine_binary(self, name):
+        """Path of the engine binary ``name`` (one of ENGINE_NAMES) runs."""
+        return self.engine32_path if name == "vblk-engine32" else self.engine_path
 
     def power_off(self):
         """Run after the poweroff reply went out: stop serving, then power off."""
@@ -510,16 +524,26 @@ def _engine_result(returncode, stdout, stderr):
     return result
 
 
-@method("engine", args=(p_str_list, _REQUIRED), timeout_s=(p_timeout, 120.0))
-def m_engine(agent, args, timeout_s):
+def _no_engine(path, e):
+    """``NoEngine``: missing, not executable, or not loadable (ENOEXEC: an i386 binary on a
+    kernel without IA32 emulation)."""
+    return AgentError("NoEngine", f"cannot run {path}: {e}",
+                      {"path": path, "errno": e.errno,
+                       "errno_name": errno.errorcode.get(e.errno or 0, "")})
+
+
+@method("engine", args=(p_str_list, _REQUIRED), timeout_s=(p_timeout, 120.0),
+        engine=(p_engine_name, "vblk-engine"))
+def m_engine(agent, args, timeout_s, engine):
     import subprocess
 
-    argv = [agent.engine_path] + args
+    path = agent.engine_binary(engine)
+    argv = [path] + args
     try:
         proc = subprocess.run(argv, stdin=subprocess.DEVNULL, capture_output=True,
                               timeout=timeout_s)
-    except (FileNotFoundError, PermissionError) as e:
-        raise AgentError("NoEngine", f"cannot run {agent.engine_path}: {e}") from None
+    except OSError as e:
+        raise _no_engine(path, e) from None
     except ValueError as e:  # e.g. an embedded NUL in an argument
         raise _bad_params(f"args: {e}") from None
     except subprocess.TimeoutExpired:
@@ -566,8 +590,9 @@ def _job(agent, job_id):
     return job
 
 
-@method("spawn", args=(p_str_list, _REQUIRED), progress_ms=(p_uint, None))
-def m_spawn(agent, args, progress_ms):
+@method("spawn", args=(p_str_list, _REQUIRED), progress_ms=(p_uint, None),
+        engine=(p_engine_name, "vblk-engine"))
+def m_spawn(agent, args, progress_ms, engine):
     import subprocess
     import tempfile
 
@@ -575,14 +600,15 @@ def m_spawn(agent, args, progress_ms):
         raise _bad_params("progress_ms must be 10..60000")
     out, err = tempfile.TemporaryFile(), tempfile.TemporaryFile()
     progress = _Progress(args, progress_ms)
+    path = agent.engine_binary(engine)
     try:
-        proc = subprocess.Popen([agent.engine_path] + progress.args, stdin=subprocess.DEVNULL,
+        proc = subprocess.Popen([path] + progress.args, stdin=subprocess.DEVNULL,
                                 stdout=out, stderr=err, pass_fds=progress.pass_fds)
-    except (FileNotFoundError, PermissionError) as e:
+    except OSError as e:
         out.close()
         err.close()
         progress.close()
-        raise AgentError("NoEngine", f"cannot run {agent.engine_path}: {e}") from None
+        raise _no_engine(path, e) from None
     except ValueError as e:
         out.close()
         err.close()

@@ -89,7 +89,7 @@ enum {
 	OPT_UID, OPT_GID, OPT_BUFFERED, OPT_RWMIX_READ,
 	OPT_PROGRESS_FD, OPT_PROGRESS_MS,
 	OPT_IOPRIO, OPT_SECTOR, OPT_RANGE_SECTOR,
-	OPT_LINK, OPT_SCRIBBLE, OPT_ASYNC, OPT_DEFER_TASKRUN,
+	OPT_LINK, OPT_SCRIBBLE, OPT_ASYNC, OPT_DEFER_TASKRUN, OPT_SQPOLL, OPT_COMPAT_RING,
 };
 
 static const struct option long_opts[] = {
@@ -135,6 +135,8 @@ static const struct option long_opts[] = {
 	{ "scribble",		no_argument,	   NULL, OPT_SCRIBBLE },
 	{ "async",		no_argument,	   NULL, OPT_ASYNC },
 	{ "defer-taskrun",	no_argument,	   NULL, OPT_DEFER_TASKRUN },
+	{ "sqpoll",		no_argument,	   NULL, OPT_SQPOLL },
+	{ "compat-ring",	no_argument,	   NULL, OPT_COMPAT_RING },
 	{ NULL, 0, NULL, 0 },
 };
 
@@ -154,6 +156,8 @@ static const struct { int opt; size_t off; } flag_opts[] = {
 	{ OPT_SCRIBBLE,		offsetof(struct job, scribble) },
 	{ OPT_ASYNC,		offsetof(struct job, async_sqe) },
 	{ OPT_DEFER_TASKRUN,	offsetof(struct job, defer_taskrun) },
+	{ OPT_SQPOLL,		offsetof(struct job, sqpoll) },
+	{ OPT_COMPAT_RING,	offsetof(struct job, compat_ring) },
 };
 
 /* Options that take a bounded count (unsigned int). */
@@ -422,6 +426,10 @@ static int check_op_options(const struct job *job)
 		return fail("--buffered/--rwmix-read take a benchmark op");
 	if (job->buffered && (job->fixed || job->iopoll))
 		return fail("--buffered cannot go with --fixed or --iopoll");
+	if (job->compat_ring && !compat_ring_supported())
+		return fail("--compat-ring needs the 64-bit x86 engine (vblk-engine32's ring is compat already)");
+	if (job->compat_ring && job->fixed)
+		return fail("--compat-ring cannot go with --fixed");
 	if (!basic && (job->type.set || job->cmd_op.set || job->flag.set ||
 		       job->data_len.set || job->bad_ptr))
 		return fail("--type/--cmd-op/--flag/--data-len/--bad-ptr take a basic op");

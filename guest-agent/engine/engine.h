@@ -155,6 +155,8 @@ struct job {
 	bool scribble;			/* --scribble: overwrite SQEs after submit */
 	bool async_sqe;			/* --async: IOSQE_ASYNC on every SQE */
 	bool defer_taskrun;		/* --defer-taskrun: SINGLE_ISSUER|DEFER_TASKRUN */
+	bool sqpoll;			/* --sqpoll: IORING_SETUP_SQPOLL ring */
+	bool compat_ring;		/* --compat-ring: see compat.c */
 };
 
 struct target {
@@ -243,6 +245,8 @@ struct engine {
 	struct link_state *link;	/* --link */
 	struct scribble_state *scribble;	/* --scribble */
 	unsigned int iowq_max;		/* most io-wq workers seen at once */
+	struct io_uring sq_owner;	/* --compat-ring --sqpoll: the 64-bit SQPOLL ring */
+	bool sq_owner_ready;
 };
 
 extern const char *const op_names[OP_COUNT];
@@ -320,5 +324,11 @@ int link_setup(struct engine *e);
 void link_teardown(struct engine *e);
 int link_run(struct engine *e);
 void link_print(const struct engine *e);
+/* compat.c: --compat-ring, a compat ring in a 64-bit process (x86-64) */
+bool compat_ring_supported(void);
+int compat_ring_init(struct engine *e, unsigned int entries, struct io_uring_params *p);
+void *low_alloc(size_t len);
+void low_free(void *p, size_t len);
+void pack_iov32(struct iovec *iov, unsigned int n);
 
 #endif /* VBLK_ENGINE_H */

@@ -137,6 +137,9 @@ static void print_options(const struct engine *e)
 	print_id(job->have_ids, job->uid);
 	printf(", \"gid\": ");
 	print_id(job->have_ids, job->gid);
+	printf(", \"async\": %s, \"sqpoll\": %s, \"ptr_bits\": %u, \"compat_ring\": %s",
+	       bool_str(job->async_sqe), bool_str(job->sqpoll),
+	       (unsigned int)(sizeof(void *) * 8), bool_str(job->compat_ring));
 	fputs(", \"raw\": {", stdout);
 	print_raw("type", &job->type, true);
 	print_raw("cmd_op", &job->cmd_op, false);

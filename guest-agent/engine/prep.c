@@ -134,6 +134,8 @@ static void pt_data(const struct engine *e, struct slot *s, uint64_t *data,
 	if (use_vec(e, s)) {
 		*len = split_iov(e, s, s->buf, *len);
 		*data = (uint64_t)(uintptr_t)s->iov;
+		if (e->job->compat_ring)
+			pack_iov32(s->iov, *len);
 	}
 }
 
@@ -202,6 +204,8 @@ static void prep_block_rw(struct engine *e, struct io_uring_sqe *sqe,
 		const struct iovec *iov = e->job->bad_ptr ? e->bad_addr : s->iov;
 
 		n = split_iov(e, s, s->buf, s->len);
+		if (e->job->compat_ring)
+			pack_iov32(s->iov, n);
 		if (wr)
 			io_uring_prep_writev(sqe, fd, iov, n, s->offset);
 		else

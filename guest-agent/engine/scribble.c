@@ -198,8 +198,9 @@ void scribble_print(const struct engine *e)
 {
 	const struct scribble_state *sc = e->scribble;
 
-	printf(", \"async\": %s, \"defer_taskrun\": %s, \"scribble\": ",
-	       e->job->async_sqe ? "true" : "false", e->job->defer_taskrun ? "true" : "false");
+	/* "async" is printed with the ring options (output.c) */
+	printf(", \"defer_taskrun\": %s, \"scribble\": ",
+	       e->job->defer_taskrun ? "true" : "false");
 	if (sc)
 		printf("{\"sqes\": %" PRIu64 ", \"executed\": %" PRIu64 ", \"len\": %" PRIu32 "}",
 		       sc->sqes, sc->hits, sc->len);

@@ -157,6 +157,7 @@ static int check_targets(const struct engine *e)
 static int setup_ring(struct engine *e)
 {
 	struct io_uring_params p;
+	unsigned int entries;
 	int ret;
 
 	memset(&p, 0, sizeof(p));
@@ -171,9 +172,15 @@ static int setup_ring(struct engine *e)
 	/* Completions and linked issues run only when the job waits for CQEs. */
 	if (e->job->defer_taskrun)
 		p.flags |= IORING_SETUP_SINGLE_ISSUER | IORING_SETUP_DEFER_TASKRUN;
+	/* The kernel's SQ thread, not this task, issues every SQE (idle: 1 s). */
+	if (e->job->sqpoll)
+		p.flags |= IORING_SETUP_SQPOLL;
 	/* --link: a wave of qd chains is 2 * qd SQEs */
-	ret = io_uring_queue_init_params(e->job->link ? 2 * e->job->qd : e->job->qd,
-					 &e->ring, &p);
+	entries = e->job->link ? 2 * e->job->qd : e->job->qd;
+	if (e->job->compat_ring)
+		ret = compat_ring_init(e, entries, &p);
+	else
+		ret = io_uring_queue_init_params(entries, &e->ring, &p);
 	if (ret < 0) {
 		setup_error("io_uring setup failed for", e->job->path, -ret);
 		return -1;
@@ -219,6 +226,15 @@ static int setup_slot(struct engine *e, struct slot *s, unsigned int i)
 	int ret;
 
 	s->buf_index = i;
+	if (e->job->compat_ring) {	/* what a 32-bit caller could point at */
+		s->buf = low_alloc(e->buf_size);
+		s->iov = niov ? low_alloc(niov * sizeof(*s->iov)) : NULL;
+		if (!s->buf || (niov && !s->iov)) {
+			setup_error("cannot map buffers below 4 GiB for", e->job->path, ENOMEM);
+			return -1;
+		}
+		return 0;
+	}
 	ret = posix_memalign(&s->buf, BUF_ALIGN, e->buf_size);
 	if (ret) {
 		s->buf = NULL;
@@ -322,6 +338,9 @@ void engine_close(struct engine *e)
 	if (e->ring_ready)
 		io_uring_queue_exit(&e->ring);
 	e->ring_ready = false;
+	if (e->sq_owner_ready)
+		io_uring_queue_exit(&e->sq_owner);
+	e->sq_owner_ready = false;
 	for (i = 0; i < MAX_TARGETS; i++) {
 		if (e->tgt[i].fd < 0)
 			continue;
@@ -339,6 +358,12 @@ void engine_teardown(struct engine *e)
 	engine_close(e);
 	if (e->slots) {
 		for (i = 0; i < e->job->qd; i++) {
+			if (e->job->compat_ring) {
+				low_free(e->slots[i].buf, e->buf_size);
+				low_free(e->slots[i].iov,
+					 slot_iovs(e->job) * sizeof(struct iovec));
+				continue;
+			}
 			free(e->slots[i].buf);
 			free(e->slots[i].iov);
 		}

@@ -7,6 +7,7 @@ need to inject faults (a handler that raises) import the module instead.
 """
 
 import importlib.util
+import errno
 import json
 import os
 import pty
@@ -441,6 +442,48 @@ def test_engine_missing_and_timeout(fake_root, tmp_path):
     a = AgentProc(fake_root, "--engine", str(fake_engine(tmp_path, "sleep 5\n")))
     try:
         assert a.error("engine", {"args": [], "timeout_s": 0.2})["type"] == "Timeout"
+    finally:
+        a.close()
+
+
+def test_engine_param_chooses_the_32_bit_binary_beside_the_engine(fake_root, tmp_path):
+    engine = fake_engine(tmp_path, 'echo "{\\"bin\\": \\"$(basename $0)\\", \\"op\\": \\"$2\\"}"\n')
+    engine32 = tmp_path / "vblk-engine32"
+    engine32.write_text(engine.read_text())
+    engine32.chmod(0o755)
+    a = AgentProc(fake_root, "--engine", str(engine))
+    try:
+        assert a.call("engine", args=["--op", "read"])["bin"] == "fake-engine"
+        assert a.call("engine", args=["--op", "read"], engine="vblk-engine")["bin"] == "fake-engine"
+        assert a.call("engine", args=["--op", "write"], engine="vblk-engine32")["bin"] == "vblk-engine32"
+        job = a.call("spawn", args=["--op", "verify"], engine="vblk-engine32")["job"]
+        assert a.call("wait_job", job=job, timeout_s=10)["bin"] == "vblk-engine32"
+        for method in ("engine", "spawn"):
+            for bad in ("vblk-engine64", "/bin/sh", "../fake-engine", 32, None):
+                err = a.error(method, {"args": [], "engine": bad})
+                assert err["type"] == "BadParams" and "vblk-engine, vblk-engine32" in err["message"], err
+    finally:
+        a.close()
+
+
+def test_engine32_that_cannot_execute_is_no_engine_with_the_errno(fake_root, tmp_path):
+    """A binary the kernel cannot load (an i386 ELF without IA32 emulation: ENOEXEC) or a
+    missing one is NoEngine naming the path and the OS error, for engine and spawn."""
+    engine = fake_engine(tmp_path, 'echo "{}"\n')
+    a = AgentProc(fake_root, "--engine", str(engine))
+    try:
+        for method in ("engine", "spawn"):
+            err = a.error(method, {"args": [], "engine": "vblk-engine32"})
+            assert err["type"] == "NoEngine" and str(tmp_path / "vblk-engine32") in err["message"], err
+            assert err["data"]["errno_name"] == "ENOENT"
+        engine32 = tmp_path / "vblk-engine32"
+        engine32.write_bytes(b"\x7fELF\x01\x01\x01" + bytes(64))  # no loader takes this
+        engine32.chmod(0o755)
+        for method in ("engine", "spawn"):
+            err = a.error(method, {"args": [], "engine": "vblk-engine32"})
+            assert err["type"] == "NoEngine" and "Exec format error" in err["message"], err
+            assert err["data"] == {"path": str(engine32), "errno": errno.ENOEXEC, "errno_name": "ENOEXEC"}
+        assert a.call("engine", args=[]) == {"exit_code": 0, "stderr": ""}  # the default still runs
     finally:
         a.close()
 

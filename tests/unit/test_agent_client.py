@@ -129,6 +129,23 @@ def test_engine_timeout_has_host_margin():
     assert fake.requests[0] == {"id": 1, "method": "engine", "params": {"args": ["--op", "read"], "timeout_s": 5}}
 
 
+def test_engine_and_spawn_name_the_engine_binary_only_when_asked():
+    def handler(req):
+        result = {"engine": {"exit_code": 0}, "spawn": {"job": 1, "pid": 9}}[req["method"]]
+        return [{"id": req["id"], "result": result}]
+
+    fake = FakeAgent(handler)
+    client = fake.client()
+    client.engine(["--op", "read"], timeout_s=5, engine="vblk-engine32")
+    client.spawn(["--op", "read"], engine="vblk-engine32")
+    client.spawn_with_progress(["--op", "read"], progress_ms=50, engine="vblk-engine")
+    assert [r["params"] for r in fake.requests] == [
+        {"args": ["--op", "read"], "timeout_s": 5, "engine": "vblk-engine32"},
+        {"args": ["--op", "read"], "engine": "vblk-engine32"},
+        {"args": ["--op", "read"], "progress_ms": 50, "engine": "vblk-engine"},
+    ]
+
+
 def test_exec_needs_exactly_one_of_argv_or_cmd():
     client = FakeAgent(answer(lambda req: {"rc": 0, "stdout": "", "stderr": ""})).client()
     with pytest.raises(ValueError):

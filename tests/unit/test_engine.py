@@ -850,3 +850,118 @@ def test_defer_taskrun_ring_runs_every_mode(engine, disk):
             "--batch-submit", "4", "--batch-complete", "4", "--defer-taskrun")
     assert (b["ios"], b["errors"]) == (40, 0)
     assert job(engine, "--path", disk, "--op", "read")["defer_taskrun"] is False
+
+
+# --------------------------------------------------------------------------- --async, --sqpoll, vblk-engine32
+
+I386_LIBURING_A = Path("/opt/i386/usr/lib/i386-linux-gnu/liburing.a")
+
+
+@pytest.mark.parametrize("mode", [["--async"], ["--sqpoll"], ["--async", "--sqpoll"]])
+@pytest.mark.parametrize("shape", [[], ["--vec", "4"]])
+def test_async_and_sqpoll_write_and_verify(engine, disk, mode, shape):
+    """io-wq (IOSQE_ASYNC) and SQPOLL rings move the same data as an inline ring."""
+    w = job(engine, "--path", disk, "--op", "write", "--length", "64k", "--bs", "16k", "--qd", "2",
+            "--seed", "7", *mode, *shape)
+    assert (w["async"], w["sqpoll"]) == ("--async" in mode, "--sqpoll" in mode)
+    assert w["ptr_bits"] == 64 and w["vec"] == (4 if shape else 0)
+    assert (w["errors"], w["results"]) == (0, [16384] * 4)
+    assert disk.read_bytes()[:65536] == pattern(7, 0, 65536)
+    v = job(engine, "--path", disk, "--op", "verify", "--length", "64k", "--bs", "16k", *mode, *shape)
+    assert v["mismatches"] == 1 << 13   # seed 1 against seed 7: every word differs
+    v = job(engine, "--path", disk, "--op", "verify", "--length", "64k", "--bs", "16k", "--seed", "7",
+            *mode, *shape)
+    assert (v["errors"], v["mismatches"], v["bytes"]) == (0, 0, 65536)
+
+
+def test_async_and_sqpoll_default_off_and_in_every_mode(engine, disk):
+    r = job(engine, "--path", disk, "--op", "write", "--length", "16k")
+    assert (r["async"], r["sqpoll"], r["ptr_bits"]) == (False, False, 64)
+    m = job(engine, "--path", disk, "--op", "mix", "--length", "64k", "--ios", "40", "--qd", "4",
+            "--async", "--sqpoll")
+    assert (m["async"], m["sqpoll"], m["errors"], m["mismatches"]) == (True, True, 0, 0)
+    b = job(engine, "--path", disk, "--op", "randwrite", "--length", "64k", "--ios", "40", "--sqpoll",
+            "--async")
+    assert b["res_counts"] == {"4096": 40} and b["sqpoll"] is True
+
+
+def test_async_and_sqpoll_passthru_on_char_device_without_uring_cmd(engine):
+    """/dev/zero has no ->uring_cmd: through io-wq and the SQ thread too, -errno and no crash."""
+    if not os.path.exists("/dev/zero"):
+        pytest.skip("no /dev/zero")
+    r = job(engine, "--path", "/dev/zero", "--op", "write", "--length", "8k", "--vec", "2", "--async",
+            "--sqpoll")
+    assert r["mode"] == "passthru" and (r["async"], r["sqpoll"]) == (True, True)
+    assert r["errors"] == 2 and all(res < 0 for res in r["results"])
+
+
+def test_makefile_builds_engine32_with_m32_and_the_i386_liburing(tmp_path):
+    """`make vblk-engine32` compiles every source -m32 (warnings are errors) against LIBURING32."""
+    if shutil.which("make") is None:
+        pytest.skip("make is not installed")
+    _copy_sources(tmp_path)
+    out = subprocess.run(["make", "-n", "-C", str(tmp_path), "vblk-engine32", "LIBURING32=/x/liburing.a"],
+                         capture_output=True, text=True, check=True).stdout
+    cmd = out.replace("\\\n", " ")
+    assert "-m32" in cmd and "-Werror" in cmd and "-static" in cmd and "/x/liburing.a" in cmd
+    assert "-D_FILE_OFFSET_BITS=64" in cmd and "-luring" not in cmd
+    assert all(src in cmd for src in ("vblk-engine.c", "prep.c", "setup.c", "bench.c"))
+    clean = subprocess.run(["make", "-n", "-C", str(tmp_path), "clean"], capture_output=True, text=True).stdout
+    assert "vblk-engine32" in clean
+
+
+@pytest.fixture(scope="module")
+def engine32(tmp_path_factory):
+    """A freshly built vblk-engine32, where gcc -m32 and the i386 liburing.a exist (the image's
+    initramfs stage); else skip with the reason."""
+    if not I386_LIBURING_A.exists():
+        pytest.skip(f"{I386_LIBURING_A} missing (the image's initramfs stage unpacks it)")
+    build = tmp_path_factory.mktemp("engine32-build")
+    _copy_sources(build)
+    proc = subprocess.run(["make", "-C", str(build), "vblk-engine32"], capture_output=True, text=True,
+                          timeout=300)
+    if proc.returncode and "cannot find" in proc.stderr:
+        pytest.skip(f"no 32-bit toolchain (gcc-multilib): {proc.stderr.strip().splitlines()[-1]}")
+    assert proc.returncode == 0, f"vblk-engine32 build failed:\n{proc.stdout}\n{proc.stderr}"
+    binary = build / "vblk-engine32"
+    probe = subprocess.run([str(binary), "--path", "/dev/null", "--op", "flush"], capture_output=True,
+                           text=True, timeout=30)
+    if probe.returncode != 0:
+        pytest.skip(f"vblk-engine32 does not run here (IA32 emulation?): {probe.returncode} {probe.stderr}")
+    return binary
+
+
+@pytest.mark.parametrize("mode", [[], ["--async"], ["--sqpoll"]])
+def test_engine32_block_path_iovec(engine32, disk, mode):
+    """The block path takes a 32-bit caller's iovec array in every mode (io_uring's own compat)."""
+    w = job(engine32, "--path", disk, "--op", "write", "--length", "64k", "--bs", "16k", "--vec", "4",
+            "--seed", "9", *mode)
+    assert w["ptr_bits"] == 32 and w["errors"] == 0
+    assert disk.read_bytes()[:65536] == pattern(9, 0, 65536)
+    v = job(engine32, "--path", disk, "--op", "verify", "--length", "64k", "--bs", "16k", "--vec", "4",
+            "--seed", "9", *mode)
+    assert (v["errors"], v["mismatches"]) == (0, 0)
+
+
+@pytest.mark.parametrize("mode", [[], ["--async"], ["--sqpoll"]])
+def test_compat_ring_block_path_takes_32_bit_iovec_arrays(engine, disk, mode):
+    """--compat-ring: io_uring's WRITEV/READV parse the packed 32-bit arrays (they would fault as
+    64-bit ones), so the ring is a compat ring in every issue mode."""
+    w = subprocess.run([str(engine), "--path", str(disk), "--op", "write", "--length", "64k", "--bs", "16k",
+                        "--vec", "4", "--qd", "2", "--seed", "11", "--compat-ring", *mode], capture_output=True, text=True,
+                       timeout=60)
+    if w.returncode == 3 and "io_uring setup failed" in w.stderr:
+        pytest.skip(f"no 32-bit io_uring_setup here (IA32 emulation?): {w.stderr.strip()}")
+    assert w.returncode == 0, w.stderr
+    r = json.loads(w.stdout)
+    assert (r["compat_ring"], r["ptr_bits"], r["errors"]) == (True, 64, 0)
+    assert disk.read_bytes()[:65536] == pattern(11, 0, 65536)
+    v = job(engine, "--path", disk, "--op", "verify", "--length", "64k", "--bs", "16k", "--vec", "4",
+            "--seed", "11", "--compat-ring", *mode)
+    assert (v["errors"], v["mismatches"]) == (0, 0)
+    assert job(engine, "--path", disk, "--op", "verify", "--length", "16k")["compat_ring"] is False
+
+
+def test_compat_ring_refuses_fixed_buffers(engine, disk):
+    proc = run(engine, "--path", disk, "--op", "write", "--compat-ring", "--fixed", expect_rc=2)
+    assert "--compat-ring cannot go with --fixed" in proc.stderr

@@ -208,3 +208,133 @@ def test_gzip_of_archive_is_reproducible() -> None:
             gz.write(data)
         outs.append(buf.getvalue())
     assert outs[0] == outs[1]
+
+
+# --------------------------------------------------------------------------- the 32-bit engine
+
+
+def _elf(path: Path, ei_class: int, machine: int) -> Path:
+    """A file with just an ELF header's identifying bytes (enough for elf_arch, not to run)."""
+    head = b"\x7fELF" + bytes([ei_class, 1, 1]) + bytes(9) + (2).to_bytes(2, "little") + machine.to_bytes(2, "little")
+    path.write_bytes(head + bytes(64))
+    path.chmod(0o755)
+    return path
+
+
+def test_elf_arch(tmp_path: Path) -> None:
+    assert I.elf_arch(_elf(tmp_path / "a", 1, 3)) == "i386"
+    assert I.elf_arch(_elf(tmp_path / "b", 2, 62)) == "x86_64"
+    assert I.elf_arch(_elf(tmp_path / "c", 2, 3)) is None     # 64-bit class with i386 machine
+    assert I.elf_arch(_elf(tmp_path / "d", 1, 62)) is None    # x32-style: not what we ship
+    (tmp_path / "e").write_bytes(b"#!/bin/sh\necho hi\n")
+    assert I.elf_arch(tmp_path / "e") is None
+    (tmp_path / "f").write_bytes(b"\x7fELF")
+    assert I.elf_arch(tmp_path / "f") is None
+    if Path("/bin/busybox").is_file():
+        assert I.elf_arch("/bin/busybox") == "x86_64" or os.uname().machine != "x86_64"
+
+
+def test_engine32_source(tmp_path: Path) -> None:
+    lib = tmp_path / "liburing.a"
+    o = I.InitramfsBuildOptions(engine_dir=str(tmp_path), liburing32=str(lib))
+    assert o.liburing32 and I.InitramfsBuildOptions().liburing32 == I.DEFAULT_LIBURING32
+    assert I.engine32_source(o) == ("none", f"no i386 liburing.a at {lib}")
+    lib.write_bytes(b"!<arch>\n")
+    assert I.engine32_source(o) == ("build", str(lib))
+    o.liburing32 = None
+    assert I.engine32_source(o)[0] == "none" and "disabled" in I.engine32_source(o)[1]
+    o.liburing32, o.engine_dir, o.engine_binary = str(lib), None, "/x/vblk-engine"
+    assert I.engine32_source(o)[0] == "none" and "no engine sources" in I.engine32_source(o)[1]
+    o.engine32_binary = "/x/vblk-engine32"
+    assert I.engine32_source(o) == ("binary", "/x/vblk-engine32")
+
+
+def test_cli_engine32_options() -> None:
+    parse = lambda *a: I.options_from_args(I._parser().parse_args(list(a)))  # noqa: E731
+    assert parse().liburing32 == I.DEFAULT_LIBURING32
+    assert parse("--no-engine32").liburing32 is None
+    assert parse("--liburing32", "/l.a").liburing32 == "/l.a"
+    assert parse("--engine32-binary", "/e32").engine32_binary == "/e32"
+    with pytest.raises(SystemExit):
+        parse("--no-engine32", "--engine32-binary", "/e32")
+
+
+def _manifest(art: I.InitramfsArtifact) -> dict:
+    import json
+    return json.loads(art.manifest.read_text())
+
+
+@needs_host_tools
+def test_prebuilt_engine32_is_shipped_and_keyed(small_opts: I.InitramfsBuildOptions, tmp_path: Path) -> None:
+    without = I.build_initramfs(small_opts)
+    assert "usr/bin/vblk-engine32" not in {e.name for e in I.read_cpio(without.path.read_bytes())}
+    assert _manifest(without)["engine32"].startswith("not built: no engine sources")
+
+    e32 = _elf(tmp_path / "vblk-engine32", 1, 3)
+    small_opts.engine32_binary = str(e32)
+    art = I.build_initramfs(small_opts)
+    assert art.key != without.key
+    ents = {e.name: e for e in I.read_cpio(art.path.read_bytes())}
+    shipped = ents["usr/bin/vblk-engine32"]
+    assert shipped.data == e32.read_bytes() and stat.S_IMODE(shipped.mode) == 0o755
+    assert _manifest(art)["engine32"] == f"prebuilt {e32}"
+    assert _manifest(art)["components"]["engine32"]["files"] == 1
+    e32.write_bytes(e32.read_bytes() + b"x")          # a different binary: a different key
+    assert I.initramfs_key(small_opts) != art.key
+
+    _elf(e32, 2, 62)                                   # a 64-bit binary is refused
+    with pytest.raises(BuildError, match="not an i386 ELF"):
+        I.build_initramfs(small_opts)
+    small_opts.engine32_binary = str(tmp_path / "missing")
+    with pytest.raises(BuildError, match="32-bit engine binary not found"):
+        I.initramfs_key(small_opts)
+
+
+def _fake_engine_dir(tmp_path: Path) -> Path:
+    """Engine 'sources' whose Makefile makes a script (vblk-engine) and an i386 ELF (vblk-engine32),
+    the latter only from an existing LIBURING32, as the real Makefile links it."""
+    src = tmp_path / "engine-src"
+    src.mkdir()
+    (src / "i386.hex").write_text("7f454c46010101" + "00" * 9 + "0200" + "0300" + "00" * 64)
+    (src / "Makefile").write_text(
+        "vblk-engine:\n\tprintf '#!/bin/sh\\necho {}\\n' > $@ && chmod +x $@\n"
+        "vblk-engine32:\n\ttest -f $(LIBURING32)\n"
+        "\tpython3 -c \"import sys; open('$@','wb').write(bytes.fromhex(open('i386.hex').read()))\"\n")
+    return src
+
+
+@needs_host_tools
+def test_engine32_built_when_the_i386_liburing_exists(small_opts: I.InitramfsBuildOptions, tmp_path: Path) -> None:
+    small_opts.engine_binary = None
+    small_opts.engine_dir = str(_fake_engine_dir(tmp_path))
+    lib = tmp_path / "i386" / "liburing.a"
+    small_opts.liburing32 = str(lib)
+    art = I.build_initramfs(small_opts)                # no liburing.a: no vblk-engine32, and said so
+    assert "usr/bin/vblk-engine32" not in {e.name for e in I.read_cpio(art.path.read_bytes())}
+    assert _manifest(art)["engine32"] == f"not built: no i386 liburing.a at {lib}"
+    assert any("no vblk-engine32" in n for n in _manifest(art)["notes"])
+
+    lib.parent.mkdir()
+    lib.write_bytes(b"!<arch>\nfirst")
+    built = I.build_initramfs(small_opts)
+    assert built.key != art.key and built.built
+    ents = {e.name: e for e in I.read_cpio(built.path.read_bytes())}
+    assert ents["usr/bin/vblk-engine32"].data[:7] == b"\x7fELF\x01\x01\x01"
+    assert ents["usr/bin/vblk-engine"].data.startswith(b"#!/bin/sh")
+    assert _manifest(built)["engine32"] == f"built with {lib}"
+    lib.write_bytes(b"!<arch>\nsecond")                # the library is part of the key
+    assert I.initramfs_key(small_opts) != built.key
+    small_opts.liburing32 = None
+    assert I.initramfs_key(small_opts) == art.key
+
+
+@needs_host_tools
+def test_engine32_make_failure_is_a_build_error(small_opts: I.InitramfsBuildOptions, tmp_path: Path) -> None:
+    src = _fake_engine_dir(tmp_path)
+    (src / "Makefile").write_text("vblk-engine:\n\ttouch $@\nvblk-engine32:\n\t@echo 'cannot find -lgcc' && false\n")
+    small_opts.engine_binary, small_opts.engine_dir = None, str(src)
+    lib = tmp_path / "liburing.a"
+    lib.write_bytes(b"!<arch>\n")
+    small_opts.liburing32 = str(lib)
+    with pytest.raises(BuildError, match="vblk-engine32 failed"):
+        I.build_initramfs(small_opts)

@@ -192,16 +192,26 @@ class AgentClient:
     def wait_disk_gone(self, name: str, timeout_s: float = 10.0) -> dict:
         return self.call("wait_disk_gone", {"name": name, "timeout_s": timeout_s}, timeout_s + CALL_MARGIN_S)
 
-    def engine(self, args: list[str], timeout_s: float = 120.0) -> dict:
-        return self.call("engine", {"args": list(args), "timeout_s": timeout_s}, timeout_s + CALL_MARGIN_S)
+    def engine(self, args: list[str], timeout_s: float = 120.0, engine: str | None = None) -> dict:
+        """Run one engine job; ``engine="vblk-engine32"`` runs the 32-bit build (PROTOCOL.md)."""
+        params = {"args": list(args), "timeout_s": timeout_s}
+        if engine is not None:
+            params["engine"] = engine
+        return self.call("engine", params, timeout_s + CALL_MARGIN_S)
 
-    def spawn(self, args: list[str], timeout: float = 10.0) -> int:
+    def spawn(self, args: list[str], timeout: float = 10.0, engine: str | None = None) -> int:
         """Start an engine job in the background; returns its job id."""
-        return self.call("spawn", {"args": list(args)}, timeout)["job"]
+        params = {"args": list(args)}
+        if engine is not None:
+            params["engine"] = engine
+        return self.call("spawn", params, timeout)["job"]
 
-    def spawn_with_progress(self, args: list[str], progress_ms: int = 100, timeout: float = 10.0) -> int:
+    def spawn_with_progress(self, args: list[str], progress_ms: int = 100, timeout: float = 10.0,
+                            engine: str | None = None) -> int:
         """``spawn`` whose engine reports progress every ``progress_ms`` (see ``wait_progress``)."""
         params = {"args": list(args), "progress_ms": progress_ms}
+        if engine is not None:
+            params["engine"] = engine
         return self.call("spawn", params, timeout)["job"]
 
     def wait_progress(self, job: int, until: Callable[[dict], bool], timeout: float) -> dict | None:

@@ -10,6 +10,8 @@ Contents (see images/README.md):
   minus the test/GUI/database modules, with their libraries;
 * the agent (guest-agent/agent/ -> /usr/lib/vblk-agent/), the engine
   (``make`` in a copy of guest-agent/engine/ -> /usr/bin/vblk-engine),
+  and its 32-bit build (``make vblk-engine32`` -> /usr/bin/vblk-engine32) when
+  an i386 liburing.a is there (the manifest's ``engine32`` says why if not),
   optionally fio, /init (images/init), /dev/console and /dev/null.
 
 The archive is newc cpio written here (every entry 0:0, mtime 0, sorted),
@@ -80,6 +82,10 @@ GUEST_ENV = {
     "PYTHONUNBUFFERED": "1",
 }
 
+#: Where the image's initramfs stage unpacks liburing-dev:i386 (see the Dockerfile).
+DEFAULT_LIBURING32 = "/opt/i386/usr/lib/i386-linux-gnu/liburing.a"
+ENGINE32_GUEST_PATH = "usr/bin/vblk-engine32"
+
 ETC_PASSWD = "root:x:0:0:root:/root:/bin/sh\n"
 ETC_GROUP = "root:x:0:\n"
 
@@ -98,6 +104,11 @@ class InitramfsBuildOptions:
     engine_dir: str | None = field(default_factory=lambda: _repo_path("guest-agent", "engine"))
     #: A prebuilt engine binary instead of engine_dir.
     engine_binary: str | None = None
+    #: i386 liburing.a: with engine_dir, ``make vblk-engine32`` is built and shipped when this
+    #: file exists (None: never).
+    liburing32: str | None = DEFAULT_LIBURING32
+    #: A prebuilt 32-bit engine (an i386 ELF) instead of building it.
+    engine32_binary: str | None = None
     init_script: str = field(default_factory=lambda: _repo_path("images", "init"))
     with_fio: bool = False
     fio: str = "/usr/bin/fio"
@@ -508,6 +519,36 @@ def _liburing_identity() -> str:
     return ";".join(h) or "none"
 
 
+ELF_MACHINES = {3: "i386", 62: "x86_64", 183: "aarch64"}
+
+
+def elf_arch(path: str | Path) -> str | None:
+    """``"i386"``, ``"x86_64"``, ... for an ELF file (class and e_machine agree), else None."""
+    with open(path, "rb") as f:
+        head = f.read(20)
+    if len(head) < 20 or head[:4] != b"\x7fELF" or head[5] != 1:  # little-endian only
+        return None
+    machine = ELF_MACHINES.get(int.from_bytes(head[18:20], "little"))
+    bits = {1: 32, 2: 64}.get(head[4])
+    if machine is None or bits != (32 if machine == "i386" else 64):
+        return None
+    return machine
+
+
+def engine32_source(opts: InitramfsBuildOptions) -> tuple[str, str]:
+    """How vblk-engine32 gets into the image: ``("binary", path)``, ``("build", liburing32)``
+    or ``("none", reason)``."""
+    if opts.engine32_binary:
+        return "binary", opts.engine32_binary
+    if not opts.engine_dir:
+        return "none", "no engine sources to build it from (prebuilt engine binary, or no engine)"
+    if not opts.liburing32:
+        return "none", "disabled (no liburing32 given)"
+    if not Path(opts.liburing32).is_file():
+        return "none", f"no i386 liburing.a at {opts.liburing32}"
+    return "build", opts.liburing32
+
+
 def _agent_files(agent: Path) -> list[tuple[Path, str]]:
     """(host file, relative dest) for the agent."""
     if agent.is_file():
@@ -538,6 +579,23 @@ def build_engine(engine_dir: Path, workdir: Path) -> Path:
     return binary
 
 
+def build_engine32(engine_dir: Path, workdir: Path, liburing32: str) -> Path:
+    """``make vblk-engine32 LIBURING32=...`` in a copy of *engine_dir*; returns the i386 binary."""
+    if not (engine_dir / "Makefile").is_file():
+        raise BuildError(f"no engine Makefile in {engine_dir}")
+    build = workdir / "engine32"
+    shutil.copytree(engine_dir, build, ignore=shutil.ignore_patterns("vblk-engine", "vblk-engine32", "*.o"))
+    proc = subprocess.run(["make", "-C", str(build), "vblk-engine32", f"LIBURING32={liburing32}"],
+                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, errors="replace")
+    if proc.returncode != 0:
+        raise BuildError(f"make -C {engine_dir} vblk-engine32 failed (exit {proc.returncode}; gcc -m32 needs "
+                         "gcc-multilib):\n" + "\n".join(proc.stdout.splitlines()[-40:]))
+    binary = build / "vblk-engine32"
+    if not binary.is_file():
+        raise BuildError(f"make -C {engine_dir} vblk-engine32 did not produce vblk-engine32")
+    return binary
+
+
 # --------------------------------------------------------------------------- plan + build
 
 
@@ -549,6 +607,9 @@ class _Plan:
     agent_files: list[tuple[Path, str]]
     key_parts: list[tuple[str, str]]
     notes: list[str]
+    #: engine32_source(): how vblk-engine32 is made, and what became of it (for the manifest)
+    engine32: tuple[str, str] = ("none", "")
+    engine32_status: str = ""
 
 
 def _plan(opts: InitramfsBuildOptions) -> _Plan:
@@ -631,7 +692,16 @@ def _plan(opts: InitramfsBuildOptions) -> _Plan:
             raise BuildError(f"engine sources not found at {ed}")
         key_parts += [("engine-src", _cache.hash_tree(ed, exclude_dirs=(".git", "__pycache__"))),
                       ("gcc", _gcc_version()), ("liburing", _liburing_identity())]
-    return _Plan(t, py, stdlib_rel, agent_files, key_parts, notes)
+    e32 = engine32_source(opts)
+    if e32[0] == "binary":
+        if not Path(e32[1]).is_file():
+            raise BuildError(f"32-bit engine binary not found: {e32[1]}")
+        key_parts.append(("engine32-binary", _cache.sha256_file(e32[1])))
+    elif e32[0] == "build":
+        key_parts.append(("engine32-liburing", f"{e32[1]}:{_cache.sha256_file(e32[1])}"))
+    else:
+        key_parts.append(("engine32", "none"))
+    return _Plan(t, py, stdlib_rel, agent_files, key_parts, notes, e32)
 
 
 def _compile_stdlib(plan: _Plan, opts: InitramfsBuildOptions, work: Path) -> None:
@@ -675,6 +745,27 @@ def _add_engine(plan: _Plan, opts: InitramfsBuildOptions, work: Path) -> None:
         plan.tree.add_host_path(lib, "libs")
 
 
+def _add_engine32(plan: _Plan, opts: InitramfsBuildOptions, work: Path) -> None:
+    kind, what = plan.engine32
+    if kind == "none":
+        plan.engine32_status = f"not built: {what}"
+        plan.notes.append(f"no vblk-engine32 in this image: {what}")
+        return
+    if kind == "build":
+        assert opts.engine_dir is not None
+        binary = build_engine32(Path(opts.engine_dir), work, what)
+        plan.engine32_status = f"built with {what}"
+    else:
+        binary = Path(what)
+        plan.engine32_status = f"prebuilt {what}"
+    arch = elf_arch(binary)
+    if arch != "i386":
+        raise BuildError(f"{binary} is not an i386 ELF binary ({arch or 'not ELF'}): vblk-engine32 must be 32-bit")
+    plan.tree.add_file(ENGINE32_GUEST_PATH, src=binary, perm=0o755, component="engine32")
+    if ldd(binary):
+        raise BuildError(f"{binary} is dynamically linked: the guest has no i386 libraries")
+
+
 def _smoke_test(archive: bytes, plan: _Plan, work: Path) -> str:
     """Unpack the archive and import what the agent needs with the guest's own python (chroot)."""
     if os.geteuid() != 0:
@@ -706,7 +797,21 @@ def _smoke_test(archive: bytes, plan: _Plan, work: Path) -> str:
     sh = subprocess.run(["chroot", str(root), "/bin/sh", "-c", "echo ok"], env=env, capture_output=True, text=True)
     if sh.stdout.strip() != "ok":
         raise BuildError(f"/bin/sh in the initramfs does not run: {sh.stderr.strip()}")
-    return f"ok ({len(wanted)} modules import)"
+    return f"ok ({len(wanted)} modules import)" + _smoke_engine32(root, plan, env)
+
+
+def _smoke_engine32(root: Path, plan: _Plan, env: dict) -> str:
+    """Start vblk-engine32 with a bad option (it must say its usage, exit 2). Only a note when it
+    cannot: the build host's kernel may lack IA32 emulation, which says nothing of the guest's."""
+    if not plan.tree.exists(ENGINE32_GUEST_PATH):
+        return ""
+    proc = subprocess.run(["chroot", str(root), "/" + ENGINE32_GUEST_PATH, "--smoke-test"], env=env,
+                          capture_output=True, text=True)
+    if proc.returncode == 2 and "usage: vblk-engine" in proc.stderr:
+        return "; vblk-engine32 starts"
+    plan.notes.append(f"vblk-engine32 did not start on the build host (exit {proc.returncode}: "
+                      f"{proc.stderr.strip()[:200]})")
+    return "; vblk-engine32 did not start here (see notes)"
 
 
 def initramfs_key(opts: InitramfsBuildOptions) -> str:
@@ -736,6 +841,9 @@ def build_initramfs(opts: InitramfsBuildOptions | None = None, progress: Progres
         _compile_stdlib(plan, opts, work)
         say("build engine" if not opts.engine_binary else "add engine")
         _add_engine(plan, opts, work)
+        if plan.engine32[0] != "none":
+            say("build vblk-engine32" if plan.engine32[0] == "build" else "add vblk-engine32")
+        _add_engine32(plan, opts, work)
         say("write cpio")
         raw = io.BytesIO()
         writer = plan.tree.write_cpio(raw)
@@ -778,6 +886,7 @@ def build_initramfs(opts: InitramfsBuildOptions | None = None, progress: Progres
                 "stdlib_sources": opts.stdlib_sources,
                 "with_fio": opts.with_fio,
                 "agent": [rel for _, rel in plan.agent_files],
+                "engine32": plan.engine32_status,
                 "smoke_test": smoke,
                 "notes": plan.notes,
                 "build_seconds": round(time.monotonic() - t0, 2),
@@ -813,6 +922,11 @@ def _parser() -> argparse.ArgumentParser:
     eng.add_argument("--engine-dir", default=d.engine_dir, help="engine sources with a Makefile (default %(default)s)")
     eng.add_argument("--engine-binary", help="a prebuilt vblk-engine instead")
     eng.add_argument("--no-engine", action="store_true", help="ship no engine")
+    e32 = p.add_mutually_exclusive_group()
+    e32.add_argument("--liburing32", default=d.liburing32,
+                     help="i386 liburing.a: build vblk-engine32 when it exists (default %(default)s)")
+    e32.add_argument("--engine32-binary", help="a prebuilt i386 vblk-engine32 instead")
+    e32.add_argument("--no-engine32", action="store_true", help="ship no vblk-engine32")
     p.add_argument("--init", default=d.init_script, help="the /init script (default %(default)s)")
     p.add_argument("--with-fio", action="store_true", help="add fio and its libraries")
     p.add_argument("--extra-file", action="append", default=[], metavar="GUEST=HOST",
@@ -838,7 +952,8 @@ def options_from_args(a: argparse.Namespace) -> InitramfsBuildOptions:
     return InitramfsBuildOptions(
         python=a.python, busybox=a.busybox, agent=a.agent,
         engine_dir=None if (a.no_engine or a.engine_binary) else a.engine_dir,
-        engine_binary=a.engine_binary, init_script=a.init, with_fio=a.with_fio, extra_files=extra,
+        engine_binary=a.engine_binary, liburing32=None if a.no_engine32 else a.liburing32,
+        engine32_binary=a.engine32_binary, init_script=a.init, with_fio=a.with_fio, extra_files=extra,
         compress_level=a.compress_level, stdlib_sources=a.stdlib_sources, smoke_test=not a.no_smoke_test,
         cache_dir=a.cache_dir)
 

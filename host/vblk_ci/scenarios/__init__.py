@@ -11,8 +11,8 @@ from . import (fault_blkdebug, fault_blkdebug_delay, fault_error_policy, fault_r
                fault_resize, fault_schedule_eio, fault_schedule_file, fault_throttle, fault_unplug,
                fault_vm_stop_reset)
 # The review suite: one scenario per group of review-v2 findings (issue 11).
-from . import (driver_access, driver_bounds, driver_coherency, driver_ioprio, driver_links,  # noqa: F401
-               driver_pollq, driver_unplug_iopoll)
+from . import (driver_access, driver_bounds, driver_coherency, driver_compat32, driver_ioprio,  # noqa: F401
+               driver_links, driver_pollq, driver_unplug_iopoll)
 
 SUITES: dict[str, tuple[str, ...]] = {
     "smoke": ("smoke",),
@@ -26,7 +26,7 @@ SUITES: dict[str, tuple[str, ...]] = {
                "fault-throttle", "fault-resize", "fault-request-break", "fault-blkdebug-delay"),
     # Checks for the review-v2 findings (issue 11): they fail on the v2 series.
     "review": ("driver-ioprio", "driver-bounds", "driver-access", "driver-links", "driver-coherency",
-               "driver-poll-timeout", "driver-unplug-iopoll"),
+               "driver-poll-timeout", "driver-unplug-iopoll", "driver-compat32"),
 }
 
 
