@@ -170,3 +170,17 @@ def unplug(ctx: ScenarioContext, disk: DiskSpec, state: dict) -> Callable[[dict]
             wait_gone(ctx, state["name"], rec)
 
     return check
+
+
+POLL_QUEUES_PARAM = "/sys/module/virtio_blk/parameters/poll_queues"
+DEBUGFS_BLOCK = "/sys/kernel/debug/block"
+
+
+def poll_queue_requirements(ctx: ScenarioContext) -> list[str]:
+    """requires() of a scenario that probes disks with poll queues and reads debugfs."""
+    reasons = []
+    if ctx.agent.exec(cmd=f"test -w {POLL_QUEUES_PARAM}").get("rc") != 0:
+        reasons.append(f"no writable {POLL_QUEUES_PARAM} in the guest")
+    if ctx.agent.exec(cmd=f"test -d {DEBUGFS_BLOCK}").get("rc") != 0:
+        reasons.append(f"no {DEBUGFS_BLOCK} in the guest (debugfs): the scenario reads requests in flight there")
+    return reasons

@@ -28,11 +28,10 @@ from ..disks.spec import DiskSpec, InjectError, create_sparse_file
 from ..errors import AgentError, CheckFailed, QmpError
 from .base import Scenario, ScenarioContext, register
 from .driver_common import (
-    ERANGE, VIRTIO_BLK_S_IOERR, KiB, MiB, eargs, expect_clean, expect_results, plug, run_engine, run_gated,
-    unplug,
+    ERANGE, POLL_QUEUES_PARAM, VIRTIO_BLK_S_IOERR, KiB, MiB, eargs, expect_clean, expect_results, plug,
+    run_engine, run_gated, unplug,
 )
 
-POLL_QUEUES_PARAM = "/sys/module/virtio_blk/parameters/poll_queues"
 DEBUGFS_BLOCK = "/sys/kernel/debug/block"
 SETTINGS = (0, 1, 2)
 DISK_SIZE = 64 * MiB

@@ -33,10 +33,10 @@ from ..disks.spec import DiskSpec, create_sparse_file
 from ..errors import AgentError, CheckFailed
 from ..faults.kinds import make_fault
 from .base import Scenario, ScenarioContext, register
-from .driver_common import MiB, errno_text, eargs, expect_clean, plug, run_engine, run_gated, unplug
+from .driver_common import (
+    DEBUGFS_BLOCK, POLL_QUEUES_PARAM, MiB, errno_text, eargs, expect_clean, plug, run_engine, run_gated, unplug, poll_queue_requirements,
+)
 
-POLL_QUEUES_PARAM = "/sys/module/virtio_blk/parameters/poll_queues"
-DEBUGFS_BLOCK = "/sys/kernel/debug/block"
 DISK_SIZE = 64 * MiB
 BLOCK = 4096
 SEED = 81
@@ -94,12 +94,7 @@ class DriverPollTimeout(Scenario):
     )
 
     def requires(self, ctx: ScenarioContext) -> list[str]:
-        reasons = []
-        if ctx.agent.exec(cmd=f"test -w {POLL_QUEUES_PARAM}").get("rc") != 0:
-            reasons.append(f"no writable {POLL_QUEUES_PARAM} in the guest")
-        if ctx.agent.exec(cmd=f"test -d {DEBUGFS_BLOCK}").get("rc") != 0:
-            reasons.append(f"no {DEBUGFS_BLOCK} in the guest (debugfs): the scenario reads requests in flight there")
-        return reasons
+        return poll_queue_requirements(ctx)
 
     def run(self, ctx: ScenarioContext) -> None:
         image = create_sparse_file(ctx.scratch() / "ptmo0.raw", DISK_SIZE)

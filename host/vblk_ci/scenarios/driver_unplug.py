@@ -37,7 +37,9 @@ from ..disks.spec import DiskSpec
 from ..errors import AgentError, CheckFailed, MachineTimeout
 from ..events import DiskUnplugged
 from .base import Scenario, ScenarioContext, register
-from .driver_common import ENODEV, ENXIO, MiB, eargs, errno_text, plug, run_gated, unplug, wait_gone
+from .driver_common import (
+    ENODEV, ENXIO, POLL_QUEUES_PARAM, MiB, eargs, errno_text, plug, run_gated, unplug, wait_gone,
+)
 
 DISK_SIZE = 64 * MiB
 LATENCY_NS = 10_000_000  # every request stays 10 ms in the device
@@ -45,7 +47,6 @@ QD = 8
 JOB_RUNTIME_S = 120  # upper bound; the job is stopped with SIGINT long before
 AFTER_MARK_S = 0.5  # how long the job keeps submitting on the dead fd
 POLLED_UNPLUG_S = 45.0  # remove with polled commands in flight (owner stopped) must finish within this
-POLL_QUEUES_PARAM = "/sys/module/virtio_blk/parameters/poll_queues"
 # What a command on an unplugged disk's old fd may return.
 GONE = (-ENODEV, -ENXIO)
 # Tasks in uninterruptible sleep, with where they sleep (no /proc/PID/stack needed).

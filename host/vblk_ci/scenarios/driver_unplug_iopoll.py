@@ -35,10 +35,10 @@ from ..disks.spec import DiskSpec
 from ..errors import AgentError, CheckFailed, MachineTimeout
 from ..events import DiskUnplugged
 from .base import Scenario, ScenarioContext, register
-from .driver_common import ENODEV, ENXIO, KiB, MiB, eargs, errno_text, plug, run_gated, wait_gone
+from .driver_common import (
+    DEBUGFS_BLOCK, POLL_QUEUES_PARAM, ENODEV, ENXIO, KiB, MiB, eargs, errno_text, plug, run_gated, wait_gone, poll_queue_requirements,
+)
 
-POLL_QUEUES_PARAM = "/sys/module/virtio_blk/parameters/poll_queues"
-DEBUGFS_BLOCK = "/sys/kernel/debug/block"
 CYCLES = 12
 JOBS = 3
 # device_del this long after the commands are seen in flight, by cycle (varies where the unplug lands)
@@ -82,12 +82,7 @@ class DriverUnplugIopoll(Scenario):
     )
 
     def requires(self, ctx: ScenarioContext) -> list[str]:
-        reasons = []
-        if ctx.agent.exec(cmd=f"test -w {POLL_QUEUES_PARAM}").get("rc") != 0:
-            reasons.append(f"no writable {POLL_QUEUES_PARAM} in the guest")
-        if ctx.agent.exec(cmd=f"test -d {DEBUGFS_BLOCK}").get("rc") != 0:
-            reasons.append(f"no {DEBUGFS_BLOCK} in the guest (debugfs): the scenario reads requests in flight there")
-        return reasons
+        return poll_queue_requirements(ctx)
 
     def run(self, ctx: ScenarioContext) -> None:
         old = ctx.agent.read_file(POLL_QUEUES_PARAM).strip()

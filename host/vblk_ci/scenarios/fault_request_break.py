@@ -22,7 +22,7 @@ from ..errors import AgentError
 from ..faults.kinds import make_fault
 from .base import Scenario, ScenarioContext, register
 from .driver_common import CheckFailed, MiB, eargs, expect_clean, plug, run_engine, run_gated, unplug
-from .driver_unplug import POLL_QUEUES_PARAM
+from .driver_common import POLL_QUEUES_PARAM
 from .fault_common import BLOCK, expect_res, file_disk, kill_job, verify_baseline, write_baseline
 
 SEED = 51

@@ -17,7 +17,8 @@ from ..errors import CheckFailed
 from ..faults.schedule import Schedule, record_schedule
 from .base import Scenario, ScenarioContext, register
 from .driver_common import MiB, eargs, plug, run_gated, unplug
-from .driver_unplug import JOB_RUNTIME_S, LATENCY_NS, POLL_QUEUES_PARAM, QD, Lifetime
+from .driver_common import POLL_QUEUES_PARAM
+from .driver_unplug import JOB_RUNTIME_S, LATENCY_NS, QD, Lifetime
 from .fault_common import PROGRESS_MS, file_disk, verify_baseline, write_baseline
 
 TRIGGER_COMPLETIONS = 200
