@@ -48,6 +48,12 @@ V2_FAILURES = {
 V2_INTERMITTENT = re.compile(r"^driver-unplug-iopoll/cycle-\d+$")
 
 
+# Exactly this many checks per scenario, seen on the v2 series, host QEMU 7.2, 2026-11-30.
+CHECKS_PER_SCENARIO = {"driver-ioprio": 5, "driver-bounds": 11, "driver-access": 18, "driver-links": 13,
+                       "driver-coherency": 13, "driver-poll-timeout": 8, "driver-unplug-iopoll": 14,
+                       "driver-compat32": 23}
+
+
 @pytest.fixture(scope="module")
 def review_run(run_suite):
     return run_suite("review", "default")
@@ -57,6 +63,7 @@ def test_every_review_scenario_ran(review_run):
     result, _, run_dir = review_run
     assert result.status in ("pass", "fail"), f"{result.status}: {result.reason}\n(run dir {run_dir})"
     assert [s.name for s in result.scenarios] == list(SUITES["review"])
+    assert {s.name: len(s.checks) for s in result.scenarios} == CHECKS_PER_SCENARIO
     assert "error" not in {c.status for c in result.checks()}, [c.full_name for c in result.checks()
                                                                 if c.status == "error"]
     assert not result.findings, [f"{f.title}\n{f.excerpt}" for f in result.findings]
