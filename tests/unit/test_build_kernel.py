@@ -233,8 +233,9 @@ def _fake_tarball(tmp_path: Path) -> Path:
     return tb
 
 
-def _make_patch(tmp_path: Path, tb: Path, name: str, new_text: str) -> Path:
-    """A git format-patch style patch changing virtio_blk.c to *new_text*."""
+def _make_patch(tmp_path: Path, tb: Path, name: str, new_text: str,
+                rel: str = "drivers/block/virtio_blk.c") -> Path:
+    """A git format-patch style patch changing *rel* (virtio_blk.c) to *new_text*."""
     work = tmp_path / f"mk-{name}"
     work.mkdir()
     with tarfile.open(tb) as t:
@@ -245,7 +246,7 @@ def _make_patch(tmp_path: Path, tb: Path, name: str, new_text: str) -> Path:
     run("init", "-q")
     run("add", "-f", "-A", ".")
     run("commit", "-q", "-m", "base")
-    (repo / "drivers" / "block" / "virtio_blk.c").write_text(new_text)
+    (repo / rel).write_text(new_text)
     run("commit", "-q", "-a", "-m", f"virtio-blk: {name}")
     out = subprocess.run(["git", "format-patch", "-1", "--stdout"], cwd=repo, env=env, check=True,
                          capture_output=True).stdout
@@ -255,43 +256,55 @@ def _make_patch(tmp_path: Path, tb: Path, name: str, new_text: str) -> Path:
 
 
 @needs_git
-def test_tree_is_committed_and_series_applies_incrementally(tmp_path: Path) -> None:
+def test_tree_tracks_what_the_series_touches_and_applies_incrementally(tmp_path: Path) -> None:
     tb = _fake_tarball(tmp_path)
     opts = K.KernelBuildOptions(source_tarball=str(tb), cache_dir=str(tmp_path / "cache"))
     cache = tmp_path / "cache"
     tree, objdir, state_path = cache / "trees" / "default", cache / "trees" / "default-build", cache / "trees" / "s.json"
     ident = "tarball:" + K._cache.sha256_file(tb)
     msgs: list[str] = []
-    state = K._prepare_tree(opts, tree, objdir, state_path, ident, msgs.append)
-    assert (tree / "README").is_file()  # added despite the Debian .gitignore block
+    p1 = _make_patch(tmp_path, tb, "one", "int virtblk_one;\n")
+    patch1 = [K.Patch(p1.name, p1, K._cache.sha256_file(p1))]
+    assert K.series_paths(patch1) == ["drivers/block/virtio_blk.c"]
+    state = K._prepare_tree(opts, tree, objdir, state_path, ident, msgs.append, patch1)
+    # Only what the series touches is committed (the rest of a real tree is ~87,000 files).
     files = subprocess.run(["git", "ls-files"], cwd=tree, capture_output=True, text=True, check=True).stdout.split()
-    assert "README" in files and "drivers/block/virtio_blk.c" in files
+    assert files == ["drivers/block/virtio_blk.c"] and (tree / "README").is_file()
     log = subprocess.run(["git", "log", "--format=%s"], cwd=tree, capture_output=True, text=True).stdout
     assert log.strip() == "base 6.12.117"
 
     readme_mtime = (tree / "README").stat().st_mtime_ns
-    p1 = _make_patch(tmp_path, tb, "one", "int virtblk_one;\n")
-    K._apply_series(tree, state, state_path, [K.Patch(p1.name, p1, K._cache.sha256_file(p1))], msgs.append)
+    K._apply_series(tree, state, state_path, patch1, msgs.append)
     assert (tree / "drivers/block/virtio_blk.c").read_text() == "int virtblk_one;\n"
 
-    # a stray file in the source tree is cleaned; unchanged files keep their mtime
+    # an untracked file stays (no git clean); unchanged files keep their mtime
     (tree / "stray.o").write_text("junk")
     time.sleep(0.01)
     p2 = _make_patch(tmp_path, tb, "two", "int virtblk_two;\n")
-    K._apply_series(tree, state, state_path, [K.Patch(p2.name, p2, K._cache.sha256_file(p2))], msgs.append)
+    patch2 = [K.Patch(p2.name, p2, K._cache.sha256_file(p2))]
+    K._apply_series(tree, state, state_path, patch2, msgs.append)
     assert (tree / "drivers/block/virtio_blk.c").read_text() == "int virtblk_two;\n"
-    assert not (tree / "stray.o").exists()
+    assert (tree / "stray.o").exists()
     assert (tree / "README").stat().st_mtime_ns == readme_mtime
 
     # the same series again is a no-op
     c_mtime = (tree / "drivers/block/virtio_blk.c").stat().st_mtime_ns
-    K._apply_series(tree, state, state_path, [K.Patch(p2.name, p2, K._cache.sha256_file(p2))], msgs.append)
+    K._apply_series(tree, state, state_path, patch2, msgs.append)
     assert (tree / "drivers/block/virtio_blk.c").stat().st_mtime_ns == c_mtime
     assert any("already applied" in m for m in msgs)
 
-    # back to no series: the base content
+    # a series touching a file the base does not track yet: it joins a new base commit first
+    p3 = _make_patch(tmp_path, tb, "readme", "patched readme\n", rel="README")
+    K._apply_series(tree, state, state_path, patch2 + [K.Patch(p3.name, p3, K._cache.sha256_file(p3))],
+                    msgs.append)
+    assert (tree / "README").read_text() == "patched readme\n"
+    assert state["tracked"] == ["README", "drivers/block/virtio_blk.c"]
+    assert any("track 1 more file(s)" in m for m in msgs)
+
+    # back to no series: the base content of every file any series touched
     K._apply_series(tree, state, state_path, [], msgs.append)
     assert (tree / "drivers/block/virtio_blk.c").read_text() == "int virtblk;\n"
+    assert (tree / "README").read_text() == "readme\n"
 
 
 @needs_git

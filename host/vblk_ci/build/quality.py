@@ -135,7 +135,7 @@ def check_series(opts: K.KernelBuildOptions | None = None, progress: K.Progress 
     base_identity = K._base_identity(opts, cache)
     report = QualityReport(base=base_identity)
     with K._locked(trees / f"{variant}.lock"):
-        state = K._prepare_tree(opts, tree, objdir, trees / f"{variant}.json", base_identity, progress)
+        state = K._prepare_tree(opts, tree, objdir, trees / f"{variant}.json", base_identity, progress, patches)
         K._apply_series(tree, state, trees / f"{variant}.json", patches, progress)
         report.applies = True
         K._say(progress, "checkpatch --strict on each patch")
