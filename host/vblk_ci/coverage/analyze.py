@@ -363,22 +363,30 @@ def analyze(run_dirs: list[Path], out: Path, artifacts: str | None = None, gcov:
     info = out / "virtio_blk.info"
     info.write_text(lcov_tracefile(sf, counts), encoding="utf-8")
     if html:
-        diff = art / "virtio_blk.diff"
-        _genhtml(info, out / "html", out, sf, diff.read_text(encoding="utf-8") if diff.is_file() else None)
+        _genhtml(info, out / "html", out, sf, insertion_diff(sf, added, source_text.splitlines()))
     return report
 
 
-def rewrite_diff_paths(diff_text: str, path: str) -> str:
-    """The series diff with its file names replaced by *path* (genhtml matches them to the tracefile's SF)."""
-    out = []
-    for line in diff_text.splitlines():
-        if line.startswith("diff --git "):
-            line = f"diff --git {path} {path}"
-        elif line.startswith("--- ") and not line.startswith("--- /dev/null"):
-            line = f"--- {path}"
-        elif line.startswith("+++ ") and not line.startswith("+++ /dev/null"):
-            line = f"+++ {path}"
-        out.append(line)
+def insertion_diff(path: str, added: list[int], source: list[str]) -> str:
+    """A unified diff that inserts exactly the *added* lines of *source*, named *path*, for genhtml.
+
+    genhtml's differential mode reads the series' own ``-U0`` diff a few lines off
+    where a hunk both removes and adds lines (it marked changed lines as old code
+    and shifted later hunks), so it is given this one instead: every run of added
+    lines as a pure insertion, the old side numbered as if the added lines were
+    not there.  Its GNC/UNC lines are then exactly our added executable lines.
+    """
+    out = [f"diff --git {path} {path}", f"--- {path}", f"+++ {path}"]
+    lines = sorted(set(n for n in added if 0 < n <= len(source)))
+    i = 0
+    while i < len(lines):
+        j = i
+        while j + 1 < len(lines) and lines[j + 1] == lines[j] + 1:
+            j += 1
+        start, count = lines[i], j - i + 1
+        out.append(f"@@ -{start - 1 - i},0 +{start},{count} @@")
+        out.extend("+" + source[n - 1] for n in lines[i:j + 1])
+        i = j + 1
     return "\n".join(out) + "\n"
 
 
@@ -397,7 +405,7 @@ def _genhtml(info: Path, html_dir: Path, out: Path, sf: str, diff_text: str | No
     base = [genhtml, "--quiet", "--output-directory", str(html_dir), "--title", "vblk-ci: virtio_blk.c, driver series"]
     log = []
     if diff_text:
-        (out / "series.diff").write_text(rewrite_diff_paths(diff_text, sf), encoding="utf-8")
+        (out / "series.diff").write_text(diff_text, encoding="utf-8")
         (out / "baseline-stub.info").write_text(f"TN:\nSF:{sf}\nDA:1,0\nLF:1\nLH:0\nend_of_record\n",
                                                 encoding="utf-8")
         cmd = [*base, "--diff-file", str(out / "series.diff"), "--baseline-file", str(out / "baseline-stub.info"),
