@@ -141,6 +141,10 @@ def test_insertion_diff_for_genhtml_adds_exactly_the_added_lines():
     assert plus == [src[n - 1] for n in added]
     assert A.insertion_diff("/x", [2, 3, 5], ["a", "b", "c", "d", "e"]).splitlines()[3:] == [
         "@@ -1,0 +2,2 @@", "+b", "+c", "@@ -2,0 +5,1 @@", "+e"]
+    # not ending on an added line: the last line closes the diff as context (else genhtml calls the rest new)
+    assert A.insertion_diff("/x", [2], ["a", "b", "c", "d"]).splitlines()[3:] == [
+        "@@ -1,0 +2,1 @@", "+b", "@@ -3,1 +4,1 @@", " d"]
+    assert d.splitlines()[-2:] == [f"@@ -{len(src) - len(added)},1 +{len(src)},1 @@", " " + src[-1]]
 
 
 # ----------------------------------------------------------------------------- the command

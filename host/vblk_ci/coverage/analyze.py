@@ -374,7 +374,8 @@ def insertion_diff(path: str, added: list[int], source: list[str]) -> str:
     where a hunk both removes and adds lines (it marked changed lines as old code
     and shifted later hunks), so it is given this one instead: every run of added
     lines as a pure insertion, the old side numbered as if the added lines were
-    not there.  Its GNC/UNC lines are then exactly our added executable lines.
+    not there, closed by the file's last line as context.  Its GNC/UNC lines are
+    then exactly our added executable lines.
     """
     out = [f"diff --git {path} {path}", f"--- {path}", f"+++ {path}"]
     lines = sorted(set(n for n in added if 0 < n <= len(source)))
@@ -387,6 +388,11 @@ def insertion_diff(path: str, added: list[int], source: list[str]) -> str:
         out.append(f"@@ -{start - 1 - i},0 +{start},{count} @@")
         out.extend("+" + source[n - 1] for n in lines[i:j + 1])
         i = j + 1
+    last = len(source)
+    if lines and lines[-1] != last:
+        # genhtml takes every line after the last hunk as new: end on the file's last line, as context.
+        out.append(f"@@ -{last - len(lines)},1 +{last},1 @@")
+        out.append(" " + source[last - 1])
     return "\n".join(out) + "\n"
 
 
