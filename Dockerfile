@@ -13,7 +13,8 @@
 #   * initramfs: the suites' initramfs and the bench's (the same plus fio).
 #   * runtime: QEMU + the orchestrator + the default kernel.  The last stage
 #     (`appliance`, what a plain `docker build .` makes) is that, so the first
-#     verdict never waits for the debug kernel; `appliance-debug` adds it.
+#     verdict never waits for the debug kernel; `appliance-debug` adds it,
+#     `appliance-coverage` adds the gcov kernel and `appliance-full` both.
 # Nothing is pulled from a registry but the base image, which can also be made
 # locally: mmdebstrap --variant=minbase trixie t.tar && docker import t.tar debian:trixie-slim
 # PyPI is reached only for qemu.qmp, and not at all when .wheels/ holds its wheel
@@ -53,6 +54,14 @@ FROM kernel-toolchain AS kernel-debug
 RUN --mount=type=cache,id=vblk-ci-kernel-debug,target=/cache \
     python3 -m vblk_ci.build.kernel --variant debug --output-dir /artifacts \
  && cat /artifacts/kernel-manifest.json
+
+# base.config + coverage.config: gcov counters for drivers/block/virtio_blk.c only
+# (vblk-ci run --coverage, vblk-ci coverage).  Its own cache mount, like the others.
+FROM kernel-toolchain AS kernel-coverage
+RUN --mount=type=cache,id=vblk-ci-kernel-coverage,target=/cache \
+    python3 -m vblk_ci.build.kernel --variant coverage --output-dir /artifacts \
+ && cat /artifacts/kernel-manifest.json \
+ && ls -l /artifacts/virtio_blk.gcno /artifacts/virtio_blk.c /artifacts/series-lines.json
 
 # ------------------------------------------------------------------ initramfs
 # Two initramfs: the suites' one, and the bench's, which adds Debian's fio as the
@@ -132,6 +141,26 @@ CMD ["run", "--out", "/out"]
 
 # ------------------------------------------------------- with the debug kernel
 FROM runtime AS appliance-debug
+COPY --from=kernel-debug /artifacts/ /opt/vblk-ci/debug/
+ENV VBLK_CI_KERNEL_DEBUG=/opt/vblk-ci/debug/bzImage
+
+# --------------------------------------------------- with the coverage kernel
+# The gcov kernel and what `vblk-ci coverage` reads beside it, at /opt/vblk-ci/coverage/,
+# plus gcov of the gcc that compiled it (trixie's gcc-14: a .gcno is read only by
+# its own gcov version) and lcov's genhtml for the per-line HTML report.
+FROM runtime AS appliance-coverage
+RUN echo "coverage tools: apt-get install gcc-14 (gcov-14) and lcov, about 1 min" \
+ && apt-get update \
+ && apt-get install -y --no-install-recommends gcc-14 lcov \
+ && rm -rf /var/lib/apt/lists/* \
+ && gcov-14 --version | head -1 && genhtml --version
+COPY --from=kernel-coverage /artifacts/ /opt/vblk-ci/coverage/
+ENV VBLK_CI_KERNEL_COVERAGE=/opt/vblk-ci/coverage/bzImage \
+    VBLK_CI_COVERAGE_DIR=/opt/vblk-ci/coverage \
+    VBLK_CI_GCOV=gcov-14
+
+# Every kernel: default, debug and coverage.
+FROM appliance-coverage AS appliance-full
 COPY --from=kernel-debug /artifacts/ /opt/vblk-ci/debug/
 ENV VBLK_CI_KERNEL_DEBUG=/opt/vblk-ci/debug/bzImage
 

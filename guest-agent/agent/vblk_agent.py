@@ -18,6 +18,7 @@ Design constraints that shape the code:
   error reply and the loop goes on.
 """
 
+import base64
 import errno
 import json
 import os
@@ -766,6 +767,21 @@ def m_dmesg(agent, since_seq):
         if rec["seq"] >= since_seq:
             records.append(rec)
     return {"records": records, "next_seq": max(agent._kmsg_next, since_seq)}
+
+
+@method("read_binary", path=(p_path, _REQUIRED), max_bytes=(p_uint, 16 << 20))
+def m_read_binary(agent, path, max_bytes):
+    # Binary-safe read_file (e.g. a gcov .gcda from debugfs, whose st_size is 0,
+    # so read to EOF): the bytes as base64, and their count.
+    chunks, size = [], 0
+    with open(path, "rb") as f:
+        while size < max_bytes:
+            chunk = f.read(min(1 << 16, max_bytes - size))
+            if not chunk:
+                break
+            chunks.append(chunk)
+            size += len(chunk)
+    return {"data_b64": base64.b64encode(b"".join(chunks)).decode("ascii"), "size": size}
 
 
 @method("poweroff")

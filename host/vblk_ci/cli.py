@@ -76,6 +76,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--together", action="store_true", help="with --disk: also plug all the disks at once")
     run.add_argument("--schedule", metavar="FILE",
                      help="a fault schedule (JSON) to fire at fresh disks after the suite (scenario fault-schedule-file)")
+    run.add_argument("--coverage", action="store_true",
+                     help="coverage kernel: copy virtio_blk's gcov counters to <out>/coverage/ after boot and "
+                          "after each scenario (then vblk-ci coverage OUT...)")
 
     build = sub.add_parser("build", help="build the guest kernel or initramfs")
     what = build.add_subparsers(dest="target", metavar="TARGET", parser_class=_Parser)
@@ -107,6 +110,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_repro_parsers(sub, _positive)
     _add_bench_parser(sub)
+
+    cov = sub.add_parser("coverage", help="which lines the driver series adds to virtio_blk.c ran (run --coverage)")
+    cov.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="run directories of vblk-ci run --coverage")
+    cov.add_argument("--out", help="report directory (default vblk-ci-out/coverage-<time>)")
+    cov.add_argument("--artifacts", metavar="DIR",
+                     help="the coverage kernel's virtio_blk.gcno, virtio_blk.c and series-lines.json (default: "
+                          "beside the runs' kernel, else $VBLK_CI_COVERAGE_DIR)")
+    cov.add_argument("--gcov", help="gcov binary of the gcc that built the kernel (default $VBLK_CI_GCOV, gcov-14, gcov)")
+    cov.add_argument("--no-html", dest="html", action="store_false", help="no genhtml report")
 
     sub.add_parser("version", help="print the version")
     return p
@@ -246,6 +258,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     plan = Plan(
         kernel=kernel, initramfs=initramfs, run_dir=run_dir, qemu=args.qemu, accel=args.accel,
         smp=args.smp, memory_mb=args.memory, suite=args.suite, schedule=schedule, strict=args.strict,
+        coverage=args.coverage,
     )
     with _reporting(run_dir) as report:
         result = run(plan, report)
@@ -333,6 +346,25 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+# -- coverage ----------------------------------------------------------------------------
+
+
+def cmd_coverage(args: argparse.Namespace) -> int:
+    from .coverage.analyze import analyze, group_unexecuted, summary_line
+
+    stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+    out = Path(args.out) if args.out else DEFAULT_OUT_ROOT / f"coverage-{stamp}"
+    report = analyze([Path(r) for r in args.run_dirs], out, artifacts=args.artifacts, gcov=args.gcov,
+                     html=args.html)
+    print(summary_line(report))
+    for fn, lines in group_unexecuted(report):
+        print(f"not run, in {fn}:")
+        for ln in lines:
+            print(f"  {report.file}:{ln.line}: {ln.text.strip()}")
+    print(f"vblk-ci: coverage report in {out} (coverage.md, coverage.json, html/)", file=sys.stderr)
+    return 0
+
+
 # -- main --------------------------------------------------------------------------------
 
 
@@ -366,6 +398,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return cmd_repro(args) if args.command == "repro" else cmd_shell(args)
         if args.command == "bench":
             return cmd_bench(args)
+        if args.command == "coverage":
+            return cmd_coverage(args)
         return cmd_build(args)
     except VblkCiError as exc:
         first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__

@@ -23,6 +23,7 @@ from pathlib import Path
 
 from . import events as E
 from .console.classify import classify
+from .coverage.collect import GcdaCollector
 from .errors import AgentError, BootError, CheckFailed, InfraError, MissingPrerequisite
 from .machine.accel import choose
 from .machine.argv import MachineSpec
@@ -53,6 +54,7 @@ class Plan:
     repro_bundle: bool = True  # write repro-bundle.tar.gz when the verdict is not pass
     schedule: Path | None = None  # a fault schedule (JSON): runs scenario fault-schedule-file after the suite
     strict: bool = False  # a skip not on strict.ALLOWED_SKIPS fails the run
+    coverage: bool = False  # copy virtio_blk's gcov counters to <run_dir>/coverage/ after boot and each scenario
 
 
 def check_artifacts(plan: Plan) -> None:
@@ -108,6 +110,9 @@ def _planned_scenarios(plan: Plan) -> list:
 
 def _run_scenarios(plan: Plan, machine: Machine, emit: E.Emit, result: RunResult, reported: set[str]) -> None:
     options = {"schedule": plan.schedule} if plan.schedule is not None else {}
+    collector = GcdaCollector(plan.run_dir, emit) if plan.coverage else None
+    if collector is not None:
+        collector.snapshot(machine, "boot")
     for cls in _planned_scenarios(plan):
         scenario = cls()
         ctx = ScenarioContext(cls.name, machine, plan.run_dir, emit, reported, options)
@@ -126,6 +131,8 @@ def _run_scenarios(plan: Plan, machine: Machine, emit: E.Emit, result: RunResult
         finally:
             record.checks = ctx.checks
             record.status = _scenario_status(ctx.checks)
+            if collector is not None and machine.is_running():
+                collector.snapshot(machine, cls.name)
 
 
 def run(plan: Plan, emit: E.Emit = E.discard) -> RunResult:

@@ -713,3 +713,21 @@ def test_spawn_with_progress_forwards_the_engines_lines_as_events(fake_root, tmp
         assert a.error("spawn", {"args": [], "progress_ms": 5})["type"] == "BadParams"
     finally:
         a.close()
+
+
+def test_read_binary_is_byte_exact_and_reads_to_eof(agent, tmp_path):
+    import base64
+
+    path = tmp_path / "counters.gcda"
+    blob = bytes(range(256)) * 300 + b"\x00\xff"  # more than one 64 KiB chunk, not UTF-8
+    path.write_bytes(blob)
+    got = agent.call("read_binary", path=str(path))
+    assert got["size"] == len(blob) and base64.b64decode(got["data_b64"]) == blob
+    got = agent.call("read_binary", path=str(path), max_bytes=70000)
+    assert got["size"] == 70000 and base64.b64decode(got["data_b64"]) == blob[:70000]
+    # st_size 0 (as debugfs reports for gcov counters): still read to EOF
+    with open("/proc/version", "rb") as f:
+        version = f.read()
+    assert base64.b64decode(agent.call("read_binary", path="/proc/version")["data_b64"]) == version
+    err = agent.error("read_binary", {"path": str(tmp_path / "missing")})
+    assert err["type"] == "OSError" and err["data"]["errno_name"] == "ENOENT"

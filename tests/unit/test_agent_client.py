@@ -284,3 +284,15 @@ def test_wait_progress_reads_events_until_the_condition_holds():
     started = time.monotonic()
     assert client.wait_progress(3, lambda ev: ev["completions"] > 10_000, timeout=0.3) is None
     assert time.monotonic() - started >= 0.3
+
+
+def test_read_binary_decodes_base64_and_checks_the_size():
+    import base64
+
+    blob = b"\x00\xffgcda\x01"
+    fake = FakeAgent(answer(lambda req: {"data_b64": base64.b64encode(blob).decode(), "size": len(blob)}))
+    assert fake.client().read_binary("/sys/kernel/debug/gcov/x.gcda") == blob
+    assert fake.requests[0]["method"] == "read_binary"
+    short = FakeAgent(answer(lambda req: {"data_b64": base64.b64encode(blob).decode(), "size": 99}))
+    with pytest.raises(AgentError):
+        short.client().read_binary("/x")

@@ -5,6 +5,7 @@ No kernel is compiled here: the git part runs on a tiny fake source tarball.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -320,3 +321,52 @@ def test_patch_that_does_not_apply_names_the_patch(tmp_path: Path) -> None:
     with pytest.raises(BuildError, match=r"patch 2/2 0002-two.patch does not apply"):
         K._apply_series(tree, state, state_path, patches, None)
     assert not (tree / ".git" / "rebase-apply").exists()  # git am --abort ran
+
+
+# --------------------------------------------------------------------------- coverage variant
+
+
+def test_variant_make_args_key_only_the_coverage_variant(inputs: K.KernelBuildOptions, monkeypatch) -> None:
+    debug = K.KernelBuildOptions(**{**inputs.__dict__, "variant": "debug"})
+    cov = K.KernelBuildOptions(**{**inputs.__dict__, "variant": "coverage"})
+    before = {"default": _key(inputs), "debug": _key(debug), "coverage": _key(cov)}
+    monkeypatch.setattr(K, "VARIANT_MAKE_ARGS", {})
+    # the default and debug kernels' keys (and caches) are untouched by the coverage variant's make args
+    assert _key(inputs) == before["default"] and _key(debug) == before["debug"]
+    assert _key(cov) != before["coverage"]
+
+
+def test_real_coverage_config_asks_for_gcov_and_debugfs() -> None:
+    frags = K.variant_fragments("coverage")
+    assert [f.name for f in frags] == ["base.config", "coverage.config"]
+    req = K.requested_options([f.read_text() for f in frags])
+    assert req["CONFIG_GCOV_KERNEL"] == "y" and req["CONFIG_DEBUG_FS"] == "y"
+    assert req["CONFIG_GCOV_PROFILE_ALL"] == "n"  # only virtio_blk.o, by make argument
+    assert K.VARIANT_MAKE_ARGS["coverage"] == ["GCOV_PROFILE_virtio_blk.o=y"]
+
+
+@needs_git
+def test_publish_coverage_ships_gcno_source_and_the_series_lines(tmp_path: Path) -> None:
+    tb = _fake_tarball(tmp_path)
+    opts = K.KernelBuildOptions(source_tarball=str(tb), cache_dir=str(tmp_path / "cache"))
+    cache = tmp_path / "cache"
+    tree, objdir = cache / "trees" / "coverage", cache / "trees" / "coverage-build"
+    state_path = cache / "trees" / "coverage.json"
+    state = K._prepare_tree(opts, tree, objdir, state_path, "tarball:" + K._cache.sha256_file(tb), None)
+    p = _make_patch(tmp_path, tb, "more", "int virtblk;\n/* new */\nint virtblk_two;\n")
+    K._apply_series(tree, state, state_path, [K.Patch(p.name, p, K._cache.sha256_file(p))], None)
+    stage = tmp_path / "stage"
+    stage.mkdir()
+    objdir.mkdir(parents=True, exist_ok=True)
+    with pytest.raises(K.BuildError, match="GCOV_PROFILE_virtio_blk.o"):
+        K._publish_coverage(tree, objdir, state, stage)
+    (objdir / "drivers" / "block").mkdir(parents=True)
+    (objdir / K.COVERAGE_GCNO_REL).write_bytes(b"oncg")
+    entry = K._publish_coverage(tree, objdir, state, stage)
+    assert sorted(x.name for x in stage.iterdir()) == sorted(K.COVERAGE_FILES)
+    lines = json.loads((stage / "series-lines.json").read_text())
+    assert lines["added_lines"] == [2, 3] and lines["file"] == K.COVERAGE_SOURCE_REL
+    assert lines["gcov_dir"] == str((objdir / "drivers" / "block").resolve())
+    assert entry["added_line_count"] == 2 and "added_lines" not in entry
+    assert (stage / "virtio_blk.c").read_text() == "int virtblk;\n/* new */\nint virtblk_two;\n"
+    assert (stage / "virtio_blk.gcno").read_bytes() == b"oncg"

@@ -14,6 +14,7 @@ Errors come back as ``AgentError(kind, message)``: the agent's own error types
 
 from __future__ import annotations
 
+import base64
 import itertools
 import json
 import secrets
@@ -264,6 +265,14 @@ class AgentClient:
 
     def dmesg(self, since_seq: int = 0, timeout: float = 10.0) -> dict:
         return self.call("dmesg", {"since_seq": since_seq}, timeout)
+
+    def read_binary(self, path: str, max_bytes: int = 16 << 20, timeout: float = 30.0) -> bytes:
+        """A guest file's bytes, exactly (the agent's ``read_binary``: base64 over the JSON line)."""
+        reply = self.call("read_binary", {"path": path, "max_bytes": max_bytes}, timeout)
+        data = base64.b64decode(reply["data_b64"], validate=True)
+        if len(data) != reply["size"]:
+            raise AgentError("BadReply", f"read_binary {path}: {len(data)} bytes decoded, agent said {reply['size']}")
+        return data
 
     def poweroff(self, timeout: float = 5.0) -> None:
         self.call("poweroff", {}, timeout)

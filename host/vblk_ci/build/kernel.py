@@ -17,6 +17,9 @@ Stdlib only (runs in a bare Docker build stage too).  Flow:
    option the fragments ask for is checked in the final .config.
 4. ``make bzImage`` [``modules``]; bzImage, kernel.config, manifest.json
    [, virtio_blk.ko] and build.log are published atomically to the cache.
+   A kernel built with CONFIG_GCOV_KERNEL (the ``coverage`` variant) also
+   publishes what ``vblk-ci coverage`` reads: virtio_blk.gcno, virtio_blk.c as
+   built, the series' diff of it and series-lines.json (its added lines).
 
 CLI: ``python3 -m vblk_ci.build.kernel --help``.
 """
@@ -49,6 +52,13 @@ KVM_GUEST_FRAGMENT = "kernel/configs/kvm_guest.config"
 BZIMAGE_REL = "arch/x86/boot/bzImage"
 MODULE_REL = "drivers/block/virtio_blk.ko"
 LOG_TAIL_LINES = 40
+#: make arguments a variant always gets (on top of --make-arg); part of the key.
+#: coverage: gcov counters for the driver only (see kernel-config/coverage.config).
+VARIANT_MAKE_ARGS: dict[str, list[str]] = {"coverage": ["GCOV_PROFILE_virtio_blk.o=y"]}
+#: The file whose series lines `vblk-ci coverage` reports, and what a gcov kernel publishes for it.
+COVERAGE_SOURCE_REL = "drivers/block/virtio_blk.c"
+COVERAGE_GCNO_REL = "drivers/block/virtio_blk.gcno"
+COVERAGE_FILES = ("virtio_blk.gcno", "virtio_blk.c", "virtio_blk.diff", "series-lines.json")
 PROGRESS_INTERVAL_S = 30.0
 
 # Fixed identity and dates: the base commit and the patch commits are then the
@@ -223,6 +233,49 @@ def verify_config(requested: dict[str, str], config_text: str) -> list[str]:
     return problems
 
 
+_HUNK_RE = re.compile(r"^@@ -\d+(?:,\d+)? \+(\d+)(?:,(\d+))? @@")
+
+
+def parse_added_lines(diff_text: str) -> dict[str, list[int]]:
+    """New-file path -> line numbers (in the new file) of every ``+`` line of a unified diff.
+
+    These are the lines a series adds or changes (a changed line is a ``-`` and
+    a ``+``).  Works on ``git diff`` output and on ``git format-patch`` files
+    (the mail text before the first ``diff --git`` is skipped); a deleted file
+    (``+++ /dev/null``) has no lines.  Line numbers are the new file's, so for a
+    series of patches they are only right on the combined diff (base..HEAD).
+    """
+    out: dict[str, list[int]] = {}
+    path: str | None = None
+    new_line = 0
+    left = 0  # lines of the current hunk's new side still to read
+    for raw in diff_text.splitlines():
+        if left > 0 or (path is not None and raw.startswith("\\")):
+            if raw.startswith("\\"):  # "\ No newline at end of file"
+                continue
+            if raw.startswith("+"):
+                out.setdefault(path, []).append(new_line)  # type: ignore[arg-type]
+                new_line += 1
+                left -= 1
+            elif raw.startswith("-"):
+                pass
+            else:  # context (" " or an empty line for an empty context line)
+                new_line += 1
+                left -= 1
+            continue
+        if raw.startswith("diff --git "):
+            path = None
+        elif raw.startswith("+++ "):
+            target = raw[4:].split("\t", 1)[0]
+            path = None if target == "/dev/null" else (target[2:] if target.startswith("b/") else target)
+        elif path is not None:
+            m = _HUNK_RE.match(raw)
+            if m:
+                new_line = int(m.group(1))
+                left = int(m.group(2)) if m.group(2) is not None else 1
+    return out
+
+
 def gcc_version() -> str:
     try:
         out = subprocess.run(["gcc", "--version"], capture_output=True, text=True, check=True).stdout
@@ -264,6 +317,8 @@ def compute_key(
         ("virtio_blk_module", "1" if opts.virtio_blk_module else "0"),
         ("make_args", json.dumps(list(opts.make_args))),
     ]
+    if VARIANT_MAKE_ARGS.get(opts.variant):  # only when set: the other variants' keys stay as they were
+        parts.append(("variant_make_args", json.dumps(VARIANT_MAKE_ARGS[opts.variant])))
     return _cache.combine(parts)
 
 
@@ -507,6 +562,38 @@ def _compile(tree: Path, objdir: Path, jobs: int, targets: list[str], make_args:
                          + "\n".join(tail))
 
 
+# --------------------------------------------------------------------------- coverage
+
+
+def _publish_coverage(tree: Path, objdir: Path, state: dict, stage: Path) -> dict:
+    """Copy what gcov needs for the driver into *stage*; returns the manifest's ``coverage`` entry.
+
+    ``gcov_dir`` is where the guest's debugfs shows the counters:
+    ``/sys/kernel/debug/gcov<gcov_dir>/virtio_blk.gcda`` (gcov names them by the
+    object's absolute build path).
+    """
+    gcno = objdir / COVERAGE_GCNO_REL
+    if not gcno.is_file():
+        raise BuildError(f"CONFIG_GCOV_KERNEL=y but {COVERAGE_GCNO_REL} was not made "
+                         f"(is GCOV_PROFILE_virtio_blk.o=y passed to make?)")
+    shutil.copy2(gcno, stage / "virtio_blk.gcno")
+    shutil.copy2(tree / COVERAGE_SOURCE_REL, stage / "virtio_blk.c")
+    base, head = state.get("base_commit"), state.get("head") or "HEAD"
+    diff = _git(tree, "diff", "-U0", "--no-color", "--no-ext-diff", str(base), str(head), "--",
+                COVERAGE_SOURCE_REL, what="git diff of the series") if base else ""
+    (stage / "virtio_blk.diff").write_text(diff, encoding="utf-8")
+    added = parse_added_lines(diff).get(COVERAGE_SOURCE_REL, [])
+    entry = {
+        "file": COVERAGE_SOURCE_REL,
+        "gcov_dir": str((objdir / COVERAGE_GCNO_REL).parent.resolve()),
+        "base_commit": base,
+        "head_commit": head,
+        "added_lines": added,
+    }
+    _cache.write_json_atomic(stage / "series-lines.json", entry)
+    return {k: v for k, v in entry.items() if k != "added_lines"} | {"added_line_count": len(added)}
+
+
 # --------------------------------------------------------------------------- entry point
 
 
@@ -550,6 +637,7 @@ def build_kernel(opts: KernelBuildOptions | None = None, progress: Progress | No
     trees = cache / "trees"
     tree = trees / opts.variant
     slot = opts.variant + "-build"
+    make_args = [*VARIANT_MAKE_ARGS.get(opts.variant, []), *opts.make_args]
     if opts.make_args:  # different flags would recompile everything: keep their objects apart
         slot += "-" + _cache.sha256_bytes(json.dumps(list(opts.make_args)).encode())[:8]
     objdir = trees / slot
@@ -567,7 +655,7 @@ def build_kernel(opts: KernelBuildOptions | None = None, progress: Progress | No
         _configure(tree, objdir, fragments, opts.virtio_blk_module, log, progress)
         targets = ["bzImage"] + (["modules"] if opts.virtio_blk_module else [])
         t_make = time.monotonic()
-        _compile(tree, objdir, jobs, targets, list(opts.make_args), log, progress)
+        _compile(tree, objdir, jobs, targets, make_args, log, progress)
         make_secs = time.monotonic() - t_make
         release_file = objdir / "include" / "config" / "kernel.release"
         release = release_file.read_text().strip() if release_file.is_file() else ""
@@ -582,6 +670,9 @@ def build_kernel(opts: KernelBuildOptions | None = None, progress: Progress | No
                     raise BuildError(f"virtio_blk_module set but {MODULE_REL} was not built (is CONFIG_VIRTIO_BLK=m?)")
                 shutil.copy2(ko, stage / "virtio_blk.ko")
             shutil.copy2(log, stage / "build.log")
+            coverage = None
+            if parse_config_lines((objdir / ".config").read_text(encoding="utf-8")).get("CONFIG_GCOV_KERNEL") == "y":
+                coverage = _publish_coverage(tree, objdir, state, stage)
             seconds = time.monotonic() - t0
             manifest = {
                 "key": key,
@@ -601,6 +692,8 @@ def build_kernel(opts: KernelBuildOptions | None = None, progress: Progress | No
                 "bzimage_bytes": (stage / "bzImage").stat().st_size,
                 "builder_version": BUILDER_VERSION,
             }
+            if coverage is not None:
+                manifest["coverage"] = coverage
             _cache.write_json_atomic(stage / "manifest.json", manifest)
         except BaseException:
             shutil.rmtree(stage, ignore_errors=True)
@@ -674,6 +767,9 @@ def main(argv: list[str] | None = None) -> int:
             shutil.copy2(art.manifest, od / "kernel-manifest.json")
             if art.module:
                 shutil.copy2(art.module, od / "virtio_blk.ko")
+            for name in COVERAGE_FILES:  # a gcov kernel's extras
+                if (art.bzimage.parent / name).is_file():
+                    shutil.copy2(art.bzimage.parent / name, od / name)
     except BuildError as e:
         print(f"vblk-ci kernel build: {e}", file=sys.stderr)
         return 3
