@@ -35,6 +35,13 @@ def test_default_run_is_the_smoke_suite_with_results_in_out(root, image, tmp_pat
     assert "[appliance" in proc.stdout and "appliance exited 0" in proc.stdout
 
 
+def test_a_relative_out_dir_works(root, image, tmp_path):
+    # docker -v takes a relative path for a volume name: the script makes it absolute.
+    out = tmp_path.relative_to(ROOT) if tmp_path.is_relative_to(ROOT) else Path("out/e2e-relative")
+    proc = _appliance("--no-build", "--image", image, "--out", str(out), "--", "version")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
 def test_bad_option_is_one_line_and_exit_2(root):
     proc = _appliance("--no-such-option")
     assert proc.returncode == 2
