@@ -274,4 +274,7 @@ int print_result_tail(void);
 /* progress.c: periodic progress lines for fault schedules */
 void progress_prepared(struct engine *e);
 
+/* fuzz.c: vblk-engine --program (the vblk-ci fuzz executor) */
+int fuzz_main(int argc, char **argv);
+
 #endif /* VBLK_ENGINE_H */
