@@ -314,3 +314,9 @@ def test_executor_cancels_the_rest_of_a_chain_and_rejects_bad_lines(engine):
     assert [json.loads(x)["res"] for x in proc.stdout.splitlines()] == [-EOPNOTSUPP, -ECANCELED, -EOPNOTSUPP]
     proc = _run(engine, "ring sqe=128\nopen mode=rw\nstep bogus=1\n")
     assert proc.returncode == 2 and "line 3: unknown step field: bogus" in proc.stderr
+
+
+def test_judge_checks_only_the_iovecs_data_len_names():
+    step = Step(type=T_IN, cmd_op=2, sector=0, iov=(512, 512, 512), data_len=2)
+    v = judge(prog(step), [{"i": 0, "res": 0, "sectors": [[2, 0], [1, POISON]]}], D512, DiskModel(D512.capacity))
+    assert v.findings == []

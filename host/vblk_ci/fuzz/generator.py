@@ -226,6 +226,8 @@ def generate(seed: int, index: int, disks: list[DiskConfig], max_steps: int = 24
         if raw:
             what = "type"
             step = replace(step, type=rng.randint(0, 20))
+            if step.type == T_OUT and not step.seed:  # seed 0 would read back as "garbage"
+                step = replace(step, seed=rng.randint(1, 2**31 - 1))
         elif rng.random() < MUTATE:
             what = rng.choice(mutations(step, disk))
             step = mutate(rng, step, disk, what)
