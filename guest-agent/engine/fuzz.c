@@ -731,8 +731,13 @@ int fuzz_main(int argc, char **argv)
 	f.slots = fz_alloc(&f, (size_t)FZ_MAX_CHAIN * FZ_SLOT_BYTES);
 	f.fixed = fz_alloc(&f, FZ_FIXED_BYTES);
 	f.iovs = calloc((size_t)FZ_MAX_CHAIN * FZ_MAX_IOV, sizeof(struct iovec));
-	f.bad_addr = fz_alloc(&f, BUF_ALIGN);
-	if (!f.iovs || munmap(f.bad_addr, BUF_ALIGN)) {
+	/*
+	 * The "unmapped" buffer is a PROT_NONE page kept mapped: a page that was
+	 * munmap()ped can come back as the next ring's SQ array, and a read into
+	 * it would corrupt the ring instead of failing with -EFAULT.
+	 */
+	f.bad_addr = mmap(NULL, BUF_ALIGN, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	if (!f.iovs || f.bad_addr == MAP_FAILED) {
 		setup_error("cannot set up buffers for", f.dev, errno);
 		return EXIT_SETUP;
 	}

@@ -200,7 +200,7 @@ def test_judge_errno_finding_has_a_stable_signature_and_model_follows_the_observ
     p = prog(WRITE, READ, mode="ro")
     m = DiskModel(D512.capacity)
     v = judge(p, [{"i": 0, "res": -9}, {"i": 1, "res": 0, "sectors": [[8, 0]]}], D512, m)
-    assert [f.signature for f in v.findings] == ["errno|write|valid|root on an O_RDONLY fd|-EBADF"]
+    assert [f.signature for f in v.findings] == ["errno|write-type|root on an O_RDONLY fd|-EBADF"]
     assert m.allowed(8) == {0}  # the refused write changed nothing
 
 
@@ -211,7 +211,7 @@ def test_judge_expects_ecanceled_after_a_failed_link_and_device_status_is_a_find
     assert v.findings == [] and v.rules["linked to a failed command"] == 1
     wrap = replace(READ, sector=(1 << 64) - 8)
     v = judge(prog(wrap), [{"i": 0, "res": 1}], D512, DiskModel(D512.capacity))
-    assert v.findings[0].signature == "errno|read|sector + length wraps past 2^64||dev-status-1"
+    assert v.findings[0].signature == "errno|read|sector + length wraps past 2^64|dev-status-1"
 
 
 def test_judge_reports_a_hang():

@@ -14,7 +14,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 
 from .model import GARBAGE, POISON, ZERO, DiskModel
-from .program import T_GET_ID, T_IN, Program, Step
+from .program import T_GET_ID, T_IN, WRITE_TYPES, Program, Step
 from .table import ECANCELED, ID_BYTES, Caller, DiskConfig, Expect, data_bytes, effects, errno_name, expect
 
 
@@ -77,8 +77,12 @@ def judge(program: Program, results: list[dict], disk: DiskConfig, model: DiskMo
         v.outcomes.append((step.name, errno_name(res)))
         if res not in exp.accepted:
             notes = ";".join(exp.notes)
+            # With a note (root on an fd whose mode would refuse it) the note is the class of
+            # the bug, whatever else the command did: one signature per direction.
+            what = (f"{'write-type' if step.type in WRITE_TYPES else 'read-type'}|{notes}" if notes
+                    else f"{step.name}|{'+'.join(exp.rules)}")
             v.findings.append(Finding(
-                "errno", f"errno|{step.name}|{'+'.join(exp.rules)}|{notes}|{errno_name(res)}",
+                "errno", f"errno|{what}|{errno_name(res)}",
                 f"step {i}: {step.text()}: cqe->res {errno_name(res)} ({res}), expected {exp.describe()} "
                 f"({', '.join(exp.rules)}{'; ' + notes if notes else ''})",
                 i, exp.describe(), errno_name(res)))

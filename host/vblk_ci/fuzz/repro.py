@@ -393,8 +393,8 @@ int main(int argc, char **argv)
 	}
 	slots = map((size_t)MAX_CHAIN * SLOT_BYTES);
 	fixedbuf = map(FIXED_BYTES);
-	bad_addr = map(4096);
-	munmap(bad_addr, 4096);
+	/* inaccessible but kept mapped: a freed page could come back as ring memory */
+	bad_addr = mmap(NULL, 4096, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
 	reg.iov_base = fixedbuf;
 	reg.iov_len = FIXED_BYTES;
 	ret = io_uring_register_buffers(&ring, &reg, 1);

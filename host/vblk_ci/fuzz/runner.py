@@ -38,6 +38,7 @@ from .table import SYSFS_PATHS, DiskConfig
 EXECUTOR = "/usr/bin/vblk-engine"
 CHAIN_TIMEOUT_MS = 20000  # the executor's own limit for one chain to complete
 PROGRAM_TIMEOUT_S = 90.0  # the agent's limit for one program (TCG; scaled)
+OOM = re.compile(r"\S+ invoked oom-killer: [^\n]*")
 
 
 def fuzz_disks(images: Path) -> list[DiskSpec]:
@@ -184,7 +185,14 @@ class Fuzzer:
         outcome = RunOutcome(results, seconds)
         time.sleep(0.2)  # a splat printed as the program ended
         findings = m.console.findings(mark)
-        if findings:
+        oom = OOM.search(m.console.text_since(mark))
+        if oom and not findings:
+            # Not a classifier pattern, but a command that makes the kernel allocate
+            # until the OOM killer runs is a finding (the agent is usually its victim).
+            outcome.status = "splat"
+            outcome.finding = Finding("splat", "splat|out of memory: the OOM killer ran",
+                                      f"console: {oom.group(0)}", None)
+        elif findings:
             f = findings[0]
             outcome.status = "splat"
             outcome.finding = Finding("splat", f"splat|{f.title}", f"console: {f.title}\n{f.excerpt}",
@@ -230,7 +238,8 @@ class Fuzzer:
     # -- findings ----------------------------------------------------------------------
     def shrink_finding(self, program: Program, finding: Finding) -> tuple[Program, int]:
         """The smallest program that still gives a finding with the same signature."""
-        budget = self.plan.shrink_runs if finding.kind in ("errno", "data", "executor") else 4
+        # a splat or hang costs a reboot per run
+        budget = self.plan.shrink_runs if finding.kind in ("errno", "data", "executor") else min(self.plan.shrink_runs, 10)
 
         def reproduces(steps) -> bool:
             cand = program.with_steps(steps)
