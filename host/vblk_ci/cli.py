@@ -167,21 +167,24 @@ def _add_fuzz_parser(sub) -> None:
                    help="wall time for the campaign, boot and shrinking included (default %(default)s)")
     f.add_argument("--max-steps", type=_positive, default=24, help="steps per program, at most")
     f.add_argument("--shrink-runs", type=_positive, default=30, help="guest runs to shrink one finding, at most")
-    f.add_argument("--replay", metavar="FILE", help="run one program file (a finding's shrunk.txt) and judge it")
+    f.add_argument("--replay", metavar="FILE", help="run one program file (a finding's shrunk.txt) and judge it; "
+                   "or a finding's repro.c: built static on the host (gcc, liburing-dev) and run in the guest")
 
 
 def cmd_fuzz(args: argparse.Namespace) -> int:
-    from .fuzz.runner import FuzzPlan, run_campaign, run_replay
+    from .fuzz.runner import FuzzPlan, run_campaign, run_replay, run_repro_c
 
     if args.budget <= 0:
         raise UsageError("--budget must be a positive number of seconds")
     replay = Path(args.replay) if args.replay else None
+    c_repro = replay is not None and replay.suffix == ".c"
     if replay is not None:
         from .fuzz.program import parse
 
         if not replay.is_file():
             raise MissingPrerequisite(f"program file not found: {replay}")
-        parse(replay.read_text(encoding="utf-8"), str(replay))  # a bad file is exit 2 before a boot
+        if not c_repro:
+            parse(replay.read_text(encoding="utf-8"), str(replay))  # a bad file is exit 2 before a boot
     kernel = _artifact(args.kernel, ENV_KERNEL, "kernel image", "--kernel")
     initramfs = _artifact(args.initramfs, ENV_INITRAMFS, "initramfs", "--initramfs")
     stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
@@ -190,7 +193,17 @@ def cmd_fuzz(args: argparse.Namespace) -> int:
                     qemu=args.qemu, accel=args.accel, smp=args.smp, memory_mb=args.memory,
                     max_steps=args.max_steps, shrink_runs=args.shrink_runs, replay=replay)
     with _reporting(out) as report:
-        record = run_replay(plan, report) if replay is not None else run_campaign(plan, report)
+        if c_repro:
+            record = run_repro_c(plan, report)
+        else:
+            record = run_replay(plan, report) if replay is not None else run_campaign(plan, report)
+    if c_repro:
+        print(record["stdout"], end="")
+        for title in record["console"]:
+            print(f"console: {title}")
+        print(f"vblk-ci: fuzz replay of {replay}: exit {record['rc']}, console findings {len(record['console'])}: "
+              f"{out / 'replay.json'}", file=sys.stderr)
+        return 1 if record["rc"] == 1 or record["console"] else 0
     if replay is not None:
         for line in record["results"]:
             print(json.dumps(line))

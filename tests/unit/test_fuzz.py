@@ -264,7 +264,7 @@ def test_repro_c_compiles(tmp_path):
         disk = {d.name: d for d in DISKS}[p.disk]
         src = tmp_path / f"repro{i}.c"
         src.write_text(write_repro_c(p, disk, "errno|write|valid|root on an O_RDONLY fd|-EBADF */ x"))
-        proc = subprocess.run(["gcc", "-O2", "-Wall", "-Wextra", "-Werror", "-o", str(tmp_path / f"r{i}"), str(src),
+        proc = subprocess.run(["gcc", "-O2", "-static", "-Wall", "-Wextra", "-Werror", "-o", str(tmp_path / f"r{i}"), str(src),
                                "-luring"], capture_output=True, text=True, timeout=120)
         assert proc.returncode == 0, proc.stderr
 
@@ -320,3 +320,11 @@ def test_judge_checks_only_the_iovecs_data_len_names():
     step = Step(type=T_IN, cmd_op=2, sector=0, iov=(512, 512, 512), data_len=2)
     v = judge(prog(step), [{"i": 0, "res": 0, "sectors": [[2, 0], [1, POISON]]}], D512, DiskModel(D512.capacity))
     assert v.findings == []
+
+
+def test_a_disabled_mutation_is_never_drawn_and_generation_stays_deterministic():
+    progs = [generate(1, i, DISKS, disabled=frozenset({"huge-len"})) for i in range(300)]
+    assert "huge-len" not in {m for p in progs for m in p.meta["mutations"]}
+    assert [p.text() for p in progs[:20]] == [generate(1, i, DISKS, disabled=frozenset({"huge-len"})).text()
+                                              for i in range(20)]
+    assert "huge-len" in {m for i in range(300) for m in generate(1, i, DISKS).meta["mutations"]}

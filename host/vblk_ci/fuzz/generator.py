@@ -207,8 +207,11 @@ def mutate(rng: random.Random, step: Step, disk: DiskConfig, what: str) -> Step:
     raise ValueError(f"unknown mutation {what!r}")
 
 
-def generate(seed: int, index: int, disks: list[DiskConfig], max_steps: int = 24) -> Program:
-    """Program ``index`` of the campaign ``seed`` over one of ``disks``."""
+def generate(seed: int, index: int, disks: list[DiskConfig], max_steps: int = 24,
+             disabled: frozenset[str] = frozenset()) -> Program:
+    """Program ``index`` of the campaign ``seed`` over one of ``disks``; ``disabled``
+    mutations are never drawn (a campaign disables the one behind a crash it already
+    recorded, so it does not spend the rest of its budget rebooting)."""
     pseed = program_seed(seed, index)
     rng = random.Random(pseed)
     disk = rng.choice(disks)
@@ -229,8 +232,10 @@ def generate(seed: int, index: int, disks: list[DiskConfig], max_steps: int = 24
             if step.type == T_OUT and not step.seed:  # seed 0 would read back as "garbage"
                 step = replace(step, seed=rng.randint(1, 2**31 - 1))
         elif rng.random() < MUTATE:
-            what = rng.choice(mutations(step, disk))
-            step = mutate(rng, step, disk, what)
+            allowed = [m for m in mutations(step, disk) if m not in disabled]
+            what = rng.choice(allowed) if allowed else None
+            if what is not None:
+                step = mutate(rng, step, disk, what)
         step = replace(step, link=rng.random() < 0.2, async_=rng.random() < 0.15)
         steps.append(step)
         muts.append(what)

@@ -137,6 +137,10 @@ _TEMPLATE = r"""// SPDX-License-Identifier: GPL-2.0-only
 #include <unistd.h>
 #include <liburing.h>
 
+/* A 128-byte SQE is twice struct io_uring_sqe: gcc's object-size checks cannot know. */
+#pragma GCC diagnostic ignored "-Wstringop-overflow"
+#pragma GCC diagnostic ignored "-Warray-bounds"
+
 #define SQE128		@SQE128@
 #define IOPOLL		@IOPOLL@
 #define SQPOLL		@SQPOLL@

@@ -11,12 +11,14 @@ reboot.
 
 from __future__ import annotations
 
+import base64
 import datetime as dt
 import json
 import re
+import subprocess
 import time
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from .. import __version__
@@ -108,6 +110,7 @@ class Fuzzer:
         self.configs: dict[str, DiskConfig] = {}
         self.models: dict[str, DiskModel] = {}
         self.stats = Stats()
+        self.disabled: dict[str, str] = {}  # mutation -> the crash finding that disabled it
         self.boot_seconds: list[float] = []
         self.qemu = resolve_binary(plan.qemu)
         self.caps = probe_caps(self.qemu)
@@ -256,6 +259,20 @@ class Fuzzer:
         self.stats.shrink_runs += runs
         return program.with_steps(steps), runs
 
+    def disable_cause(self, program: Program, shrunk: Program, finding: Finding, rec: dict) -> None:
+        """After a crash or hang shrunk to one step, stop drawing the mutation that made
+        that step: every further hit would only cost a reboot."""
+        if finding.kind not in ("splat", "hang") or len(shrunk.steps) != 1:
+            return
+        muts = program.meta.get("mutations") or []
+        for step, what in zip(program.steps, muts):
+            if replace(step, link=False) == replace(shrunk.steps[0], link=False) and what:
+                self.disabled[what] = finding.signature
+                rec["disabled_mutation"] = what
+                self.emit(E.Note(f"fuzz: mutation {what!r} disabled for the rest of the campaign "
+                                 f"(it made {finding.signature})"))
+                return
+
     def write_finding(self, n: int, program: Program, shrunk: Program, finding: Finding, runs: int) -> dict:
         folder = self.out / "findings" / f"{n:02d}-{_slug(finding.signature)}"
         folder.mkdir(parents=True, exist_ok=True)
@@ -283,7 +300,7 @@ class Fuzzer:
         index = 0
         try:
             while time.monotonic() < deadline:
-                program = generate(plan.seed, index, configs, plan.max_steps)
+                program = generate(plan.seed, index, configs, plan.max_steps, frozenset(self.disabled))
                 outcome, verdict = self.run_and_judge(program)
                 self.stats.programs += 1
                 self.stats.commands += verdict.completed
@@ -292,7 +309,8 @@ class Fuzzer:
                 self.stats.rules.update(verdict.rules)
                 sigs = sorted(verdict.signatures())
                 self.stats.hits.update(sigs)
-                log.write(json.dumps({"index": index, "seed": program.seed, "disk": program.disk,
+                log.write(json.dumps({"index": index, "seed": program.seed, "disabled": sorted(self.disabled),
+                                      "disk": program.disk,
                                       "steps": len(program.steps), "completed": verdict.completed,
                                       "status": outcome.status, "seconds": round(outcome.seconds, 3),
                                       "findings": sigs}) + "\n")
@@ -306,6 +324,7 @@ class Fuzzer:
                     shrunk, runs = self.shrink_finding(program, f)
                     rec = self.write_finding(len(findings) + 1, program, shrunk, f, runs)
                     findings.append(rec)
+                    self.disable_cause(program, shrunk, f, rec)
                     self.emit(E.Note(f"fuzz: shrunk to {len(shrunk.steps)} of {len(program.steps)} steps in "
                                      f"{runs} runs: {rec['folder']}"))
                 if index % 10 == 0:
@@ -339,6 +358,7 @@ class Fuzzer:
             "commands_per_minute_executing": round(60 * s.commands / max(s.exec_seconds, 1e-9), 1),
             "exec_seconds": round(s.exec_seconds, 1), "shrink_runs": s.shrink_runs,
             "disks": {k: vars(v) for k, v in self.configs.items()},
+            "disabled_mutations": dict(self.disabled),
             "classes": dict(sorted(s.classes.items())), "rules": dict(sorted(s.rules.items())),
             "findings": findings,
         }
@@ -357,6 +377,53 @@ def run_campaign(plan: FuzzPlan, emit: E.Emit = E.discard) -> dict:
     emit(E.Note(f"accelerator {fuzzer.accel.name}: {fuzzer.accel.reason}"))
     record = fuzzer.campaign()
     (Path(plan.out) / "fuzz.json").write_text(json.dumps(record, indent=2), encoding="utf-8")
+    return record
+
+
+DISK_LINE = re.compile(r"^ \* # disk (\S+)$", re.M)
+
+
+def build_repro(source: Path, out: Path) -> Path:
+    """``gcc -static`` a repro.c on the host (the guest has no compiler); the binary path."""
+    binary = out / (source.stem + ".static")
+    proc = subprocess.run(["gcc", "-O2", "-static", "-o", str(binary), str(source), "-luring"],
+                          capture_output=True, text=True, timeout=300)
+    if proc.returncode != 0:
+        raise MissingPrerequisite(f"cannot build {source} (gcc -static ... -luring; needs liburing-dev): "
+                                  f"{proc.stderr.strip()[-400:]}")
+    return binary
+
+
+def run_repro_c(plan: FuzzPlan, emit: E.Emit = E.discard) -> dict:
+    """Build a finding's repro.c, copy it into a fresh guest and run it on its disk."""
+    _check(plan)
+    source = Path(plan.replay)
+    m = DISK_LINE.search(source.read_text(encoding="utf-8"))
+    if m is None:
+        raise MissingPrerequisite(f"{source}: no ' * # disk NAME' line: not a vblk-ci fuzz repro")
+    Path(plan.out).mkdir(parents=True, exist_ok=True)
+    binary = build_repro(source, Path(plan.out))
+    fuzzer = Fuzzer(plan, emit)
+    started = time.monotonic()
+    try:
+        fuzzer.boot()
+        agent = fuzzer.machine.agent
+        agent.exec(cmd="python3 -c 'import sys,base64; open(\"/tmp/repro\",\"wb\").write(base64.b64decode("
+                       "sys.stdin.read())); import os; os.chmod(\"/tmp/repro\", 0o755)'",
+                   stdin=base64.b64encode(binary.read_bytes()).decode(), timeout_s=fuzzer.timeouts(60.0))
+        mark = fuzzer.machine.console.mark()
+        res = agent.exec(argv=["/tmp/repro", fuzzer.chardev[m.group(1)]], timeout_s=fuzzer.timeouts(PROGRAM_TIMEOUT_S))
+        time.sleep(0.2)
+        console = [f.title for f in fuzzer.machine.console.findings(mark)]
+        oom = OOM.search(fuzzer.machine.console.text_since(mark))
+        if oom:
+            console.append(oom.group(0))
+    finally:
+        fuzzer.stop()
+    record = {"tool": "vblk-ci fuzz --replay (C)", "program": str(source), "binary": str(binary),
+              "disk": m.group(1), "wall_s": round(time.monotonic() - started, 1), "rc": res.get("rc"),
+              "stdout": res.get("stdout", ""), "stderr": res.get("stderr", ""), "console": console}
+    (Path(plan.out) / "replay.json").write_text(json.dumps(record, indent=2), encoding="utf-8")
     return record
 
 
