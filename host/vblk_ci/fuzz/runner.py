@@ -186,7 +186,7 @@ class Fuzzer:
             except ValueError:
                 continue
         outcome = RunOutcome(results, seconds)
-        time.sleep(0.2)  # a splat printed as the program ended
+        time.sleep(0.1)  # a splat printed as the program ended
         findings = m.console.findings(mark)
         oom = OOM.search(m.console.text_since(mark))
         if oom and not findings:
@@ -329,6 +329,10 @@ class Fuzzer:
                                      f"{runs} runs: {rec['folder']}"))
                 if index % 10 == 0:
                     self.emit(E.Note(self.progress_line(started)))
+                    # a partial record, so a campaign cut short still leaves its figures
+                    partial = self.record(started, findings)
+                    partial["partial"] = True
+                    (self.out / "fuzz.json").write_text(json.dumps(partial, indent=2), encoding="utf-8")
                 index += 1
         finally:
             log.close()
@@ -412,8 +416,12 @@ def run_repro_c(plan: FuzzPlan, emit: E.Emit = E.discard) -> dict:
                        "sys.stdin.read())); import os; os.chmod(\"/tmp/repro\", 0o755)'",
                    stdin=base64.b64encode(binary.read_bytes()).decode(), timeout_s=fuzzer.timeouts(60.0))
         mark = fuzzer.machine.console.mark()
-        res = agent.exec(argv=["/tmp/repro", fuzzer.chardev[m.group(1)]], timeout_s=fuzzer.timeouts(PROGRAM_TIMEOUT_S))
-        time.sleep(0.2)
+        try:
+            res = agent.exec(argv=["/tmp/repro", fuzzer.chardev[m.group(1)]],
+                             timeout_s=fuzzer.timeouts(PROGRAM_TIMEOUT_S))
+        except (AgentError, QmpError, OSError) as exc:  # the guest went down (OOM killed the agent, a panic)
+            res = {"rc": None, "stdout": "", "stderr": f"the guest agent did not answer: {exc}"}
+        time.sleep(0.5)
         console = [f.title for f in fuzzer.machine.console.findings(mark)]
         oom = OOM.search(fuzzer.machine.console.text_since(mark))
         if oom:
