@@ -18,6 +18,9 @@ from .program import T_GET_ID, T_IN, WRITE_TYPES, Program, Step
 from .table import ECANCELED, ID_BYTES, Caller, DiskConfig, Expect, data_bytes, effects, errno_name, expect
 
 
+PERMISSION_ERRNOS = (-1, -9, -13)  # -EPERM, -EBADF, -EACCES
+
+
 @dataclass
 class Finding:
     kind: str  # errno | data | hang | splat | executor
@@ -77,10 +80,11 @@ def judge(program: Program, results: list[dict], disk: DiskConfig, model: DiskMo
         v.outcomes.append((step.name, errno_name(res)))
         if res not in exp.accepted:
             notes = ";".join(exp.notes)
-            # With a note (root on an fd whose mode would refuse it) the note is the class of
-            # the bug, whatever else the command did: one signature per direction.
-            what = (f"{'write-type' if step.type in WRITE_TYPES else 'read-type'}|{notes}" if notes
-                    else f"{step.name}|{'+'.join(exp.rules)}")
+            # A permission refusal where the note says none is due (root on an fd whose mode
+            # would refuse others) is one bug whatever else the command did: one signature per
+            # direction. Anything else is classed by the op and the table rows.
+            what = (f"{'write-type' if step.type in WRITE_TYPES else 'read-type'}|{notes}"
+                    if notes and res in PERMISSION_ERRNOS else f"{step.name}|{'+'.join(exp.rules)}")
             v.findings.append(Finding(
                 "errno", f"errno|{what}|{errno_name(res)}",
                 f"step {i}: {step.text()}: cqe->res {errno_name(res)} ({res}), expected {exp.describe()} "
