@@ -68,6 +68,7 @@ struct fz {
 	int fd;
 	bool ring_ready;
 	bool sqe128, iopoll, sqpoll;
+	bool scribble;			/* overwrite SQEs once submitted */
 	unsigned int entries;
 	struct io_uring ring;
 	unsigned char *slots;		/* FZ_MAX_CHAIN data slots */
@@ -565,6 +566,7 @@ static int fz_wait(struct fz *f, struct io_uring_cqe **cqe, uint64_t deadline)
 
 static void fz_run_chain(struct fz *f)
 {
+	struct io_uring_sqe *sqes[FZ_MAX_CHAIN];
 	int res[FZ_MAX_CHAIN];
 	bool done[FZ_MAX_CHAIN] = { false };
 	unsigned int i, got = 0;
@@ -583,11 +585,24 @@ static void fz_run_chain(struct fz *f)
 		if (!sqe)
 			fz_die(f, "chain longer than the ring", NULL);
 		fz_prep(f, sqe, &f->chain[i], i);
+		sqes[i] = sqe;
 	}
 	ret = io_uring_submit(&f->ring);
 	if (ret < 0) {
 		fz_ring_error(f, -ret);
 		exit(EXIT_RUNTIME);
+	}
+	if (f->scribble) {
+		/*
+		 * Once the kernel has consumed them the SQ slots are the
+		 * application's again: a command must not read its SQE later
+		 * (linked, IOSQE_ASYNC, -EAGAIN retries).  With SQPOLL the
+		 * slots are consumed when the SQ head passes them.
+		 */
+		while (f->sqpoll && io_uring_sq_ready(&f->ring))
+			;
+		for (i = 0; i < f->nchain; i++)
+			memset(sqes[i], 0xa5, f->sqe128 ? 128 : 64);
 	}
 	deadline = now_ns() + (uint64_t)f->timeout_ms * 1000000ULL;
 	while (got < f->nchain) {
@@ -630,7 +645,7 @@ static void fz_ring_line(struct fz *f, char *rest)
 	char *tok, *save = NULL;
 
 	f->sqe128 = true;
-	f->iopoll = f->sqpoll = false;
+	f->iopoll = f->sqpoll = f->scribble = false;
 	f->entries = 16;
 	for (tok = strtok_r(rest, " \t", &save); tok; tok = strtok_r(NULL, " \t", &save)) {
 		char *v = strchr(tok, '=');
@@ -644,6 +659,8 @@ static void fz_ring_line(struct fz *f, char *rest)
 			f->iopoll = fz_num(f, v) != 0;
 		else if (!strcmp(tok, "sqpoll"))
 			f->sqpoll = fz_num(f, v) != 0;
+		else if (!strcmp(tok, "scribble"))
+			f->scribble = fz_num(f, v) != 0;
 		else if (!strcmp(tok, "entries"))
 			f->entries = fz_u32(f, v);
 		else

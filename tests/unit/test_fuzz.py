@@ -328,3 +328,14 @@ def test_a_disabled_mutation_is_never_drawn_and_generation_stays_deterministic()
     assert [p.text() for p in progs[:20]] == [generate(1, i, DISKS, disabled=frozenset({"huge-len"})).text()
                                               for i in range(20)]
     assert "huge-len" in {m for i in range(300) for m in generate(1, i, DISKS).meta["mutations"]}
+
+
+def test_scribble_round_trips_and_marks_commands_issued_later():
+    p = prog(replace(WRITE, link=True), READ, replace(READ, async_=True), READ, scribble=True)
+    assert parse(p.text()).scribble and "scribble=1" in p.text()
+    v = judge(p, [{"i": 0, "res": 0}, {"i": 1, "res": -EINVAL}, {"i": 2, "res": -EINVAL}, {"i": 3, "res": 0,
+                                                                                         "sectors": [[8, 77]]}],
+              D512, DiskModel(D512.capacity))
+    assert [f.signature for f in v.findings] == ["errno|read|valid|SQ slot reused after submit (linked)|-EINVAL",
+                                                 "errno|read|valid|SQ slot reused after submit (IOSQE_ASYNC)|-EINVAL"]
+    assert sum(generate(4, i, DISKS).scribble for i in range(100)) in range(15, 46)

@@ -21,6 +21,7 @@ from .program import (
 from .table import ID_BYTES, DiskConfig
 
 MUTATE = 0.35
+SCRIBBLE = 0.3  # programs whose executor overwrites SQ slots right after submit
 HOT_SECTORS = 2048  # 1 MiB at the start of the disk: where most commands go
 MAX_BLOCKS = 16
 OPS = ((T_IN, 30), (T_OUT, 30), (T_FLUSH, 8), (T_GET_ID, 5), (T_DISCARD, 9), (T_WRITE_ZEROES, 9), (None, 4))
@@ -239,6 +240,9 @@ def generate(seed: int, index: int, disks: list[DiskConfig], max_steps: int = 24
         step = replace(step, link=rng.random() < 0.2, async_=rng.random() < 0.15)
         steps.append(step)
         muts.append(what)
-    prog = Program(disk=disk.name, sqe=sqe, iopoll=iopoll, sqpoll=sqpoll, mode=mode, seed=pseed).with_steps(steps)
+    # drawn last, so the rest of a program does not depend on it
+    scribble = rng.random() < SCRIBBLE
+    prog = Program(disk=disk.name, sqe=sqe, iopoll=iopoll, sqpoll=sqpoll, scribble=scribble, mode=mode,
+                   seed=pseed).with_steps(steps)
     prog.meta["mutations"] = muts
     return prog

@@ -74,6 +74,9 @@ def judge(program: Program, results: list[dict], disk: DiskConfig, model: DiskMo
         res = int(r["res"])
         v.completed += 1
         exp = expect(step, program, disk, caller)
+        late = _issued_late(program, i, chain_of)
+        if late:
+            exp = Expect(exp.accepted, exp.rules, exp.notes + (late,))
         if chain_of[i] in broken:
             exp = Expect(frozenset({-ECANCELED}), ("linked to a failed command",))
         v.rules.update(exp.rules)
@@ -84,7 +87,8 @@ def judge(program: Program, results: list[dict], disk: DiskConfig, model: DiskMo
             # would refuse others) is one bug whatever else the command did: one signature per
             # direction. Anything else is classed by the op and the table rows.
             what = (f"{'write-type' if step.type in WRITE_TYPES else 'read-type'}|{notes}"
-                    if notes and res in PERMISSION_ERRNOS else f"{step.name}|{'+'.join(exp.rules)}")
+                    if notes and res in PERMISSION_ERRNOS else
+                    f"{step.name}|{'+'.join(exp.rules)}" + (f"|{late}" if late else ""))
             v.findings.append(Finding(
                 "errno", f"errno|{what}|{errno_name(res)}",
                 f"step {i}: {step.text()}: cqe->res {errno_name(res)} ({res}), expected {exp.describe()} "
@@ -100,6 +104,18 @@ def judge(program: Program, results: list[dict], disk: DiskConfig, model: DiskMo
             elif res > 0:  # the device failed it: part of it may have happened
                 model.forget(sector, count)
     return v
+
+
+def _issued_late(program: Program, i: int, chain_of: dict[int, int]) -> str:
+    """With ``scribble`` the executor overwrites the SQ slots right after submit: a command
+    issued after that (linked behind another, or IOSQE_ASYNC) must not read them again."""
+    if not program.scribble:
+        return ""
+    if i > 0 and chain_of[i - 1] == chain_of[i]:
+        return "SQ slot reused after submit (linked)"
+    if program.steps[i].async_:
+        return "SQ slot reused after submit (IOSQE_ASYNC)"
+    return ""
 
 
 def _clip(runs: list[list[int]], sectors: int | None) -> list[list[int]]:

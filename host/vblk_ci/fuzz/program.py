@@ -106,6 +106,7 @@ class Program:
     sqe: int = 128
     iopoll: bool = False
     sqpoll: bool = False
+    scribble: bool = False  # the executor overwrites each SQE once the kernel has consumed it
     mode: str = "rw"
     seed: int | None = None  # the generator seed it came from, if any
     meta: dict = field(default_factory=dict, compare=False)
@@ -133,7 +134,8 @@ class Program:
         lines = [HEADER, f"# disk {self.disk}"]
         if self.seed is not None:
             lines.append(f"# seed {self.seed}")
-        lines.append(f"ring sqe={self.sqe} iopoll={int(self.iopoll)} sqpoll={int(self.sqpoll)} entries=16")
+        scribble = " scribble=1" if self.scribble else ""
+        lines.append(f"ring sqe={self.sqe} iopoll={int(self.iopoll)} sqpoll={int(self.sqpoll)}{scribble} entries=16")
         lines.append(f"open mode={self.mode}")
         chain = 0
         for s in self.steps:
@@ -226,6 +228,7 @@ def parse(text: str, source: str = "program") -> Program:
         raise UsageError(f"{source}: no '# disk NAME' line (which disk the program runs on)")
     return Program(
         disk=meta["disk"], steps=tuple(steps), sqe=_num(ring.get("sqe", "128"), source),
-        iopoll=ring.get("iopoll", "0") != "0", sqpoll=ring.get("sqpoll", "0") != "0", mode=mode,
+        iopoll=ring.get("iopoll", "0") != "0", sqpoll=ring.get("sqpoll", "0") != "0",
+        scribble=ring.get("scribble", "0") != "0", mode=mode,
         seed=_num(meta["seed"], source) if "seed" in meta else None,
     )

@@ -107,6 +107,7 @@ def write_repro_c(program: Program, disk: DiskConfig, title: str, caller: Caller
             .replace("@SQE128@", "1" if program.sqe == 128 else "0")
             .replace("@IOPOLL@", str(int(program.iopoll)))
             .replace("@SQPOLL@", str(int(program.sqpoll)))
+            .replace("@SCRIBBLE@", str(int(program.scribble)))
             .replace("@MODE@", {"rw": "O_RDWR", "ro": "O_RDONLY", "wo": "O_WRONLY"}[program.mode])
             .replace("@ARRAYS@", "\n".join(arrays))
             .replace("@STEPS@", "\n".join(inits)))
@@ -144,6 +145,7 @@ _TEMPLATE = r"""// SPDX-License-Identifier: GPL-2.0-only
 #define SQE128		@SQE128@
 #define IOPOLL		@IOPOLL@
 #define SQPOLL		@SQPOLL@
+#define SCRIBBLE	@SCRIBBLE@	/* overwrite the SQ slots once the kernel consumed them */
 #define OPEN_MODE	@MODE@
 #define MAX_CHAIN	8
 #define STEP_BYTES	(256U << 10)
@@ -408,6 +410,7 @@ int main(int argc, char **argv)
 	}
 	while (i < NSTEPS) {
 		unsigned int n = 0, got = 0, first = i;
+		struct io_uring_sqe *sqes[MAX_CHAIN];
 		int res[MAX_CHAIN];
 
 		/* one linked chain at a time, as the fuzzer's executor does */
@@ -437,6 +440,7 @@ int main(int argc, char **argv)
 			if (s->async)
 				sqe->flags |= IOSQE_ASYNC;
 			memcpy((unsigned char *)sqe + SQE_CMD_OFFSET, &cmd, SQE128 ? sizeof(cmd) : 16);
+			sqes[n] = sqe;
 			n++;
 			i++;
 		} while (steps[i - 1].link && n < MAX_CHAIN && i < NSTEPS);
@@ -444,6 +448,13 @@ int main(int argc, char **argv)
 		if (ret < 0) {
 			fprintf(stderr, "io_uring_submit: %s\n", strerror(-ret));
 			return 2;
+		}
+		if (SCRIBBLE) {
+			while (SQPOLL && io_uring_sq_ready(&ring))
+				;
+			for (got = 0; got < n; got++)
+				memset(sqes[got], 0xa5, SQE128 ? 128 : 64);
+			got = 0;
 		}
 		while (got < n) {
 			struct io_uring_cqe *cqe;
