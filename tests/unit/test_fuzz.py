@@ -336,6 +336,6 @@ def test_scribble_round_trips_and_marks_commands_issued_later():
     v = judge(p, [{"i": 0, "res": 0}, {"i": 1, "res": -EINVAL}, {"i": 2, "res": -EINVAL}, {"i": 3, "res": 0,
                                                                                          "sectors": [[8, 77]]}],
               D512, DiskModel(D512.capacity))
-    assert [f.signature for f in v.findings] == ["errno|read|valid|SQ slot reused after submit (linked)|-EINVAL",
-                                                 "errno|read|valid|SQ slot reused after submit (IOSQE_ASYNC)|-EINVAL"]
+    assert [f.signature for f in v.findings] == ["errno|issued-late|SQ slot reused after submit (linked)|-EINVAL",
+                                                 "errno|issued-late|SQ slot reused after submit (IOSQE_ASYNC)|-EINVAL"]
     assert sum(generate(4, i, DISKS).scribble for i in range(100)) in range(15, 46)

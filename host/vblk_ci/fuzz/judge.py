@@ -74,6 +74,7 @@ def judge(program: Program, results: list[dict], disk: DiskConfig, model: DiskMo
         res = int(r["res"])
         v.completed += 1
         exp = expect(step, program, disk, caller)
+        caller_notes = ";".join(exp.notes)
         late = _issued_late(program, i, chain_of)
         if late:
             exp = Expect(exp.accepted, exp.rules, exp.notes + (late,))
@@ -86,9 +87,14 @@ def judge(program: Program, results: list[dict], disk: DiskConfig, model: DiskMo
             # A permission refusal where the note says none is due (root on an fd whose mode
             # would refuse others) is one bug whatever else the command did: one signature per
             # direction. Anything else is classed by the op and the table rows.
-            what = (f"{'write-type' if step.type in WRITE_TYPES else 'read-type'}|{notes}"
-                    if notes and res in PERMISSION_ERRNOS else
-                    f"{step.name}|{'+'.join(exp.rules)}" + (f"|{late}" if late else ""))
+            # A command issued after its SQ slot was overwritten that comes back -EINVAL read
+            # the overwritten slot (0xa5 bytes are no valid command): one signature for that too.
+            if caller_notes and res in PERMISSION_ERRNOS:
+                what = f"{'write-type' if step.type in WRITE_TYPES else 'read-type'}|{caller_notes}"
+            elif late and res == -22:
+                what = f"issued-late|{late}"
+            else:
+                what = f"{step.name}|{'+'.join(exp.rules)}" + (f"|{late}" if late else "")
             v.findings.append(Finding(
                 "errno", f"errno|{what}|{errno_name(res)}",
                 f"step {i}: {step.text()}: cqe->res {errno_name(res)} ({res}), expected {exp.describe()} "
