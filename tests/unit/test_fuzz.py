@@ -339,3 +339,10 @@ def test_scribble_round_trips_and_marks_commands_issued_later():
     assert [f.signature for f in v.findings] == ["errno|issued-late|SQ slot reused after submit (linked)|-EINVAL",
                                                  "errno|issued-late|SQ slot reused after submit (IOSQE_ASYNC)|-EINVAL"]
     assert sum(generate(4, i, DISKS).scribble for i in range(100)) in range(15, 46)
+
+
+def test_a_wrong_answer_of_a_late_command_keeps_the_signature_of_its_rows():
+    wrap = replace(READ, sector=(1 << 64) - 8)
+    p = prog(replace(READ, link=True), wrap, scribble=True)
+    v = judge(p, [{"i": 0, "res": 0, "sectors": [[8, 0]]}, {"i": 1, "res": 1}], D512, DiskModel(D512.capacity))
+    assert [f.signature for f in v.findings] == ["errno|read|sector + length wraps past 2^64|dev-status-1"]

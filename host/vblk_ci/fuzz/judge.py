@@ -94,7 +94,7 @@ def judge(program: Program, results: list[dict], disk: DiskConfig, model: DiskMo
             elif late and res == -22:
                 what = f"issued-late|{late}"
             else:
-                what = f"{step.name}|{'+'.join(exp.rules)}" + (f"|{late}" if late else "")
+                what = f"{step.name}|{'+'.join(exp.rules)}"
             v.findings.append(Finding(
                 "errno", f"errno|{what}|{errno_name(res)}",
                 f"step {i}: {step.text()}: cqe->res {errno_name(res)} ({res}), expected {exp.describe()} "
