@@ -167,6 +167,9 @@ def _add_fuzz_parser(sub) -> None:
                    help="wall time for the campaign, boot and shrinking included (default %(default)s)")
     f.add_argument("--max-steps", type=_positive, default=24, help="steps per program, at most")
     f.add_argument("--shrink-runs", type=_positive, default=30, help="guest runs to shrink one finding, at most")
+    f.add_argument("--faults", default="", metavar="KINDS",
+                   help="host faults interleaved with the programs, comma-separated: stop-cont (QMP stop, "
+                        "0.3 s, cont during a fifth of the programs)")
     f.add_argument("--replay", metavar="FILE", help="run one program file (a finding's shrunk.txt) and judge it; "
                    "or a finding's repro.c: built static on the host (gcc, liburing-dev) and run in the guest")
 
@@ -177,6 +180,9 @@ def cmd_fuzz(args: argparse.Namespace) -> int:
     if args.budget <= 0:
         raise UsageError("--budget must be a positive number of seconds")
     replay = Path(args.replay) if args.replay else None
+    faults = tuple(k for k in args.faults.split(",") if k)
+    if set(faults) - {"stop-cont"}:
+        raise UsageError(f"--faults: unknown kind(s) {', '.join(sorted(set(faults) - {'stop-cont'}))} (known: stop-cont)")
     c_repro = replay is not None and replay.suffix == ".c"
     if replay is not None:
         from .fuzz.program import parse
@@ -191,7 +197,7 @@ def cmd_fuzz(args: argparse.Namespace) -> int:
     out = Path(args.out) if args.out else DEFAULT_OUT_ROOT / f"fuzz-{stamp}"
     plan = FuzzPlan(kernel=kernel, initramfs=initramfs, out=out, seed=args.seed, budget_s=args.budget,
                     qemu=args.qemu, accel=args.accel, smp=args.smp, memory_mb=args.memory,
-                    max_steps=args.max_steps, shrink_runs=args.shrink_runs, replay=replay)
+                    max_steps=args.max_steps, shrink_runs=args.shrink_runs, replay=replay, faults=faults)
     with _reporting(out) as report:
         if c_repro:
             record = run_repro_c(plan, report)

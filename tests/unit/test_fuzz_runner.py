@@ -32,6 +32,7 @@ CONFIGS = {"fz0": DiskConfig("fz0", "fuzz-d0", 16 << 20), "fz1": DiskConfig("fz1
                                                                              discard=False, write_zeroes=False),
            "fz2": DiskConfig("fz2", "fuzz-ro", 4 << 20, read_only=True)}
 DEVS = {"/dev/vdac0": "fz0", "/dev/vdbc0": "fz1", "/dev/vdcc0": "fz2"}
+QMP_CALLS: list[str] = []
 DATA: dict[str, dict[int, int]] = {}  # disk -> sector -> tag, kept across boots like the image files
 
 
@@ -113,6 +114,9 @@ class FakeMachine:
     def is_running(self):
         return self.running
 
+    def qmp(self, cmd, args=None, timeout=None):
+        QMP_CALLS.append(cmd)
+
     def hotplug(self, disk, slot, chardev=True):
         name = "vd" + "abc"[slot]
         return Plugged(name, f"/dev/{name}c0")
@@ -153,3 +157,18 @@ def test_campaign_finds_the_planted_wrap_bug_and_writes_it_out(fake, tmp_path, m
     rep = R.run_replay(R.FuzzPlan(kernel=kernel, initramfs=initrd, out=tmp_path / "replay",
                                   replay=folder / "shrunk.txt"))
     assert [x["signature"] for x in rep["findings"]] == [f["signature"]]
+
+
+def test_stop_cont_faults_pause_a_fifth_of_the_programs(fake, tmp_path, monkeypatch):
+    kernel, initrd = fake
+    QMP_CALLS.clear()
+    ticks = iter(range(0, 10**6))
+    monkeypatch.setattr(R.time, "monotonic", lambda: next(ticks) * 0.01)
+    monkeypatch.setattr(R.time, "sleep", lambda s: None)
+    rec = R.run_campaign(R.FuzzPlan(kernel=kernel, initramfs=initrd, out=tmp_path / "o", seed=3, budget_s=20.0,
+                                    faults=("stop-cont",)))
+    assert rec["programs_with_fault"] > 0 and rec["faults"] == ["stop-cont"]
+    # every stop is followed by its cont (shrink runs may pause too)
+    assert len(QMP_CALLS) >= 2 * rec["programs_with_fault"]
+    assert QMP_CALLS == ["stop", "cont"] * (len(QMP_CALLS) // 2)
+    assert 0.1 < rec["programs_with_fault"] / rec["programs"] < 0.35

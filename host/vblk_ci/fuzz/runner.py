@@ -14,8 +14,10 @@ from __future__ import annotations
 import base64
 import datetime as dt
 import json
+import random
 import re
 import subprocess
+import threading
 import time
 from collections import Counter
 from dataclasses import dataclass, field, replace
@@ -40,6 +42,7 @@ from .table import SYSFS_PATHS, DiskConfig
 EXECUTOR = "/usr/bin/vblk-engine"
 CHAIN_TIMEOUT_MS = 20000  # the executor's own limit for one chain to complete
 PROGRAM_TIMEOUT_S = 90.0  # the agent's limit for one program (TCG; scaled)
+PAUSE_S = 0.3  # --faults stop-cont: how long the VM stays stopped
 OOM = re.compile(r"\S+ invoked oom-killer: [^\n]*")
 
 
@@ -70,6 +73,30 @@ class FuzzPlan:
     max_steps: int = 24
     shrink_runs: int = 30
     replay: Path | None = None
+    faults: tuple[str, ...] = ()  # host faults interleaved with programs: "stop-cont"
+
+
+class StopCont(threading.Thread):
+    """Pause the VM ``delay`` seconds after start, for ``PAUSE_S``, over QMP."""
+
+    def __init__(self, machine: Machine, delay: float):
+        super().__init__(name="fuzz-stop-cont", daemon=True)
+        self.machine = machine
+        self.delay = delay
+        self.error: str | None = None
+
+    def run(self) -> None:
+        time.sleep(self.delay)
+        try:
+            self.machine.qmp("stop")
+            time.sleep(PAUSE_S)
+        except (QmpError, InfraError, OSError) as exc:
+            self.error = str(exc)
+        finally:
+            try:
+                self.machine.qmp("cont")
+            except (QmpError, InfraError, OSError) as exc:
+                self.error = self.error or str(exc)
 
 
 @dataclass
@@ -89,6 +116,7 @@ class Stats:
     exec_seconds: float = 0.0
     boots: int = 0
     shrink_runs: int = 0
+    faults: int = 0
     classes: Counter = field(default_factory=Counter)
     rules: Counter = field(default_factory=Counter)
     hits: Counter = field(default_factory=Counter)  # finding signature -> programs that hit it
@@ -171,13 +199,19 @@ class Fuzzer:
         error: str | None = None
         rc = None
         stdout = ""
+        fault = self.fault_for(program)
         try:
+            if fault is not None:
+                fault.start()
             res = m.agent.exec(argv=argv, stdin=program.text(), timeout_s=self.timeouts(PROGRAM_TIMEOUT_S))
             rc, stdout = res.get("rc"), res.get("stdout", "")
             if rc not in (0, 4):
                 error = f"executor exited {rc}: {(res.get('stderr') or '').strip()[-300:]}"
         except (AgentError, QmpError, OSError) as exc:
             error = f"the guest agent did not answer: {exc}"
+        finally:
+            if fault is not None:
+                fault.join()
         seconds = time.monotonic() - started
         results = []
         for line in stdout.splitlines():
@@ -215,6 +249,18 @@ class Fuzzer:
             self._forget(program)
             self.stop()
         return outcome
+
+    def fault_for(self, program: Program) -> "StopCont | None":
+        """--faults stop-cont: a fifth of the programs (drawn from the program's seed) get the
+        VM paused (QMP stop, 0.3 s, cont) at a random point early in their run. A pause must
+        change no result: the judge is the same."""
+        if "stop-cont" not in self.plan.faults:
+            return None
+        rng = random.Random(program.seed if program.seed is not None else 0)
+        if rng.random() >= 0.2:
+            return None
+        self.stats.faults += 1
+        return StopCont(self.machine, rng.uniform(0.0, 0.3))
 
     def _forget(self, program: Program) -> None:
         model = self.models[program.disk]
@@ -361,6 +407,7 @@ class Fuzzer:
             "commands_per_minute": round(60 * s.commands / max(wall, 1e-9), 1),
             "commands_per_minute_executing": round(60 * s.commands / max(s.exec_seconds, 1e-9), 1),
             "exec_seconds": round(s.exec_seconds, 1), "shrink_runs": s.shrink_runs,
+            "faults": list(self.plan.faults), "programs_with_fault": s.faults,
             "disks": {k: vars(v) for k, v in self.configs.items()},
             "disabled_mutations": dict(self.disabled),
             "classes": dict(sorted(s.classes.items())), "rules": dict(sorted(s.rules.items())),
