@@ -331,4 +331,7 @@ void *low_alloc(size_t len);
 void low_free(void *p, size_t len);
 void pack_iov32(struct iovec *iov, unsigned int n);
 
+/* fuzz.c: vblk-engine --program (the vblk-ci fuzz executor) */
+int fuzz_main(int argc, char **argv);
+
 #endif /* VBLK_ENGINE_H */

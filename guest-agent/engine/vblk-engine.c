@@ -185,6 +185,9 @@ int main(int argc, char **argv)
 	struct job job;
 	int ret;
 
+	/* vblk-ci fuzz: a program of raw uring_cmd steps (fuzz.c) */
+	if (argc > 1 && !strcmp(argv[1], "--program"))
+		return fuzz_main(argc, argv);
 	if (parse_args(argc, argv, &job))
 		return EXIT_USAGE;
 	ret = engine_setup(&e, &job);

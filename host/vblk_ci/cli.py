@@ -110,6 +110,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_repro_parsers(sub, _positive)
     _add_bench_parser(sub)
+    _add_fuzz_parser(sub)
 
     cov = sub.add_parser("coverage", help="which lines the driver series adds to virtio_blk.c ran (run --coverage)")
     cov.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="run directories of vblk-ci run --coverage")
@@ -165,6 +166,85 @@ def _add_bench_parser(sub) -> None:
     j.add_argument("--ios", type=_positive, help="I/Os per run instead of a runtime")
     j.add_argument("--length", type=_positive, default=64 << 20, help="bytes the I/Os cover")
     j.add_argument("--backend", choices=("null", "file"), default="null")
+
+
+def _add_fuzz_parser(sub) -> None:
+    f = sub.add_parser("fuzz", help="structure-aware fuzzing of the passthrough uapi (seeded, replayable)")
+    f.add_argument("--kernel", help=f"bzImage (default ${ENV_KERNEL})")
+    f.add_argument("--initramfs", help=f"guest initramfs (default ${ENV_INITRAMFS})")
+    f.add_argument("--out", help="output folder (default vblk-ci-out/fuzz-<time>)")
+    f.add_argument("--qemu", default="qemu-system-x86_64")
+    f.add_argument("--accel", choices=("auto", "tcg", "kvm"), default="auto")
+    f.add_argument("--smp", type=_positive, default=2)
+    f.add_argument("--memory", type=_positive, default=1024, metavar="MB")
+    f.add_argument("--seed", type=int, default=1, help="campaign seed: program N is the same for the same seed")
+    f.add_argument("--budget", type=float, default=300.0, metavar="SECONDS",
+                   help="wall time for the campaign, boot and shrinking included (default %(default)s)")
+    f.add_argument("--max-steps", type=_positive, default=24, help="steps per program, at most")
+    f.add_argument("--shrink-runs", type=_positive, default=30, help="guest runs to shrink one finding, at most")
+    f.add_argument("--faults", default="", metavar="KINDS",
+                   help="host faults interleaved with the programs, comma-separated: stop-cont (QMP stop, "
+                        "0.3 s, cont during a fifth of the programs)")
+    f.add_argument("--replay", metavar="FILE", help="run one program file (a finding's shrunk.txt) and judge it; "
+                   "or a finding's repro.c: built static on the host (gcc, liburing-dev) and run in the guest")
+
+
+def cmd_fuzz(args: argparse.Namespace) -> int:
+    from .fuzz.runner import FuzzPlan, run_campaign, run_replay, run_repro_c
+
+    if args.budget <= 0:
+        raise UsageError("--budget must be a positive number of seconds")
+    replay = Path(args.replay) if args.replay else None
+    faults = tuple(k for k in args.faults.split(",") if k)
+    if set(faults) - {"stop-cont"}:
+        raise UsageError(f"--faults: unknown kind(s) {', '.join(sorted(set(faults) - {'stop-cont'}))} (known: stop-cont)")
+    c_repro = replay is not None and replay.suffix == ".c"
+    if replay is not None:
+        from .fuzz.program import parse
+
+        if not replay.is_file():
+            raise MissingPrerequisite(f"program file not found: {replay}")
+        if not c_repro:
+            parse(replay.read_text(encoding="utf-8"), str(replay))  # a bad file is exit 2 before a boot
+    kernel = _artifact(args.kernel, ENV_KERNEL, "kernel image", "--kernel")
+    initramfs = _artifact(args.initramfs, ENV_INITRAMFS, "initramfs", "--initramfs")
+    stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+    out = Path(args.out) if args.out else DEFAULT_OUT_ROOT / f"fuzz-{stamp}"
+    plan = FuzzPlan(kernel=kernel, initramfs=initramfs, out=out, seed=args.seed, budget_s=args.budget,
+                    qemu=args.qemu, accel=args.accel, smp=args.smp, memory_mb=args.memory,
+                    max_steps=args.max_steps, shrink_runs=args.shrink_runs, replay=replay, faults=faults)
+    with _reporting(out) as report:
+        if c_repro:
+            record = run_repro_c(plan, report)
+        else:
+            record = run_replay(plan, report) if replay is not None else run_campaign(plan, report)
+    if c_repro:
+        print(record["stdout"], end="")
+        for title in record["console"]:
+            print(f"console: {title}")
+        print(f"vblk-ci: fuzz replay of {replay}: exit {record['rc']}, console findings {len(record['console'])}: "
+              f"{out / 'replay.json'}", file=sys.stderr)
+        return 1 if record["rc"] == 1 or record["console"] else 0
+    if replay is not None:
+        for line in record["results"]:
+            print(json.dumps(line))
+        for f in record["findings"]:
+            print(f"finding: {f['signature']}: {f['detail'].splitlines()[0]}")
+        print(f"vblk-ci: fuzz replay: {len(record['findings'])} findings: {out / 'replay.json'}", file=sys.stderr)
+        return 1 if record["findings"] else 0
+    print(f"fuzz: seed {record['seed']}, {record['wall_s']} s wall, {record['programs']} programs, "
+          f"{record['commands']} commands, {record['commands_per_minute']} commands/min "
+          f"({record['commands_per_minute_executing']}/min while executing), {record['boots']} boots")
+    print(f"fuzz: {len(record['classes'])} (op, outcome) classes reached:")
+    for cls, n in record["classes"].items():
+        print(f"  {cls:40s} {n}")
+    print(f"fuzz: {len(record['findings'])} findings:")
+    for f in record["findings"]:
+        print(f"  [{f['kind']}] {f['signature']} (hit by {f['programs_hit']} programs, shrunk "
+              f"{f['steps']} -> {f['shrunk_steps']} steps)\n      {f['detail'].splitlines()[0]}\n"
+              f"      {f['folder']}/repro.c")
+    print(f"vblk-ci: fuzz done: results in {out / 'fuzz.json'}", file=sys.stderr)
+    return 1 if record["findings"] else 0
 
 
 # -- run ---------------------------------------------------------------------------------
@@ -400,6 +480,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return cmd_bench(args)
         if args.command == "coverage":
             return cmd_coverage(args)
+        if args.command == "fuzz":
+            return cmd_fuzz(args)
         return cmd_build(args)
     except VblkCiError as exc:
         first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__

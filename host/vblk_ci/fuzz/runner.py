@@ -1,0 +1,508 @@
+"""The fuzz campaign: boot the VM, plug the disks, run generated programs until the
+budget is spent, judge each, shrink each new finding and write it out.
+
+``run_campaign(plan, emit)`` and ``run_replay(plan, emit)`` never print: they emit
+events (``Note`` lines) and return the record that is also written to
+``<out>/fuzz.json`` (or ``replay.json``). The VM's logs go to ``<out>/vm-N/`` (a
+new one after each crash or hang, which also reboots the guest). The disks are raw
+files in ``<out>/images/``, so their contents, and the model of them, survive a
+reboot.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import json
+import random
+import re
+import subprocess
+import threading
+import time
+from collections import Counter
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+from .. import __version__
+from .. import events as E
+from ..disks.spec import DiskSpec, create_sparse_file
+from ..errors import AgentError, BootError, InfraError, MissingPrerequisite, QmpError
+from ..machine.accel import choose
+from ..machine.argv import BASE_CMDLINE, MachineSpec
+from ..machine.machine import Machine, Timeouts
+from ..machine.qemuinfo import DEFAULT_QEMU, probe_caps, resolve_binary
+from .generator import generate
+from .judge import Finding, Verdict, judge
+from .model import DiskModel
+from .program import Program, parse
+from .repro import write_repro_c
+from .shrink import shrink
+from .table import SYSFS_PATHS, DiskConfig
+
+EXECUTOR = "/usr/bin/vblk-engine"
+CHAIN_TIMEOUT_MS = 20000  # the executor's own limit for one chain to complete
+PROGRAM_TIMEOUT_S = 90.0  # the agent's limit for one program (TCG; scaled)
+PAUSE_S = 0.3  # --faults stop-cont: how long the VM stays stopped
+OOM = re.compile(r"\S+ invoked oom-killer: [^\n]*")
+
+
+def fuzz_disks(images: Path) -> list[DiskSpec]:
+    """Three configurations: 512-byte blocks with discard and write-zeroes; 4 KiB blocks
+    without them; a read-only disk."""
+    return [
+        DiskSpec(id="fz0", serial="fuzz-d0", backend="file", path=images / "fz0.img", size_bytes=16 << 20,
+                 logical_block_size=512, discard=True, write_zeroes=True).validate(),
+        DiskSpec(id="fz1", serial="fuzz-d1", backend="file", path=images / "fz1.img", size_bytes=8 << 20,
+                 logical_block_size=4096, discard=False, write_zeroes=False).validate(),
+        DiskSpec(id="fz2", serial="fuzz-ro", backend="file", path=images / "fz2.img", size_bytes=4 << 20,
+                 read_only=True).validate(),
+    ]
+
+
+@dataclass(frozen=True)
+class FuzzPlan:
+    kernel: Path
+    initramfs: Path
+    out: Path
+    seed: int = 1
+    budget_s: float = 300.0
+    qemu: str = DEFAULT_QEMU
+    accel: str = "auto"
+    smp: int = 2
+    memory_mb: int = 1024
+    max_steps: int = 24
+    shrink_runs: int = 30
+    replay: Path | None = None
+    faults: tuple[str, ...] = ()  # host faults interleaved with programs: "stop-cont"
+
+
+class StopCont(threading.Thread):
+    """Pause the VM ``delay`` seconds after start, for ``PAUSE_S``, over QMP."""
+
+    def __init__(self, machine: Machine, delay: float):
+        super().__init__(name="fuzz-stop-cont", daemon=True)
+        self.machine = machine
+        self.delay = delay
+        self.error: str | None = None
+
+    def run(self) -> None:
+        time.sleep(self.delay)
+        try:
+            self.machine.qmp("stop")
+            time.sleep(PAUSE_S)
+        except (QmpError, InfraError, OSError) as exc:
+            self.error = str(exc)
+        finally:
+            try:
+                self.machine.qmp("cont")
+            except (QmpError, InfraError, OSError) as exc:
+                self.error = self.error or str(exc)
+
+
+@dataclass
+class RunOutcome:
+    """One program's run: the executor's lines, and what went wrong outside the judge."""
+
+    results: list[dict]
+    seconds: float
+    status: str = "ok"  # ok | hang | splat | executor
+    finding: Finding | None = None
+
+
+@dataclass
+class Stats:
+    programs: int = 0
+    commands: int = 0
+    exec_seconds: float = 0.0
+    boots: int = 0
+    shrink_runs: int = 0
+    faults: int = 0
+    classes: Counter = field(default_factory=Counter)
+    rules: Counter = field(default_factory=Counter)
+    hits: Counter = field(default_factory=Counter)  # finding signature -> programs that hit it
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9]+", "-", text).strip("-")[:60]
+
+
+class Fuzzer:
+    def __init__(self, plan: FuzzPlan, emit: E.Emit):
+        self.plan = plan
+        self.emit = emit
+        self.out = Path(plan.out)
+        self.images = self.out / "images"
+        self.specs = fuzz_disks(self.images)
+        self.machine: Machine | None = None
+        self.chardev: dict[str, str] = {}
+        self.configs: dict[str, DiskConfig] = {}
+        self.models: dict[str, DiskModel] = {}
+        self.stats = Stats()
+        self.disabled: dict[str, str] = {}  # mutation -> the crash finding that disabled it
+        self.boot_seconds: list[float] = []
+        self.qemu = resolve_binary(plan.qemu)
+        self.caps = probe_caps(self.qemu)
+        self.accel = choose(self.qemu, Path(plan.kernel), plan.accel)
+        self.timeouts = Timeouts.for_accel(self.accel.name)
+
+    # -- the VM ------------------------------------------------------------------------
+    def boot(self) -> None:
+        self.stop()
+        vm_dir = self.out / f"vm-{self.stats.boots}"
+        vm_dir.mkdir(parents=True, exist_ok=True)
+        spec = MachineSpec(qemu=self.qemu, kernel=Path(self.plan.kernel), initrd=Path(self.plan.initramfs),
+                           accel=self.accel.name, smp=self.plan.smp, memory_mb=self.plan.memory_mb, disk_slots=4)
+        self.machine = Machine(spec, vm_dir, self.timeouts, self.caps)
+        self.stats.boots += 1
+        self.emit(E.BootStart(self.accel.name))
+        self.machine.__enter__()
+        seconds = self.machine.wait_boot()
+        self.emit(E.BootEnd(seconds, self.accel.name))
+        self.emit(E.AgentReady(self.machine.wait_agent()))
+        self.boot_seconds.append(seconds)
+        for slot, disk in enumerate(self.specs):
+            if not disk.path.exists():
+                create_sparse_file(disk.path, disk.size_bytes)
+            plugged = self.machine.hotplug(disk, slot, chardev=True)
+            self.emit(E.DiskPlugged(disk.id, disk.serial, plugged.seconds_to_visible, plugged.guest_name,
+                                    plugged.chardev))
+            self.chardev[disk.id] = plugged.chardev
+            values = self.machine.agent.call("sysfs", {"name": plugged.guest_name, "paths": list(SYSFS_PATHS)})
+            config = DiskConfig.from_sysfs(disk.id, disk.serial, values)
+            if disk.id in self.configs and self.configs[disk.id] != config:
+                raise InfraError(f"{disk.id}: the guest shows a different configuration after a reboot: "
+                                 f"{self.configs[disk.id]} then {config}")
+            self.configs[disk.id] = config
+            self.models.setdefault(disk.id, DiskModel(config.capacity, initial_known=True))
+
+    def stop(self) -> None:
+        if self.machine is not None:
+            try:
+                self.machine.__exit__(None, None, None)
+            except (InfraError, OSError):
+                pass
+            self.machine = None
+
+    def alive(self) -> bool:
+        return self.machine is not None and self.machine.is_running()
+
+    # -- one program -------------------------------------------------------------------
+    def execute(self, program: Program) -> RunOutcome:
+        """Run ``program`` in the guest; a crash or hang reboots the VM before returning."""
+        if not self.alive():
+            self.boot()
+        m = self.machine
+        mark = m.console.mark()
+        started = time.monotonic()
+        argv = [EXECUTOR, "--program", "-", "--dev", self.chardev[program.disk],
+                "--timeout-ms", str(int(CHAIN_TIMEOUT_MS * self.timeouts.scale))]
+        error: str | None = None
+        rc = None
+        stdout = ""
+        fault = self.fault_for(program)
+        try:
+            if fault is not None:
+                fault.start()
+            res = m.agent.exec(argv=argv, stdin=program.text(), timeout_s=self.timeouts(PROGRAM_TIMEOUT_S))
+            rc, stdout = res.get("rc"), res.get("stdout", "")
+            if rc not in (0, 4):
+                error = f"executor exited {rc}: {(res.get('stderr') or '').strip()[-300:]}"
+        except (AgentError, QmpError, OSError) as exc:
+            error = f"the guest agent did not answer: {exc}"
+        finally:
+            if fault is not None:
+                fault.join()
+        seconds = time.monotonic() - started
+        results = []
+        for line in stdout.splitlines():
+            try:
+                results.append(json.loads(line))
+            except ValueError:
+                continue
+        outcome = RunOutcome(results, seconds)
+        time.sleep(0.1)  # a splat printed as the program ended
+        findings = m.console.findings(mark)
+        oom = OOM.search(m.console.text_since(mark))
+        if oom and not findings:
+            # Not a classifier pattern, but a command that makes the kernel allocate
+            # until the OOM killer runs is a finding (the agent is usually its victim).
+            outcome.status = "splat"
+            outcome.finding = Finding("splat", "splat|out of memory: the OOM killer ran",
+                                      f"console: {oom.group(0)}", None)
+        elif findings:
+            f = findings[0]
+            outcome.status = "splat"
+            outcome.finding = Finding("splat", f"splat|{f.title}", f"console: {f.title}\n{f.excerpt}",
+                                      len(results) if len(results) < len(program.steps) else None)
+        elif error and ("did not answer" in error or not self.alive()):
+            outcome.status = "hang"
+            step = len(results)
+            outcome.finding = Finding("hang", f"hang|agent|sqe{program.sqe}{'-iopoll' if program.iopoll else ''}",
+                                      f"{error}; {step} of {len(program.steps)} steps had completed", step)
+        elif error:
+            outcome.status = "executor"
+            outcome.finding = Finding("executor", "executor|" + error.split(":")[0], error)
+        if outcome.status == "ok" and any(r.get("hang") for r in results):
+            outcome.status = "hang"  # the executor gave up on a command: judge() reports it
+        if outcome.status in ("splat", "hang"):
+            # what the program was writing when the guest went down is unknown now
+            self._forget(program)
+            self.stop()
+        return outcome
+
+    def fault_for(self, program: Program) -> "StopCont | None":
+        """--faults stop-cont: a fifth of the programs (drawn from the program's seed) get the
+        VM paused (QMP stop, 0.3 s, cont) at a random point early in their run. A pause must
+        change no result: the judge is the same."""
+        if "stop-cont" not in self.plan.faults:
+            return None
+        rng = random.Random(program.seed if program.seed is not None else 0)
+        if rng.random() >= 0.2:
+            return None
+        self.stats.faults += 1
+        return StopCont(self.machine, rng.uniform(0.0, 0.3))
+
+    def _forget(self, program: Program) -> None:
+        model = self.models[program.disk]
+        config = self.configs[program.disk]
+        from .table import effects
+
+        for step in program.steps:
+            for _, sector, count, _ in effects(step, config):
+                model.forget(sector, count)
+
+    def run_and_judge(self, program: Program, standalone: bool = False) -> tuple[RunOutcome, Verdict]:
+        """Run and judge against the campaign model (which it updates); ``standalone``
+        judges against a model that knows nothing from before the program (shrinking,
+        replay), while still updating the campaign model."""
+        outcome = self.execute(program)
+        config = self.configs[program.disk]
+        verdict = judge(program, outcome.results, config, self.models[program.disk])
+        if standalone:
+            verdict = judge(program, outcome.results, config, DiskModel(config.capacity, initial_known=False))
+        if outcome.finding is not None:
+            verdict.findings.insert(0, outcome.finding)
+        return outcome, verdict
+
+    # -- findings ----------------------------------------------------------------------
+    def shrink_finding(self, program: Program, finding: Finding) -> tuple[Program, int]:
+        """The smallest program that still gives a finding with the same signature."""
+        # a splat or hang costs a reboot per run
+        budget = self.plan.shrink_runs if finding.kind in ("errno", "data", "executor") else min(self.plan.shrink_runs, 10)
+
+        def reproduces(steps) -> bool:
+            cand = program.with_steps(steps)
+            _, verdict = self.run_and_judge(cand, standalone=True)
+            return finding.signature in verdict.signatures()
+
+        focus = finding.step if finding.step is not None and finding.step < len(program.steps) else None
+        chain_start = None
+        if focus is not None:
+            for chain in program.chains():
+                if focus in chain:
+                    chain_start = chain[0]
+        steps, runs = shrink(list(program.steps), reproduces, focus, budget, chain_start)
+        self.stats.shrink_runs += runs
+        return program.with_steps(steps), runs
+
+    def disable_cause(self, program: Program, shrunk: Program, finding: Finding, rec: dict) -> None:
+        """After a crash or hang shrunk to one step, stop drawing the mutation that made
+        that step: every further hit would only cost a reboot."""
+        if finding.kind not in ("splat", "hang") or len(shrunk.steps) != 1:
+            return
+        muts = program.meta.get("mutations") or []
+        for step, what in zip(program.steps, muts):
+            if replace(step, link=False) == replace(shrunk.steps[0], link=False) and what:
+                self.disabled[what] = finding.signature
+                rec["disabled_mutation"] = what
+                self.emit(E.Note(f"fuzz: mutation {what!r} disabled for the rest of the campaign "
+                                 f"(it made {finding.signature})"))
+                return
+
+    def write_finding(self, n: int, program: Program, shrunk: Program, finding: Finding, runs: int) -> dict:
+        folder = self.out / "findings" / f"{n:02d}-{_slug(finding.signature)}"
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / "program.txt").write_text(program.text(), encoding="utf-8")
+        (folder / "shrunk.txt").write_text(shrunk.text(), encoding="utf-8")
+        title = f"{finding.signature}: {finding.detail.splitlines()[0]}"
+        (folder / "repro.c").write_text(write_repro_c(shrunk, self.configs[program.disk], title), encoding="utf-8")
+        record = {"n": n, "kind": finding.kind, "signature": finding.signature, "detail": finding.detail,
+                  "expected": finding.expected, "got": finding.got, "disk": program.disk,
+                  "program_seed": program.seed, "steps": len(program.steps), "shrunk_steps": len(shrunk.steps),
+                  "shrink_runs": runs, "folder": str(folder), "replay": f"vblk-ci fuzz --replay {folder / 'shrunk.txt'}"}
+        (folder / "finding.json").write_text(json.dumps(record, indent=2), encoding="utf-8")
+        return record
+
+    # -- the campaign ------------------------------------------------------------------
+    def campaign(self) -> dict:
+        plan = self.plan
+        started = time.monotonic()
+        deadline = started + plan.budget_s
+        self.boot()
+        configs = [self.configs[d.id] for d in self.specs]
+        findings: list[dict] = []
+        seen: set[str] = set()
+        log = open(self.out / "programs.jsonl", "w", encoding="utf-8")
+        index = 0
+        try:
+            while time.monotonic() < deadline:
+                program = generate(plan.seed, index, configs, plan.max_steps, frozenset(self.disabled))
+                outcome, verdict = self.run_and_judge(program)
+                self.stats.programs += 1
+                self.stats.commands += verdict.completed
+                self.stats.exec_seconds += outcome.seconds
+                self.stats.classes.update(f"{op} {res}" for op, res in verdict.outcomes)
+                self.stats.rules.update(verdict.rules)
+                sigs = sorted(verdict.signatures())
+                self.stats.hits.update(sigs)
+                log.write(json.dumps({"index": index, "seed": program.seed, "disabled": sorted(self.disabled),
+                                      "disk": program.disk,
+                                      "steps": len(program.steps), "completed": verdict.completed,
+                                      "status": outcome.status, "seconds": round(outcome.seconds, 3),
+                                      "findings": sigs}) + "\n")
+                log.flush()
+                for f in verdict.findings:
+                    if f.signature in seen:
+                        continue
+                    seen.add(f.signature)
+                    self.emit(E.Note(f"fuzz: program {index}: NEW finding {f.signature}\n  {f.detail.splitlines()[0]}"))
+                    (self.out / "findings").mkdir(exist_ok=True)
+                    shrunk, runs = self.shrink_finding(program, f)
+                    rec = self.write_finding(len(findings) + 1, program, shrunk, f, runs)
+                    findings.append(rec)
+                    self.disable_cause(program, shrunk, f, rec)
+                    self.emit(E.Note(f"fuzz: shrunk to {len(shrunk.steps)} of {len(program.steps)} steps in "
+                                     f"{runs} runs: {rec['folder']}"))
+                if index % 10 == 0:
+                    self.emit(E.Note(self.progress_line(started)))
+                    # a partial record, so a campaign cut short still leaves its figures
+                    partial = self.record(started, findings)
+                    partial["partial"] = True
+                    (self.out / "fuzz.json").write_text(json.dumps(partial, indent=2), encoding="utf-8")
+                index += 1
+        finally:
+            log.close()
+            self.stop()
+        return self.record(started, findings)
+
+    def progress_line(self, started: float) -> str:
+        wall = time.monotonic() - started
+        return (f"fuzz: {self.stats.programs} programs, {self.stats.commands} commands in {wall:.0f} s "
+                f"({60 * self.stats.commands / max(wall, 1e-9):.0f}/min), {len(self.stats.classes)} (op, outcome) "
+                f"classes, {len(self.stats.hits)} finding signatures, {self.stats.boots} boots")
+
+    def record(self, started: float, findings: list[dict]) -> dict:
+        wall = time.monotonic() - started
+        s = self.stats
+        for rec in findings:
+            rec["programs_hit"] = s.hits.get(rec["signature"], 0)
+        return {
+            "tool": "vblk-ci fuzz", "version": __version__,
+            "started_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+            "seed": self.plan.seed, "budget_s": self.plan.budget_s, "wall_s": round(wall, 1),
+            "accel": self.accel.name, "kernel": str(self.plan.kernel), "initramfs": str(self.plan.initramfs),
+            "kernel_cmdline": " ".join(BASE_CMDLINE), "boots": s.boots,
+            "boot_seconds": [round(b, 1) for b in self.boot_seconds],
+            "programs": s.programs, "commands": s.commands,
+            "commands_per_minute": round(60 * s.commands / max(wall, 1e-9), 1),
+            "commands_per_minute_executing": round(60 * s.commands / max(s.exec_seconds, 1e-9), 1),
+            "exec_seconds": round(s.exec_seconds, 1), "shrink_runs": s.shrink_runs,
+            "faults": list(self.plan.faults), "programs_with_fault": s.faults,
+            "disks": {k: vars(v) for k, v in self.configs.items()},
+            "disabled_mutations": dict(self.disabled),
+            "classes": dict(sorted(s.classes.items())), "rules": dict(sorted(s.rules.items())),
+            "findings": findings,
+        }
+
+
+def _check(plan: FuzzPlan) -> None:
+    for what, path in (("kernel image", plan.kernel), ("initramfs", plan.initramfs)):
+        if not Path(path).is_file():
+            raise MissingPrerequisite(f"{what} not found: {path}")
+
+
+def run_campaign(plan: FuzzPlan, emit: E.Emit = E.discard) -> dict:
+    _check(plan)
+    Path(plan.out).mkdir(parents=True, exist_ok=True)
+    fuzzer = Fuzzer(plan, emit)
+    emit(E.Note(f"accelerator {fuzzer.accel.name}: {fuzzer.accel.reason}"))
+    record = fuzzer.campaign()
+    (Path(plan.out) / "fuzz.json").write_text(json.dumps(record, indent=2), encoding="utf-8")
+    return record
+
+
+DISK_LINE = re.compile(r"^ \* # disk (\S+)$", re.M)
+
+
+def build_repro(source: Path, out: Path) -> Path:
+    """``gcc -static`` a repro.c on the host (the guest has no compiler); the binary path."""
+    binary = out / (source.stem + ".static")
+    proc = subprocess.run(["gcc", "-O2", "-static", "-o", str(binary), str(source), "-luring"],
+                          capture_output=True, text=True, timeout=300)
+    if proc.returncode != 0:
+        raise MissingPrerequisite(f"cannot build {source} (gcc -static ... -luring; needs liburing-dev): "
+                                  f"{proc.stderr.strip()[-400:]}")
+    return binary
+
+
+def run_repro_c(plan: FuzzPlan, emit: E.Emit = E.discard) -> dict:
+    """Build a finding's repro.c, copy it into a fresh guest and run it on its disk."""
+    _check(plan)
+    source = Path(plan.replay)
+    m = DISK_LINE.search(source.read_text(encoding="utf-8"))
+    if m is None:
+        raise MissingPrerequisite(f"{source}: no ' * # disk NAME' line: not a vblk-ci fuzz repro")
+    Path(plan.out).mkdir(parents=True, exist_ok=True)
+    binary = build_repro(source, Path(plan.out))
+    fuzzer = Fuzzer(plan, emit)
+    started = time.monotonic()
+    try:
+        fuzzer.boot()
+        agent = fuzzer.machine.agent
+        agent.exec(cmd="python3 -c 'import sys,base64; open(\"/tmp/repro\",\"wb\").write(base64.b64decode("
+                       "sys.stdin.read())); import os; os.chmod(\"/tmp/repro\", 0o755)'",
+                   stdin=base64.b64encode(binary.read_bytes()).decode(), timeout_s=fuzzer.timeouts(60.0))
+        mark = fuzzer.machine.console.mark()
+        try:
+            res = agent.exec(argv=["/tmp/repro", fuzzer.chardev[m.group(1)]],
+                             timeout_s=fuzzer.timeouts(PROGRAM_TIMEOUT_S))
+        except (AgentError, QmpError, OSError) as exc:  # the guest went down (OOM killed the agent, a panic)
+            res = {"rc": None, "stdout": "", "stderr": f"the guest agent did not answer: {exc}"}
+        time.sleep(0.5)
+        console = [f.title for f in fuzzer.machine.console.findings(mark)]
+        oom = OOM.search(fuzzer.machine.console.text_since(mark))
+        if oom:
+            console.append(oom.group(0))
+    finally:
+        fuzzer.stop()
+    record = {"tool": "vblk-ci fuzz --replay (C)", "program": str(source), "binary": str(binary),
+              "disk": m.group(1), "wall_s": round(time.monotonic() - started, 1), "rc": res.get("rc"),
+              "stdout": res.get("stdout", ""), "stderr": res.get("stderr", ""), "console": console}
+    (Path(plan.out) / "replay.json").write_text(json.dumps(record, indent=2), encoding="utf-8")
+    return record
+
+
+def run_replay(plan: FuzzPlan, emit: E.Emit = E.discard) -> dict:
+    """Run one program file once, judged on its own (the disk's earlier contents unknown)."""
+    _check(plan)
+    program = parse(Path(plan.replay).read_text(encoding="utf-8"), str(plan.replay))
+    Path(plan.out).mkdir(parents=True, exist_ok=True)
+    fuzzer = Fuzzer(plan, emit)
+    if program.disk not in {d.id for d in fuzzer.specs}:
+        raise MissingPrerequisite(f"{plan.replay}: disk {program.disk!r} is not one of the fuzz disks "
+                                  f"({', '.join(d.id for d in fuzzer.specs)})")
+    started = time.monotonic()
+    try:
+        fuzzer.boot()
+        outcome, verdict = fuzzer.run_and_judge(program, standalone=True)
+    except BootError:
+        fuzzer.stop()
+        raise
+    finally:
+        fuzzer.stop()
+    record = {"tool": "vblk-ci fuzz --replay", "program": str(plan.replay), "disk": program.disk,
+              "wall_s": round(time.monotonic() - started, 1), "status": outcome.status,
+              "results": outcome.results, "outcomes": verdict.outcomes,
+              "findings": [vars(f) for f in verdict.findings]}
+    (Path(plan.out) / "replay.json").write_text(json.dumps(record, indent=2), encoding="utf-8")
+    return record

@@ -1,0 +1,174 @@
+"""vblk-ci fuzz's campaign loop against a fake machine: a fake guest whose "driver" follows
+the errno table except for one planted bug (v2's capacity wrap: the command reaches the
+device, which answers VIRTIO_BLK_S_IOERR), and keeps the disks' data so reads are judged.
+The campaign must find the bug, shrink it to one step, write program, shrunk program and
+repro.c, and the figures must add up; a replay of the shrunk program must find it again.
+"""
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from vblk_ci.fuzz import runner as R
+from vblk_ci.machine.accel import Accel
+from vblk_ci.fuzz.program import T_GET_ID, T_IN, parse
+from vblk_ci.fuzz.table import U64, Caller, DiskConfig, data_bytes, effects, expect
+
+
+class FakeConsole:
+    def mark(self):
+        return 0
+
+    def findings(self, mark=0):
+        return []
+
+    def text_since(self, mark=0):
+        return ""
+
+
+CONFIGS = {"fz0": DiskConfig("fz0", "fuzz-d0", 16 << 20), "fz1": DiskConfig("fz1", "fuzz-d1", 8 << 20, lbs=4096,
+                                                                             discard=False, write_zeroes=False),
+           "fz2": DiskConfig("fz2", "fuzz-ro", 4 << 20, read_only=True)}
+DEVS = {"/dev/vdac0": "fz0", "/dev/vdbc0": "fz1", "/dev/vdcc0": "fz2"}
+QMP_CALLS: list[str] = []
+DATA: dict[str, dict[int, int]] = {}  # disk -> sector -> tag, kept across boots like the image files
+
+
+def fake_driver(text: str, dev: str) -> str:
+    prog = parse(text)
+    disk = CONFIGS[DEVS[dev]]
+    data = DATA.setdefault(disk.name, {})
+    out, broken = [], set()
+    chain_of = {i: n for n, c in enumerate(prog.chains()) for i in c}
+    for i, step in enumerate(prog.steps):
+        exp = expect(step, prog, disk, Caller())
+        res = -125 if chain_of[i] in broken else (0 if 0 in exp.accepted else max(exp.accepted))
+        if "sector + length wraps past 2^64" in exp.rules and chain_of[i] not in broken:
+            res = 1  # the planted bug: the wrap is not caught, the device refuses
+        line = {"i": i, "res": res}
+        if res == 0 and step.type == T_IN and data_bytes(step):
+            n = data_bytes(step) // 512
+            line["sectors"] = [[1, data.get(step.sector + k, 0)] for k in range(n)]
+        if res == 0 and step.type == T_GET_ID:
+            line["id"] = disk.serial
+        if res == 0:
+            for kind, s, n, seed in effects(step, disk):
+                for k in range(s, s + n):
+                    data[k] = seed if kind == "write" else 0
+        if res < 0:
+            broken.add(chain_of[i])
+        out.append(json.dumps(line))
+    return "\n".join(out) + "\n"
+
+
+class FakeAgent:
+    def __init__(self):
+        self.runs = 0
+
+    def call(self, method, params, timeout=10.0):
+        assert method == "sysfs"
+        d = CONFIGS[{"vda": "fz0", "vdb": "fz1", "vdc": "fz2"}[params["name"]]]
+        feats = ["0"] * 64
+        for bit, on in ((9, d.flush), (13, d.discard), (14, d.write_zeroes)):
+            feats[bit] = "1" if on else "0"
+        return {"size": str(d.capacity), "ro": str(int(d.read_only)), "queue/logical_block_size": str(d.lbs),
+                "queue/max_segments": "254", "queue/max_discard_segments": "1",
+                "queue/discard_max_hw_bytes": str(0xFFFFFFFF * 512), "queue/write_zeroes_max_bytes": str(0xFFFFFFFF * 512),
+                "device/features": "".join(feats)}
+
+    def exec(self, argv=None, cmd=None, stdin=None, timeout_s=30.0):
+        self.runs += 1
+        assert argv[:3] == [R.EXECUTOR, "--program", "-"]
+        return {"rc": 0, "stdout": fake_driver(stdin, argv[4]), "stderr": ""}
+
+
+@dataclass
+class Plugged:
+    guest_name: str
+    chardev: str
+    seconds_to_visible: float = 0.01
+
+
+class FakeMachine:
+    def __init__(self, spec, run_dir, timeouts=None, caps=None):
+        self.timeouts = timeouts
+        self.console = FakeConsole()
+        self.agent = FakeAgent()
+        self.running = False
+
+    def __enter__(self):
+        self.running = True
+        return self
+
+    def __exit__(self, *exc):
+        self.running = False
+
+    def wait_boot(self):
+        return 1.0
+
+    def wait_agent(self):
+        return 1.5
+
+    def is_running(self):
+        return self.running
+
+    def qmp(self, cmd, args=None, timeout=None):
+        QMP_CALLS.append(cmd)
+
+    def hotplug(self, disk, slot, chardev=True):
+        name = "vd" + "abc"[slot]
+        return Plugged(name, f"/dev/{name}c0")
+
+
+@pytest.fixture
+def fake(monkeypatch, tmp_path):
+    DATA.clear()
+    monkeypatch.setattr(R, "Machine", FakeMachine)
+    monkeypatch.setattr(R, "resolve_binary", lambda q: "/usr/bin/qemu-system-x86_64")
+    monkeypatch.setattr(R, "probe_caps", lambda q: None)
+    monkeypatch.setattr(R, "choose", lambda q, k, a: Accel("tcg", "fake"))
+    kernel, initrd = tmp_path / "bzImage", tmp_path / "initrd"
+    kernel.write_text("k")
+    initrd.write_text("i")
+    return kernel, initrd
+
+
+def test_campaign_finds_the_planted_wrap_bug_and_writes_it_out(fake, tmp_path, monkeypatch):
+    kernel, initrd = fake
+    ticks = iter(range(0, 10**6))
+    monkeypatch.setattr(R.time, "monotonic", lambda: next(ticks) * 0.01)  # ~100 programs of budget
+    monkeypatch.setattr(R.time, "sleep", lambda s: None)
+    out = tmp_path / "out"
+    rec = R.run_campaign(R.FuzzPlan(kernel=kernel, initramfs=initrd, out=out, seed=3, budget_s=20.0))
+    sigs = {f["signature"] for f in rec["findings"]}
+    assert sigs and all("wraps past 2^64" in s and s.endswith("dev-status-1") for s in sigs), sigs
+    assert rec["programs"] > 5 and rec["commands"] > rec["programs"]
+    assert sum(rec["classes"].values()) == rec["commands"]
+    assert rec["boots"] == 1 and "partial" not in json.loads((out / "fuzz.json").read_text())
+    f = rec["findings"][0]
+    folder = Path(f["folder"])
+    shrunk = parse((folder / "shrunk.txt").read_text())
+    assert len(shrunk.steps) == 1 and shrunk.steps[0].sector + data_bytes(shrunk.steps[0]) // 512 >= U64
+    assert "REPRODUCED" in (folder / "repro.c").read_text()
+    assert len((out / "programs.jsonl").read_text().splitlines()) == rec["programs"]
+    # the replay finds it again, judged on its own
+    rep = R.run_replay(R.FuzzPlan(kernel=kernel, initramfs=initrd, out=tmp_path / "replay",
+                                  replay=folder / "shrunk.txt"))
+    assert [x["signature"] for x in rep["findings"]] == [f["signature"]]
+
+
+def test_stop_cont_faults_pause_a_fifth_of_the_programs(fake, tmp_path, monkeypatch):
+    kernel, initrd = fake
+    QMP_CALLS.clear()
+    ticks = iter(range(0, 10**6))
+    monkeypatch.setattr(R.time, "monotonic", lambda: next(ticks) * 0.01)
+    monkeypatch.setattr(R.time, "sleep", lambda s: None)
+    rec = R.run_campaign(R.FuzzPlan(kernel=kernel, initramfs=initrd, out=tmp_path / "o", seed=3, budget_s=20.0,
+                                    faults=("stop-cont",)))
+    assert rec["programs_with_fault"] > 0 and rec["faults"] == ["stop-cont"]
+    # every stop is followed by its cont (shrink runs may pause too)
+    assert len(QMP_CALLS) >= 2 * rec["programs_with_fault"]
+    assert QMP_CALLS == ["stop", "cont"] * (len(QMP_CALLS) // 2)
+    assert 0.1 < rec["programs_with_fault"] / rec["programs"] < 0.35
