@@ -1,6 +1,6 @@
 """The series' added lines (kernel builder's parse_added_lines) and the gcda collector's pure parts.
 
-Recorded data in data/coverage/: virtio_blk.c as the coverage kernel built it and the
+Recorded data in data/coverage/: virtio_blk.c as the coverage kernel built it (our lines) and the
 ``git diff -U0 base..HEAD -- drivers/block/virtio_blk.c`` of the driver/ series.
 """
 
@@ -21,7 +21,7 @@ REPO = Path(__file__).resolve().parents[2]
 
 def test_recorded_series_diff_lines_are_the_plus_lines_of_the_built_file():
     diff = (DATA / "virtio_blk.diff").read_text()
-    src = (DATA / "virtio_blk.c").read_text().splitlines()
+    src = (DATA / "virtio_blk-series-lines.c").read_text().splitlines()
     added = parse_added_lines(diff)
     assert list(added) == [COVERAGE_SOURCE_REL]
     lines = added[COVERAGE_SOURCE_REL]

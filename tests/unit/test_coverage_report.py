@@ -26,7 +26,7 @@ def _json(name: str) -> dict:
 
 
 def _source() -> list[str]:
-    return (DATA / "virtio_blk.c").read_text().splitlines()
+    return (DATA / "virtio_blk-series-lines.c").read_text().splitlines()
 
 
 def _added() -> list[int]:
@@ -68,7 +68,8 @@ def test_recorded_gcov_json_without_counters_lists_the_executable_lines():
     src = _source()
     assert zero and all(c.count == 0 for c in zero.values())
     # gcov never lists comments, blank lines or lone braces as executable
-    for n in zero:
+    added = set(_added())
+    for n in (n for n in zero if n in added):  # the data file keeps only our lines' text
         text = src[n - 1].strip()
         assert text not in ("", "{", "*") and not text.startswith(("/*", "* ", "*/", "//")), (n, text)
 
