@@ -184,3 +184,15 @@ def poll_queue_requirements(ctx: ScenarioContext) -> list[str]:
     if ctx.agent.exec(cmd=f"test -d {DEBUGFS_BLOCK}").get("rc") != 0:
         reasons.append(f"no {DEBUGFS_BLOCK} in the guest (debugfs): the scenario reads requests in flight there")
     return reasons
+
+
+def set_poll_queues(ctx: ScenarioContext, value: int, old: str) -> Callable[[dict], None]:
+    """A check function: write ``value`` to virtio_blk.poll_queues (read at the next probe)."""
+
+    def check(rec: dict) -> None:
+        ctx.agent.write_file(POLL_QUEUES_PARAM, f"{value}\n")
+        rec["poll_queues_was"] = old
+        if ctx.agent.read_file(POLL_QUEUES_PARAM).strip() != str(value):
+            raise CheckFailed(f"{POLL_QUEUES_PARAM} does not read {value} after writing {value}")
+
+    return check

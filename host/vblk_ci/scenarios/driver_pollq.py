@@ -34,7 +34,8 @@ from ..errors import AgentError, CheckFailed
 from ..faults.kinds import make_fault
 from .base import Scenario, ScenarioContext, register
 from .driver_common import (
-    DEBUGFS_BLOCK, POLL_QUEUES_PARAM, MiB, errno_text, eargs, expect_clean, plug, run_engine, run_gated, unplug, poll_queue_requirements,
+    DEBUGFS_BLOCK, POLL_QUEUES_PARAM, MiB, errno_text, eargs, expect_clean, plug, run_engine, run_gated,
+    unplug, poll_queue_requirements, set_poll_queues,
 )
 
 DISK_SIZE = 64 * MiB
@@ -103,11 +104,7 @@ class DriverPollTimeout(Scenario):
         st: dict = {}
         old = ctx.agent.read_file(POLL_QUEUES_PARAM).strip()
 
-        def set_param(rec: dict) -> None:
-            ctx.agent.write_file(POLL_QUEUES_PARAM, "0\n")
-            rec["poll_queues_was"] = old
-            if ctx.agent.read_file(POLL_QUEUES_PARAM).strip() != "0":
-                raise CheckFailed(f"{POLL_QUEUES_PARAM} does not read 0 after writing 0")
+        set_param = set_poll_queues(ctx, 0, old)
 
         def layout(rec: dict) -> None:
             out = ctx.agent.exec(cmd=f"cat {DEBUGFS_BLOCK}/{st['name']}/hctx*/type")

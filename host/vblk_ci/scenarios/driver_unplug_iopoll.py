@@ -36,7 +36,8 @@ from ..errors import AgentError, CheckFailed, MachineTimeout
 from ..events import DiskUnplugged
 from .base import Scenario, ScenarioContext, register
 from .driver_common import (
-    DEBUGFS_BLOCK, POLL_QUEUES_PARAM, ENODEV, ENXIO, KiB, MiB, eargs, errno_text, plug, run_gated, wait_gone, poll_queue_requirements,
+    DEBUGFS_BLOCK, POLL_QUEUES_PARAM, ENODEV, ENXIO, KiB, MiB, eargs, errno_text, plug, run_gated, wait_gone,
+    poll_queue_requirements, set_poll_queues,
 )
 
 CYCLES = 12
@@ -87,11 +88,7 @@ class DriverUnplugIopoll(Scenario):
     def run(self, ctx: ScenarioContext) -> None:
         old = ctx.agent.read_file(POLL_QUEUES_PARAM).strip()
 
-        def set_param(rec: dict) -> None:
-            ctx.agent.write_file(POLL_QUEUES_PARAM, "1\n")
-            rec["poll_queues_was"] = old
-            if ctx.agent.read_file(POLL_QUEUES_PARAM).strip() != "1":
-                raise CheckFailed(f"{POLL_QUEUES_PARAM} does not read 1 after writing 1")
+        set_param = set_poll_queues(ctx, 1, old)
 
         try:
             ok = ctx.check("set-poll-queues-1", set_param).status == "pass"
