@@ -118,8 +118,8 @@ vblk_docker_build() {
 		return 2
 	}
 	vblk_wheels || return 1
-	vblk_step "building image $tag (target $target) with BuildKit; cold, each kernel takes 15-20 min" \
-		"on 2 cores (in parallel), the rest about 5; warm, seconds"
+	vblk_step "building image $tag (target $target) with BuildKit; cold on 2 idle cores about 11 min" \
+		"for the default kernel (each further kernel as much again), warm seconds"
 	DOCKER_BUILDKIT=1 "$client" build --progress=plain --network host --target "$target" -t "$tag" . </dev/null \
 		|| { vblk_step "docker build failed after $((SECONDS - t0))s"; return 1; }
 	vblk_step "image $tag built in $((SECONDS - t0))s"
