@@ -9,16 +9,22 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <sys/ioctl.h>
 #include <sys/uio.h>
 
 #include <liburing.h>
 
-/* The user ABI of the passthrough driver; system headers do not carry it. */
+/*
+ * The user ABI of the passthrough driver; system headers do not carry it.
+ * v3 (include/uapi/linux/virtio_blk_ioctl.h): ioctl-encoded cmd_ops,
+ * _IOWR(0xB9, 0x00/0x01, struct virtblk_uring_cmd) = 0xc020b900/0xc020b901.
+ * v2 used the plain integers 1 and 2.
+ */
 #ifndef VIRTBLK_URING_CMD_IO
-#define VIRTBLK_URING_CMD_IO		1
+#define VIRTBLK_URING_CMD_IO		_IOWR(0xB9, 0x00, struct vblk_uring_cmd)
 #endif
 #ifndef VIRTBLK_URING_CMD_IO_VEC
-#define VIRTBLK_URING_CMD_IO_VEC	2
+#define VIRTBLK_URING_CMD_IO_VEC	_IOWR(0xB9, 0x01, struct vblk_uring_cmd)
 #endif
 #define VBLK_T_IN			0	/* VIRTIO_BLK_T_IN */
 #define VBLK_T_OUT			1	/* VIRTIO_BLK_T_OUT */
@@ -58,6 +64,7 @@ struct vblk_uring_cmd {
 	uint32_t flag;
 };
 _Static_assert(sizeof(struct vblk_uring_cmd) == 32, "uapi struct is 32 bytes");
+_Static_assert(VIRTBLK_URING_CMD_IO == 0xc020b900u, "v3 cmd_op encoding");
 
 /* struct virtio_blk_discard_write_zeroes, little-endian on the wire */
 struct vblk_range {

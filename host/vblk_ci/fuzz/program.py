@@ -15,7 +15,8 @@ from ..errors import UsageError
 # VIRTIO_BLK_T_* and the cmd_ops of the uapi.
 T_IN, T_OUT, T_FLUSH, T_GET_ID, T_DISCARD, T_WRITE_ZEROES = 0, 1, 4, 8, 11, 13
 T_SECURE_ERASE = 14
-CMD_IO, CMD_IO_VEC = 1, 2
+# v3 uapi: _IOWR(0xB9, 0x00/0x01, struct virtblk_uring_cmd) (v2: the plain integers 1 and 2)
+CMD_IO, CMD_IO_VEC = 0xC020B900, 0xC020B901
 TYPE_NAMES = {T_IN: "read", T_OUT: "write", T_FLUSH: "flush", T_GET_ID: "get-id", T_DISCARD: "discard",
               T_WRITE_ZEROES: "write-zeroes"}
 WRITE_TYPES = frozenset({T_OUT, T_FLUSH, T_DISCARD, T_WRITE_ZEROES})
