@@ -16,6 +16,7 @@ import pytest
 from vblk_ci.fuzz.generator import generate, mutate, mutations, valid_step
 from vblk_ci.fuzz.judge import judge
 from vblk_ci.fuzz.model import GARBAGE, POISON, DiskModel
+from vblk_ci.fuzz.program import CMD_IO_VEC
 from vblk_ci.fuzz.program import T_DISCARD, T_FLUSH, T_GET_ID, T_IN, T_OUT, T_WRITE_ZEROES, Program, Step, parse
 from vblk_ci.fuzz.repro import ANY, expected_plan, write_repro_c
 from vblk_ci.fuzz.shrink import shrink
@@ -109,9 +110,9 @@ def test_mutations_are_refused_by_the_table():
     (replace(READ, sector=(1 << 64) - 8), D512, {}, {-ERANGE}),  # sector + 8 wraps to 0
     (replace(READ, buf="unmapped"), D512, {}, {-EFAULT}),
     (replace(READ, buf="fixed-oob"), D512, {}, {-EFAULT}),
-    (replace(READ, cmd_op=2, len=0, iov=(512,) * 255), D512, {}, {-EINVAL}),
-    (replace(READ, cmd_op=2, len=0, iov=(512,) * 254), D512, {}, {0}),
-    (replace(READ, cmd_op=2, len=0, iov=(4096,), buf="fixed"), D512, {}, {-EINVAL}),
+    (replace(READ, cmd_op=CMD_IO_VEC, len=0, iov=(512,) * 255), D512, {}, {-EINVAL}),
+    (replace(READ, cmd_op=CMD_IO_VEC, len=0, iov=(512,) * 254), D512, {}, {0}),
+    (replace(READ, cmd_op=CMD_IO_VEC, len=0, iov=(4096,), buf="fixed"), D512, {}, {-EINVAL}),
     (WRITE, DRO, {}, {-EROFS}),
     (Step(type=T_FLUSH), DRO, {}, {-EROFS}),
     (Step(type=T_DISCARD, ranges=((0, 8, 0),)), D4K, {}, {-EOPNOTSUPP}),
@@ -317,7 +318,7 @@ def test_executor_cancels_the_rest_of_a_chain_and_rejects_bad_lines(engine):
 
 
 def test_judge_checks_only_the_iovecs_data_len_names():
-    step = Step(type=T_IN, cmd_op=2, sector=0, iov=(512, 512, 512), data_len=2)
+    step = Step(type=T_IN, cmd_op=CMD_IO_VEC, sector=0, iov=(512, 512, 512), data_len=2)
     v = judge(prog(step), [{"i": 0, "res": 0, "sectors": [[2, 0], [1, POISON]]}], D512, DiskModel(D512.capacity))
     assert v.findings == []
 
