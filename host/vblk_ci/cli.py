@@ -63,7 +63,12 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--accel", choices=("auto", "tcg", "kvm"), default="auto")
     run.add_argument("--smp", type=_positive, default=2)
     run.add_argument("--memory", type=_positive, default=1024, metavar="MB")
-    run.add_argument("--suite", default="smoke")
+    run.add_argument("--suite", help="a suite of scenarios (default smoke)")
+    run.add_argument("--scenario", dest="scenarios", action="append", metavar="NAME",
+                     help="run this scenario instead of a suite (repeatable; any registered scenario)")
+    run.add_argument("--check", dest="checks", action="append", metavar="GLOB",
+                     help="run only the checks matching GLOB (a check name or SCENARIO/CHECK; repeatable); "
+                          "the checks before the first match still run as its set-up")
     run.add_argument("--strict", action="store_true",
                      help="a skipped check or scenario fails the run unless its reason is on the allow list "
                           "(host/vblk_ci/strict.py); CI runs strict")
@@ -323,22 +328,34 @@ def _schedule(arg: str | None) -> Path | None:
 def cmd_run(args: argparse.Namespace) -> int:
     from .runner import Plan, run
 
-    from .scenarios import suite
+    from .scenarios import get as get_scenario, suite
 
     if args.matrix or args.disks:
+        if args.scenarios or args.checks or args.suite:
+            raise UsageError("--matrix/--disk run a device matrix: --suite, --scenario and --check do not apply")
         return cmd_run_matrix(args)
     if args.select is not None:
         raise UsageError("-k selects matrix combinations: it needs --matrix FILE")
-    suite(args.suite)  # an unknown suite is a usage error before anything is created
+    if args.scenarios and args.suite:
+        raise UsageError("give either --suite or --scenario, not both")
+    scenarios = tuple(args.scenarios or ())
+    checks = tuple(args.checks or ())
+    if any(not g.strip() for g in checks):
+        raise UsageError("--check needs a non-empty glob")
+    for name in scenarios:
+        get_scenario(name)  # an unknown scenario is a usage error before anything is created
+    suite_name = args.suite or "smoke"
+    suite(suite_name)  # an unknown suite is a usage error before anything is created
     kernel = _artifact(args.kernel, ENV_KERNEL, "kernel image", "--kernel")
     initramfs = _artifact(args.initramfs, ENV_INITRAMFS, "initramfs", "--initramfs")
     stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
-    run_dir = Path(args.out) if args.out else DEFAULT_OUT_ROOT / f"{args.suite}-{stamp}"
+    label = "-".join(scenarios) if scenarios else suite_name
+    run_dir = Path(args.out) if args.out else DEFAULT_OUT_ROOT / f"{label}-{stamp}"
     schedule = _schedule(args.schedule)
     plan = Plan(
         kernel=kernel, initramfs=initramfs, run_dir=run_dir, qemu=args.qemu, accel=args.accel,
-        smp=args.smp, memory_mb=args.memory, suite=args.suite, schedule=schedule, strict=args.strict,
-        coverage=args.coverage,
+        smp=args.smp, memory_mb=args.memory, suite=suite_name, schedule=schedule, strict=args.strict,
+        coverage=args.coverage, scenarios=scenarios, checks=checks,
     )
     with _reporting(run_dir) as report:
         result = run(plan, report)

@@ -154,3 +154,31 @@ def test_build_initramfs(monkeypatch, capsys, tmp_path):
     assert cli.main(["build", "initramfs", "--no-smoke-test", "--compress-level", "1"]) == 0
     assert (seen[0].smoke_test, seen[0].compress_level) == (False, 1)
     assert json.loads(capsys.readouterr().out)["key"] == "i1"
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["run", "--scenario", "no-such"], "unknown scenario 'no-such'"),
+    (["run", "--suite", "driver", "--scenario", "smoke"], "give either --suite or --scenario, not both"),
+    (["run", "--scenario", "smoke", "--check", " "], "--check needs a non-empty glob"),
+    (["run", "--matrix", "m.toml", "--scenario", "smoke"], "--suite, --scenario and --check do not apply"),
+])
+def test_scenario_and_check_usage_errors_before_a_boot(argv, message, artifacts, monkeypatch, capsys):
+    kernel, initrd = artifacts
+    monkeypatch.setenv("VBLK_CI_KERNEL", str(kernel))
+    monkeypatch.setenv("VBLK_CI_INITRAMFS", str(initrd))
+    monkeypatch.setattr("vblk_ci.runner.run", lambda plan, emit: pytest.fail("booted"))
+    assert cli.main(argv) == 2
+    assert message in one_line(capsys)
+
+
+def test_scenario_and_check_reach_the_plan(artifacts, monkeypatch, tmp_path):
+    seen: list = []
+    monkeypatch.setattr("vblk_ci.runner.run", _fake_run(seen=seen))
+    kernel, initrd = artifacts
+    monkeypatch.setenv("VBLK_CI_KERNEL", str(kernel))
+    monkeypatch.setenv("VBLK_CI_INITRAMFS", str(initrd))
+    assert cli.main(["run", "--scenario", "driver-bounds", "--scenario", "driver-ioprio",
+                     "--check", "*wraps", "--out", str(tmp_path / "o")]) == 0
+    plan = seen[0]
+    assert plan.scenarios == ("driver-bounds", "driver-ioprio") and plan.checks == ("*wraps",)
+    assert plan.label == "driver-bounds,driver-ioprio"

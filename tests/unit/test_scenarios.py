@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import pytest
 
@@ -216,3 +217,56 @@ def test_check_failed_and_agent_error_are_failures(tmp_path):
     assert ctx.checks[0].data == {"seen": 1}
     assert ctx.check("b", agent_fails).detail == "Timeout: slow"
     assert ctx.check("c", lambda rec: None).status == "pass"
+
+
+# -- run --check: the chosen check and its set-up ----------------------------------------------
+
+def _ran(select: tuple[str, ...]) -> tuple[list[str], list[str]]:
+    """Run five checks through a context with ``select``; return (bodies run, checks recorded)."""
+    ctx = ScenarioContext("demo", FakeMachine(FakeAgent()), Path("/nonexistent"), E.discard, set(), select=select)
+    ran: list[str] = []
+    for name in ("hotplug", "write", "read-verify", "discard", "unplug"):
+        ctx.check(name, lambda rec, n=name: ran.append(n))
+    return ran, [c.name for c in ctx.checks]
+
+
+def test_check_selection_runs_the_prefix_then_only_matches():
+    ran, recorded = _ran(("read-*",))
+    assert ran == recorded == ["hotplug", "write", "read-verify"]
+    ran, recorded = _ran(("demo/write", "demo/discard"))
+    assert ran == ["hotplug", "write", "discard"]
+
+
+def test_check_selection_empty_runs_everything_and_a_miss_runs_all():
+    assert _ran(())[0] == ["hotplug", "write", "read-verify", "discard", "unplug"]
+    # A glob that matches nothing leaves every check as possible set-up; the runner then
+    # reports the run as unjudged ("matched no check").
+    assert _ran(("nothing",))[0] == ["hotplug", "write", "read-verify", "discard", "unplug"]
+
+
+def test_check_selection_skips_scenarios_a_scoped_glob_does_not_name():
+    from vblk_ci.scenarios.base import CheckSelection
+
+    sel = CheckSelection(("driver-bounds/*wraps",))
+    assert sel.wants_scenario("driver-bounds") and not sel.wants_scenario("driver-ioprio")
+    assert CheckSelection(("wraps",)).wants_scenario("driver-ioprio")
+    assert CheckSelection(()).wants_scenario("anything")
+    assert CheckSelection(("driver-*/x",)).wants_scenario("driver-links")
+
+
+def test_a_check_glob_that_matched_nothing_is_an_error_not_a_pass(tmp_path):
+    from vblk_ci.result import CheckResult, RunResult, ScenarioResult
+    from vblk_ci.runner import Plan, judge_selection
+
+    def result_with(*names):
+        r = RunResult(status="pass", suite="x", run_dir=str(tmp_path))
+        r.scenarios.append(ScenarioResult("demo", "d", checks=[CheckResult("demo", n, "pass") for n in names]))
+        return r
+
+    plan = Plan(kernel=tmp_path, initramfs=tmp_path, run_dir=tmp_path, scenarios=("demo",), checks=("verify",))
+    missed = result_with("hotplug", "write")
+    judge_selection(missed, plan)
+    assert missed.status == "error" and missed.reason == "--check verify matched no check of demo"
+    hit = result_with("hotplug", "verify")
+    judge_selection(hit, plan)
+    assert hit.status == "pass"

@@ -241,7 +241,7 @@ def write_bundle(plan: Any, result: Any, run_dir: Path, dest: Path | None = None
             "status": result.status,
             "reason": (result.reason or "").splitlines()[0] if result.reason else "",
             "signature": dataclasses.asdict(sig),
-            "suite": plan.suite,
+            "suite": getattr(plan, "label", plan.suite),
             "seed": seed,
             "accel": result.accel,
             "qemu_version": result.qemu_version,

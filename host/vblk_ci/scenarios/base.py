@@ -11,6 +11,7 @@ end the run with an ``error`` verdict, not a failure.
 
 from __future__ import annotations
 
+import fnmatch
 import time
 from pathlib import Path
 from typing import Any, Callable, ClassVar
@@ -62,12 +63,48 @@ def registered() -> dict[str, type[Scenario]]:
     return dict(_REGISTRY)
 
 
+DESELECTED = "deselected"  # a check --check left out: neither run nor recorded
+
+
+class CheckSelection:
+    """``run --check GLOB``: which checks of a scenario run.
+
+    A glob matches a check's name or its ``scenario/check`` full name. The checks before the
+    first match run too, as the chosen check's set-up (hotplug, module parameters, data it
+    reads back); after a match, only matching checks run. So a bug being chased costs its
+    scenario's prefix, not the whole suite.
+    """
+
+    def __init__(self, globs: tuple[str, ...] = ()):
+        self.globs = tuple(globs)
+        self.matched = False
+
+    def matches(self, scenario: str, name: str) -> bool:
+        full = f"{scenario}/{name}"
+        return any(fnmatch.fnmatchcase(name, g) or fnmatch.fnmatchcase(full, g) for g in self.globs)
+
+    def wants_scenario(self, scenario: str) -> bool:
+        """False when every glob names other scenarios (``other/*``): this one need not run."""
+        if not self.globs:
+            return True
+        return any("/" not in g or fnmatch.fnmatchcase(scenario, g.split("/", 1)[0]) for g in self.globs)
+
+    def runs(self, scenario: str, name: str) -> bool:
+        if not self.globs:
+            return True
+        if self.matches(scenario, name):
+            self.matched = True
+            return True
+        return not self.matched
+
+
 class ScenarioContext:
     """What a scenario sees: the machine, its agent, a scratch dir, the event sink."""
 
     def __init__(self, scenario: str, machine, run_dir: Path, emit: Emit, reported_findings: set[str],
-                 options: dict | None = None):
+                 options: dict | None = None, select: tuple[str, ...] = ()):
         self.scenario = scenario
+        self.select = CheckSelection(select)
         self.options = dict(options or {})  # run-wide inputs a scenario may use, e.g. "schedule" (a Path)
         self.machine = machine
         self.run_dir = Path(run_dir)
@@ -90,6 +127,8 @@ class ScenarioContext:
 
     def check(self, name: str, fn: CheckFn) -> CheckResult:
         full = f"{self.scenario}/{name}"
+        if not self.select.runs(self.scenario, name):
+            return CheckResult(self.scenario, name, DESELECTED, "not selected (--check)")
         self.emit(CheckStart(full))
         rec: dict = {}
         started = time.monotonic()
