@@ -1,10 +1,10 @@
 """vblk-ci command line: parse once, hand a dataclass to the engine, map errors to exit codes.
 
 Exit codes: 0 pass, 1 a check failed / the guest crashed, 2 bad usage or a missing
-prerequisite, 3 infrastructure failure, 4 config mismatch (QEMU or the guest did not
-show the disk configuration that was asked for), 130 interrupted. ``repro``: 1 the
-failure came back at least once, 0 never (so ``git bisect run`` works), 2 and 3 as
-above (see repro/commands.py).
+prerequisite, 125 cannot judge (infrastructure failure, unusable bundle), 4 config
+mismatch (QEMU or the guest did not show the disk configuration that was asked for),
+130 interrupted. 0/1/125 are git bisect run's good/bad/skip. ``repro``: 1 the failure
+came back at least once, 0 never, 125 every replay errored (see repro/commands.py).
 """
 
 from __future__ import annotations

@@ -1,14 +1,18 @@
 """One exception hierarchy; the CLI maps each family to an exit code.
 
 Exit codes: 0 pass, 1 a check failed, 2 bad usage or missing prerequisite,
-3 infrastructure failure (QEMU, Docker, the build) -- never a verdict on the driver,
-4 config mismatch (QEMU or the guest did not show the disk configuration asked for).
+125 cannot judge: an infrastructure failure (QEMU, Docker, the build) or an unusable
+reproduction bundle -- never a verdict on the driver, 4 config mismatch (QEMU or the
+guest did not show the disk configuration asked for).
+
+0, 1 and 125 are what ``git bisect run`` reads as good, bad and skip, so
+``git bisect run vblk-ci run ...`` or ``... vblk-ci repro BUNDLE`` needs no wrapper.
 """
 
 EXIT_PASS = 0
 EXIT_FAIL = 1
 EXIT_USAGE = 2
-EXIT_INFRA = 3
+EXIT_INFRA = 125  # "cannot judge": git bisect run skips the commit
 EXIT_CONFIG_MISMATCH = 4
 
 

@@ -83,7 +83,7 @@ def _fake_run(status: str = "pass", exc: BaseException | None = None, seen: list
     return run
 
 
-@pytest.mark.parametrize("status, code", [("pass", 0), ("fail", 1), ("error", 3)])
+@pytest.mark.parametrize("status, code", [("pass", 0), ("fail", 1), ("error", 125)])
 def test_run_maps_verdict_to_exit_code(status, code, artifacts, monkeypatch, tmp_path):
     seen: list = []
     monkeypatch.setattr("vblk_ci.runner.run", _fake_run(status, seen=seen))
@@ -103,7 +103,7 @@ def test_infra_error_is_one_line_exit_3_with_detail_in_run_dir(artifacts, monkey
     out.mkdir()
     monkeypatch.setattr("vblk_ci.runner.run", _fake_run(exc=failure))
     kernel, initrd = artifacts
-    assert cli.main(["run", "--kernel", str(kernel), "--initramfs", str(initrd), "--out", str(out)]) == 3
+    assert cli.main(["run", "--kernel", str(kernel), "--initramfs", str(initrd), "--out", str(out)]) == 125
     assert one_line(capsys) == "vblk-ci: infrastructure error: QEMU exited during start-up (exit code 1)"
     assert "qemu: bad option" in (out / "run.log").read_text()
 
@@ -111,7 +111,7 @@ def test_infra_error_is_one_line_exit_3_with_detail_in_run_dir(artifacts, monkey
 def test_generic_infra_error(artifacts, monkeypatch, capsys):
     monkeypatch.setattr("vblk_ci.runner.run", _fake_run(exc=InfraError("docker daemon gone\ntrace")))
     kernel, initrd = artifacts
-    assert cli.main(["run", "--kernel", str(kernel), "--initramfs", str(initrd)]) == 3
+    assert cli.main(["run", "--kernel", str(kernel), "--initramfs", str(initrd)]) == 125
     assert one_line(capsys) == "vblk-ci: infrastructure error: docker daemon gone"
 
 

@@ -4,8 +4,8 @@
     Replays a reproduction bundle N times with the bundle's own kernel and initramfs
     (unless overridden) and prints ``reproduced K/N``. Exit codes, chosen so that
     ``git bisect run vblk-ci repro BUNDLE`` works: 1 the failure came back at least once
-    (the bug is there), 0 it never did, 2 bad bundle or usage, 3 every replay ended in
-    an infrastructure error. ``--shell`` then boots the same kernel, initramfs and
+    (the bug is there), 0 it never did, 125 cannot judge (an unusable bundle, or every
+    replay ended in an infrastructure error: git bisect skips the commit), 2 bad usage. ``--shell`` then boots the same kernel, initramfs and
     machine with a shell on the console (see ``vblk-ci shell``).
 
 ``vblk-ci shell [--kernel K] [--initramfs I] [--qemu Q] [--accel A] [--smp N] [--memory MB] [--disk SPEC]...``
