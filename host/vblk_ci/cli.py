@@ -117,6 +117,13 @@ def build_parser() -> argparse.ArgumentParser:
     _add_bench_parser(sub)
     _add_fuzz_parser(sub)
 
+    cmp = sub.add_parser("compare", help="per check and bench job: regression, fixed, still failing, new, missing")
+    cmp.add_argument("baseline", help="run or bench directory (or its results.json / bench.json) to compare against")
+    cmp.add_argument("new", help="the run or bench directory being judged")
+    cmp.add_argument("--threshold", type=_fraction, default=0.0, metavar="FRACTION",
+                     help="bench: a significant slowdown smaller than this is not a regression (default 0)")
+    cmp.add_argument("--json", metavar="FILE", help="also write the comparison as JSON")
+
     cov = sub.add_parser("coverage", help="which lines the driver series adds to virtio_blk.c ran (run --coverage)")
     cov.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="run directories of vblk-ci run --coverage")
     cov.add_argument("--out", help="report directory (default vblk-ci-out/coverage-<time>)")
@@ -443,6 +450,32 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+# -- compare -----------------------------------------------------------------------------
+
+
+def _fraction(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not 0 <= value < 1:
+        raise argparse.ArgumentTypeError(f"must be in [0, 1): {text!r}")
+    return value
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    from .report.compare import compare, render
+    from .report.summary import append_markdown
+
+    result = compare(args.baseline, args.new, args.threshold)
+    text = render(result)
+    print(text)
+    append_markdown(f"### vblk-ci compare\n\n```\n{text}\n```\n")
+    if args.json:
+        Path(args.json).write_text(json.dumps(result.to_dict(), indent=2) + "\n", encoding="utf-8")
+    return result.exit_code
+
+
 # -- coverage ----------------------------------------------------------------------------
 
 
@@ -497,6 +530,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return cmd_bench(args)
         if args.command == "coverage":
             return cmd_coverage(args)
+        if args.command == "compare":
+            return cmd_compare(args)
         if args.command == "fuzz":
             return cmd_fuzz(args)
         return cmd_build(args)
