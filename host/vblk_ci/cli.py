@@ -26,11 +26,8 @@ from .errors import (
     VblkCiError,
 )
 
-ENV_KERNEL = "VBLK_CI_KERNEL"
-ENV_INITRAMFS = "VBLK_CI_INITRAMFS"
-# The bench's initramfs: the suites' one plus fio (the image builds both).
-ENV_INITRAMFS_BENCH = "VBLK_CI_INITRAMFS_BENCH"
-DEFAULT_OUT_ROOT = Path("vblk-ci-out")
+from .artifacts import DEFAULT_OUT_ROOT, ENV_INITRAMFS, ENV_INITRAMFS_BENCH, ENV_KERNEL, artifact
+from .artifacts import initramfs as initramfs_artifact, kernel as kernel_artifact
 
 
 class _Parser(argparse.ArgumentParser):
@@ -218,8 +215,8 @@ def cmd_fuzz(args: argparse.Namespace) -> int:
             raise MissingPrerequisite(f"program file not found: {replay}")
         if not c_repro:
             parse(replay.read_text(encoding="utf-8"), str(replay))  # a bad file is exit 2 before a boot
-    kernel = _artifact(args.kernel, ENV_KERNEL, "kernel image", "--kernel")
-    initramfs = _artifact(args.initramfs, ENV_INITRAMFS, "initramfs", "--initramfs")
+    kernel = kernel_artifact(args.kernel)
+    initramfs = initramfs_artifact(args.initramfs)
     stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
     out = Path(args.out) if args.out else DEFAULT_OUT_ROOT / f"fuzz-{stamp}"
     plan = FuzzPlan(kernel=kernel, initramfs=initramfs, out=out, seed=args.seed, budget_s=args.budget,
@@ -280,16 +277,6 @@ def _reporting(run_dir: Path):
         report.close()
 
 
-def _artifact(arg: str | None, env: str, what: str, flag: str) -> Path:
-    value = arg or os.environ.get(env)
-    if not value:
-        raise MissingPrerequisite(f"no {what} given (set {flag} or {env})")
-    path = Path(value)
-    if not path.is_file():
-        raise MissingPrerequisite(f"{what} not found: {value} (set {flag} or {env})")
-    return path
-
-
 def cmd_run_matrix(args: argparse.Namespace) -> int:
     from .matrix.run import MatrixPlan, run_matrix, selected
     from .matrix.schema import load_matrix
@@ -311,8 +298,8 @@ def cmd_run_matrix(args: argparse.Namespace) -> int:
     if not selected(matrix, args.select):
         raise UsageError(f"-k {args.select!r} selects none of the {len(matrix.combinations)} combinations "
                          f"in {source or 'the --disk flags'}")
-    kernel = _artifact(args.kernel, ENV_KERNEL, "kernel image", "--kernel")
-    initramfs = _artifact(args.initramfs, ENV_INITRAMFS, "initramfs", "--initramfs")
+    kernel = kernel_artifact(args.kernel)
+    initramfs = initramfs_artifact(args.initramfs)
     plan = MatrixPlan(kernel=kernel, initramfs=initramfs, run_dir=run_dir, matrix=matrix, select=args.select,
                       qemu=args.qemu, accel=args.accel)
     with _reporting(run_dir) as report:
@@ -353,8 +340,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         get_scenario(name)  # an unknown scenario is a usage error before anything is created
     suite_name = args.suite or "smoke"
     suite(suite_name)  # an unknown suite is a usage error before anything is created
-    kernel = _artifact(args.kernel, ENV_KERNEL, "kernel image", "--kernel")
-    initramfs = _artifact(args.initramfs, ENV_INITRAMFS, "initramfs", "--initramfs")
+    kernel = kernel_artifact(args.kernel)
+    initramfs = initramfs_artifact(args.initramfs)
     stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
     label = "-".join(scenarios) if scenarios else suite_name
     run_dir = Path(args.out) if args.out else DEFAULT_OUT_ROOT / f"{label}-{stamp}"
@@ -434,8 +421,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
         import matplotlib  # noqa: F401
     except ImportError:
         raise MissingPrerequisite("matplotlib is not installed (pip install matplotlib, or python3-matplotlib)") from None
-    kernel = _artifact(args.kernel, ENV_KERNEL, "kernel image", "--kernel")
-    initramfs = _artifact(args.initramfs or os.environ.get(ENV_INITRAMFS_BENCH), ENV_INITRAMFS, "initramfs",
+    kernel = kernel_artifact(args.kernel)
+    initramfs = artifact(args.initramfs or os.environ.get(ENV_INITRAMFS_BENCH), ENV_INITRAMFS, "initramfs",
                           "--initramfs")
     stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
     out = Path(args.out) if args.out else DEFAULT_OUT_ROOT / f"bench-{stamp}"

@@ -90,11 +90,11 @@ def cmd_repro(args: argparse.Namespace) -> int:
 
 
 def cmd_shell(args: argparse.Namespace) -> int:
-    from ..cli import ENV_INITRAMFS, ENV_KERNEL, _artifact
+    from ..artifacts import initramfs as initramfs_artifact, kernel as kernel_artifact
     from .shell import parse_disk
 
-    kernel = _artifact(args.kernel, ENV_KERNEL, "kernel image", "--kernel")
-    initramfs = _artifact(args.initramfs, ENV_INITRAMFS, "initramfs", "--initramfs")
+    kernel = kernel_artifact(args.kernel)
+    initramfs = initramfs_artifact(args.initramfs)
     disks = [parse_disk(spec, i) for i, spec in enumerate(args.disk)]
     run_dir = Path(args.out) if args.out else Path(tempfile.mkdtemp(prefix="vblk-ci-shell-"))
     _shell(kernel, initramfs, args.qemu, args.accel, args.smp, args.memory, tuple(args.append), disks, run_dir)
