@@ -353,8 +353,25 @@ def cmd_run(args: argparse.Namespace) -> int:
     )
     with _reporting(run_dir) as report:
         result = run(plan, report)
+    _annotate(result, kernel, run_dir)
     print(f"vblk-ci: {result.status}: results in {run_dir}", file=sys.stderr)
     return result.exit_code
+
+
+def _annotate(result, kernel: Path, run_dir: Path) -> None:
+    """annotations.txt in the run dir; on GitHub Actions also stdout, where the runner turns
+    each line into an annotation on the file and line it names."""
+    from .console.decode import decoder_for
+    from .report.annotations import annotations
+
+    decoder = decoder_for(kernel)
+    decoded = {f.title: decoder.decode_all(f.excerpt) for f in result.findings} if decoder else {}
+    lines = annotations(result, decoded)
+    if not lines:
+        return
+    (Path(run_dir) / "annotations.txt").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    if os.environ.get("GITHUB_ACTIONS") == "true":
+        print("\n".join(lines))
 
 
 # -- build -------------------------------------------------------------------------------

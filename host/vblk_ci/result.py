@@ -19,6 +19,7 @@ class CheckResult:
     detail: str = ""
     seconds: float = 0.0
     data: dict = field(default_factory=dict)  # e.g. the engine JSON of each step
+    source: str = ""  # "host/vblk_ci/scenarios/<file>.py:<line>" of the ctx.check call: where a failure points
 
     @property
     def full_name(self) -> str:

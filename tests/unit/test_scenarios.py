@@ -270,3 +270,38 @@ def test_a_check_glob_that_matched_nothing_is_an_error_not_a_pass(tmp_path):
     hit = result_with("hotplug", "verify")
     judge_selection(hit, plan)
     assert hit.status == "pass"
+
+
+def test_a_check_result_points_at_its_ctx_check_call(tmp_path):
+    @register
+    class Pointing(Scenario):
+        name = "test-pointing"
+        description = "x"
+
+        def run(self, ctx):
+            ctx.check("fails", _fails_elsewhere)  # the line the result must name
+
+    ctx = ScenarioContext("test-pointing", FakeMachine(FakeAgent()), tmp_path, E.discard, set())
+    Pointing().run(ctx)
+    import inspect
+    lines, first = inspect.getsourcelines(Pointing.run)
+    want = first + next(i for i, text in enumerate(lines) if "ctx.check(" in text)
+    assert ctx.checks[0].status == "fail"
+    assert ctx.checks[0].source == f"{Path(__file__).resolve()}:{want}"  # outside host/: absolute
+
+
+def _fails_elsewhere(rec):
+    raise CheckFailed("no")
+
+
+def test_a_packaged_scenario_names_its_file_relative_to_the_repository(tmp_path):
+    class ExecAgent(FakeAgent):
+        def exec(self, **kw):
+            return {"exit_code": 0, "stdout": "6.12.0\n", "stderr": ""}
+
+    ctx = ScenarioContext("meta-failing-check", FakeMachine(ExecAgent()), tmp_path, E.discard, set())
+    from vblk_ci.scenarios.meta import FailingCheck
+    FailingCheck().run(ctx)
+    assert ctx.checks[0].status == "fail"
+    path, line = ctx.checks[0].source.rsplit(":", 1)
+    assert path == "host/vblk_ci/scenarios/meta.py" and int(line) > 0

@@ -12,6 +12,8 @@ end the run with an ``error`` verdict, not a failure.
 from __future__ import annotations
 
 import fnmatch
+import inspect
+import sys
 import time
 from pathlib import Path
 from typing import Any, Callable, ClassVar
@@ -61,6 +63,33 @@ def get(name: str) -> type[Scenario]:
 
 def registered() -> dict[str, type[Scenario]]:
     return dict(_REGISTRY)
+
+
+PACKAGE_DIR = Path(__file__).resolve().parent.parent  # host/vblk_ci in the repository
+
+
+def call_site(scenario: str) -> str:
+    """``host/vblk_ci/scenarios/x.py:LINE`` of the ``ctx.check`` call in the scenario's own file
+    (else the nearest caller inside the package): what a failed check's annotation points at."""
+    cls = _REGISTRY.get(scenario)
+    own = Path(inspect.getsourcefile(cls)).resolve() if cls is not None else None
+    frame = sys._getframe(2)  # the caller of ScenarioContext.check
+    fallback = None
+    while frame is not None:
+        path = Path(frame.f_code.co_filename).resolve()
+        if own is not None and path == own:
+            return _relative(path, frame.f_lineno)
+        if fallback is None and PACKAGE_DIR in path.parents:
+            fallback = _relative(path, frame.f_lineno)
+        frame = frame.f_back
+    return fallback or ""
+
+
+def _relative(path: Path, line: int) -> str:
+    try:
+        return f"host/vblk_ci/{path.relative_to(PACKAGE_DIR).as_posix()}:{line}"
+    except ValueError:
+        return f"{path}:{line}"
 
 
 DESELECTED = "deselected"  # a check --check left out: neither run nor recorded
@@ -140,7 +169,8 @@ class ScenarioContext:
         except InfraError as exc:
             status, detail, infra = ERROR, str(exc), exc
         status, detail = self._judge_console(status, detail)
-        result = CheckResult(self.scenario, name, status, detail, time.monotonic() - started, rec)
+        result = CheckResult(self.scenario, name, status, detail, time.monotonic() - started, rec,
+                             source=call_site(self.scenario))
         self.checks.append(result)
         self.emit(CheckEnd(full, status == PASS, detail.splitlines()[0] if detail else "", result.seconds))
         if infra is not None:
