@@ -156,7 +156,9 @@ def _add_bench_parser(sub) -> None:
                    "counts only its own vCPU's instructions)")
     b.add_argument("--memory", type=_positive, default=1024, metavar="MB")
     b.add_argument("--preset", help="seed | quick (default: one fair comparison from the job options)")
-    b.add_argument("--pairs", type=_positive, default=5, help="A/B pairs per comparison (default %(default)s)")
+    b.add_argument("--pairs", type=_positive, default=6,
+                   help="A/B pairs per comparison, in ABBA order (default %(default)s; even counts put each "
+                        "path first equally often; fewer than 3 is reported as uninformative)")
     b.add_argument("--icount", action="store_true", help="QEMU -icount shift=0,sleep=off: instructions per I/O")
     b.add_argument("--no-fio", dest="fio", action="store_false", help="skip the fio reference runs")
     b.add_argument("--fio-runs", type=_positive, default=3)
