@@ -107,6 +107,15 @@ class MachineTimeout(InfraError):
     """Waiting for the VM (a QMP event, a console line, QEMU's exit) ran out of time."""
 
 
+class UnplugTimeout(MachineTimeout):
+    """device_del was sent and DEVICE_DELETED never came: the guest did not release the
+    device. A verdict on the guest kernel (the driver's remove path), not on the machinery,
+    for every caller: a check that meets it fails (ScenarioContext.check, runner). It stays a
+    MachineTimeout so callers that wait again (``complete_unplug``) still catch it."""
+
+    exit_code = EXIT_FAIL
+
+
 class ConfigMismatch(VblkCiError):
     """QEMU or the guest shows a disk configuration other than the spec's: nothing was judged."""
 

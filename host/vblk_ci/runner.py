@@ -24,7 +24,7 @@ from pathlib import Path
 from . import events as E
 from .console.classify import classify
 from .coverage.collect import GcdaCollector
-from .errors import AgentError, BootError, CheckFailed, InfraError, MissingPrerequisite
+from .errors import AgentError, BootError, CheckFailed, InfraError, MissingPrerequisite, UnplugTimeout
 from .machine.accel import choose
 from .machine.argv import MachineSpec
 from .machine.machine import Machine, Timeouts
@@ -136,7 +136,7 @@ def _run_scenarios(plan: Plan, machine: Machine, emit: E.Emit, result: RunResult
         emit(E.ScenarioStart(cls.name, cls.description))
         try:
             scenario.run(ctx)
-        except (CheckFailed, AgentError) as exc:  # raised outside ctx.check
+        except (CheckFailed, AgentError, UnplugTimeout) as exc:  # raised outside ctx.check
             ctx.checks.append(CheckResult(cls.name, "(scenario)", E.FAIL, str(exc)))
         finally:
             record.checks = ctx.checks

@@ -305,3 +305,23 @@ def test_a_packaged_scenario_names_its_file_relative_to_the_repository(tmp_path)
     assert ctx.checks[0].status == "fail"
     path, line = ctx.checks[0].source.rsplit(":", 1)
     assert path == "host/vblk_ci/scenarios/meta.py" and int(line) > 0
+
+
+def test_machine_unplug_turns_a_missing_device_deleted_into_an_unplug_timeout(monkeypatch):
+    """Machine._await_deleted: the one place an unplug wait becomes UnplugTimeout (a verdict)."""
+    from vblk_ci.errors import UnplugTimeout
+    from vblk_ci.machine.machine import Machine
+
+    class Disk:
+        id, node_name = "d0", "n0"
+
+    m = Machine.__new__(Machine)
+    m.timeouts = Timeouts()
+
+    def never(name, match, timeout):
+        raise MachineTimeout(f"no QMP event {name} matching {match} within {timeout:.1f}s")
+
+    m.events_wait = never
+    with pytest.raises(UnplugTimeout, match="unplug d0: no QMP event DEVICE_DELETED") as info:
+        m._await_deleted(Disk(), 0.0, 1.0)
+    assert isinstance(info.value, MachineTimeout) and info.value.exit_code == 1

@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable, ClassVar
 
-from ..errors import AgentError, CheckFailed, InfraError, UsageError
+from ..errors import AgentError, CheckFailed, InfraError, UnplugTimeout, UsageError
 from ..events import ERROR, FAIL, PASS, CheckEnd, CheckStart, ConsoleFinding, Emit
 from ..result import SKIP, CheckResult
 
@@ -164,7 +164,7 @@ class ScenarioContext:
         status, detail, infra = PASS, "", None
         try:
             fn(rec)
-        except (CheckFailed, AgentError) as exc:
+        except (CheckFailed, AgentError, UnplugTimeout) as exc:
             status, detail = FAIL, str(exc)
         except InfraError as exc:
             status, detail, infra = ERROR, str(exc), exc
