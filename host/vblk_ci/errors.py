@@ -73,6 +73,16 @@ class AgentError(VblkCiError):
         super().__init__(f"{kind}: {message}")
 
 
+class AgentBug(InfraError):
+    """The agent answered InternalError: a bug in the guest agent's handler (it caught an
+    exception it did not expect), not something the driver did. Ends the run as "cannot
+    judge" (125) with the agent's message, instead of failing a check on the driver."""
+
+    def __init__(self, method: str, message: str):
+        self.method = method
+        super().__init__(f"guest agent bug in {method}: {message} (see agent.log)")
+
+
 class CheckFailed(VblkCiError):
     """A scenario check did not hold."""
 

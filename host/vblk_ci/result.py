@@ -62,6 +62,7 @@ class RunResult:
     scenarios: list[ScenarioResult] = field(default_factory=list)
     findings: list[FindingRecord] = field(default_factory=list)
     timings: dict = field(default_factory=dict)  # hotplug / unplug figures
+    agent_warnings: list[str] = field(default_factory=list)  # the agent's warning events (engine misbehaving)
 
     @property
     def exit_code(self) -> int:

@@ -180,7 +180,12 @@ def run(plan: Plan, emit: E.Emit = E.discard) -> RunResult:
             emit(E.BootEnd(result.boot_seconds, accel.name))
             result.agent_seconds = machine.wait_agent()
             emit(E.AgentReady(result.agent_seconds))
-            _run_scenarios(plan, machine, emit, result, reported)
+            try:
+                _run_scenarios(plan, machine, emit, result, reported)
+            finally:
+                for warning in getattr(machine.agent, "warnings", []):
+                    result.agent_warnings.append(warning)
+                    emit(E.Note(f"agent warning: {warning}"))
     except (BootError, InfraError, CheckFailed, AgentError) as exc:
         record_abort(result, run_dir, exc)
     finally:

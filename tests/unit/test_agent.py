@@ -713,6 +713,9 @@ def test_spawn_with_progress_forwards_the_engines_lines_as_events(fake_root, tmp
                 assert msg["id"] == 1, msg
                 job = msg["result"]["job"]
         assert [(e["job"], e["seq"], e["completions"]) for e in events] == [(job, 0, 0), (job, 1, 10), (job, 2, 20)]
+        # The line that is not JSON is not dropped silently: it comes as a warning event.
+        warning = a.read_obj()
+        assert warning["event"] == "warning" and warning["job"] == job and "'not json'" in warning["message"]
         assert a.call("wait_job", job=job, timeout_s=10)["done"] is True
         assert a.error("spawn", {"args": [], "progress_ms": 5})["type"] == "BadParams"
     finally:
