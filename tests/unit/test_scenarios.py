@@ -325,3 +325,20 @@ def test_machine_unplug_turns_a_missing_device_deleted_into_an_unplug_timeout(mo
     with pytest.raises(UnplugTimeout, match="unplug d0: no QMP event DEVICE_DELETED") as info:
         m._await_deleted(Disk(), 0.0, 1.0)
     assert isinstance(info.value, MachineTimeout) and info.value.exit_code == 1
+
+
+def test_a_config_mismatch_raised_in_a_check_is_recorded_as_such(tmp_path):
+    """The matrix's config check goes through ctx.check like every other (no private bookkeeping)."""
+    from vblk_ci.errors import ConfigMismatch
+
+    rec = E.Recorder()
+    ctx = ScenarioContext("matrix-x", FakeMachine(FakeAgent()), tmp_path, rec, set())
+
+    def config(r):
+        r["disks"] = {"d0": {}}
+        raise ConfigMismatch("d0 num_queues: spec 4, guest 2")
+
+    result = ctx.check("config", config)
+    assert (result.status, result.detail, result.data) == ("config-mismatch", "d0 num_queues: spec 4, guest 2",
+                                                          {"disks": {"d0": {}}})
+    assert ctx.checks == [result] and rec.of(E.CheckEnd)[-1].passed is False

@@ -18,8 +18,8 @@ import time
 from pathlib import Path
 from typing import Any, Callable, ClassVar
 
-from ..errors import AgentError, CheckFailed, InfraError, UnplugTimeout, UsageError
-from ..events import ERROR, FAIL, PASS, CheckEnd, CheckStart, ConsoleFinding, Emit
+from ..errors import AgentError, CheckFailed, ConfigMismatch, InfraError, UnplugTimeout, UsageError
+from ..events import CONFIG_MISMATCH, ERROR, FAIL, PASS, CheckEnd, CheckStart, ConsoleFinding, Emit
 from ..result import SKIP, CheckResult
 
 CheckFn = Callable[[dict], Any]
@@ -166,6 +166,8 @@ class ScenarioContext:
             fn(rec)
         except (CheckFailed, AgentError, UnplugTimeout) as exc:
             status, detail = FAIL, str(exc)
+        except ConfigMismatch as exc:  # the VM is not what was asked for: nothing judged (matrix)
+            status, detail = CONFIG_MISMATCH, str(exc)
         except InfraError as exc:
             status, detail, infra = ERROR, str(exc), exc
         status, detail = self._judge_console(status, detail)
