@@ -1,10 +1,10 @@
 // SPDX-License-Identifier: GPL-2.0-only
 /*
  * vblk-engine allocation-failure injection (the coverage kernel's
- * CONFIG_FAILSLAB): writing N to /proc/thread-self/fail-nth makes the Nth
- * allocation this thread makes that passes failslab's filters fail (the
- * `inject` suite sets failslab's filters through debugfs).  Reading it back
- * gives how many of the N were left, so 0 means the fault was injected.
+ * CONFIG_FAIL_PAGE_ALLOC): writing N to /proc/thread-self/fail-nth makes the
+ * Nth allocation this thread makes that passes the fault filters fail (the
+ * `inject` suite sets fail_page_alloc's filters through debugfs).  Reading it
+ * back gives how many of the N were left, so 0 means the fault was injected.
  *
  *   vblk-engine --load-module KO --from N --to M [--class NAME]
  *

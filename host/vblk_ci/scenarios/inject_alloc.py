@@ -1,13 +1,16 @@
-"""alloc-failures: every allocation on a passthrough command's submission path fails once; each is -ENOMEM.
+"""alloc-failures: every page allocation on a passthrough command's submission path fails once: -ENOMEM.
 
 No device makes the kernel run out of memory, so the driver's unwinding after
 a failed allocation (a range list that cannot be mapped, a bounce buffer that
 cannot be allocated) never runs in the other suites. Here the engine sweeps
-it: run N issues one command with the Nth allocation of the submitting thread
-failing (``/proc/thread-self/fail-nth``, CONFIG_FAILSLAB), N = 1, 2, ... until a
-run makes fewer allocations than N (that last run is the clean one). DISCARD's
-range list takes WRITE_ZEROES' path and QEMU 7.2 does not count DISCARDs in
-``query-blockstats``, so only WRITE_ZEROES is swept.
+it: run N issues one command with the Nth page allocation of the submitting
+thread failing (``/proc/thread-self/fail-nth``, CONFIG_FAIL_PAGE_ALLOC), N = 1,
+2, ... until a run makes fewer allocations than N (that last run is the clean
+one). The commands swept are those that allocate pages while they are
+submitted: a WRITE_ZEROES range list (the kernel's copy is bounced into a page
+for the request: DISCARD takes the same path, and QEMU 7.2 does not count
+DISCARDs in ``query-blockstats``), and a READ and a WRITE bounced by their
+iovecs (16 x 256 bytes).
 
 Each sweep is judged on: every injected run completes with 0 (the allocation
 was optional) or -ENOMEM, never another errno, and at least one is -ENOMEM;
@@ -16,8 +19,8 @@ completions said 0 and none failed (``query-blockstats``): a failed command
 reached nothing and no success was invented. After all sweeps nothing is left
 in flight (``/sys/block/vdX/inflight``), the disk still reads what was written,
 and the unplug completes (a leaked request would hold ``del_gendisk()``). The
-console must stay clean (the runner's classifier). Slab leaks are not measured
-(the coverage kernel has no kmemleak).
+console must stay clean (the runner's classifier). Leaked memory is not
+measured (the coverage kernel has no kmemleak).
 """
 
 from __future__ import annotations
@@ -28,7 +31,7 @@ from ..machine import virtio_queue as VQ
 from .base import Scenario, ScenarioContext, register
 from .driver_bounds import counters
 from .driver_common import MiB, eargs, errno_text, expect_clean, plug, run_engine, run_gated, unplug
-from .inject_common import ENOMEM, Failslab, failslab_missing
+from .inject_common import ENOMEM, FaultKnobs, injection_missing
 
 DISK_SIZE = 16 * MiB
 BS = 4096
@@ -38,22 +41,21 @@ SEED = 0x5EED
 # (check, op, engine options, the blockstats counter one successful command moves)
 SWEEPS: tuple[tuple[str, str, dict, str], ...] = (
     ("sweep-write-zeroes-ranges", "write-zeroes", {}, "wr_operations"),
-    ("sweep-write", "write", {"seed": SEED}, "wr_operations"),
     ("sweep-read-bounced", "read", {"vec": 16}, "rd_operations"),
-    ("sweep-write-iovec", "write", {"vec": 4, "seed": SEED}, "wr_operations"),
+    ("sweep-write-bounced", "write", {"vec": 16, "seed": SEED}, "wr_operations"),
 )
 
 
 @register
 class AllocFailures(Scenario):
     name = "alloc-failures"
-    description = ("Allocation-failure sweeps (fail-nth, CONFIG_FAILSLAB) of the passthrough submission path: "
-                   "a WRITE_ZEROES range list, a plain and an iovec WRITE, a bounced READ. Each "
+    description = ("Page-allocation-failure sweeps (fail-nth, CONFIG_FAIL_PAGE_ALLOC) of the passthrough "
+                   "submission path: a WRITE_ZEROES range list, a bounced READ and WRITE. Each "
                    "injected allocation failure gives 0 or -ENOMEM, the device sees exactly the successes, "
                    "nothing stays in flight, the disk still works. Coverage kernel only.")
 
     def requires(self, ctx: ScenarioContext) -> list[str]:
-        return failslab_missing(ctx)
+        return injection_missing(ctx)
 
     def run(self, ctx: ScenarioContext) -> None:
         image = create_sparse_file(ctx.scratch() / "inj0.raw", DISK_SIZE)
@@ -62,12 +64,12 @@ class AllocFailures(Scenario):
         st: dict = {}
         if not run_gated(ctx, True, [("hotplug", plug(ctx, disk, st))], ""):
             return
-        fs = Failslab(ctx)
+        fs = FaultKnobs(ctx)
         try:
-            armed = ctx.check("failslab-set-up", fs.arm).status == "pass"
+            armed = ctx.check("fault-injection-set-up", fs.arm).status == "pass"
             steps = [(name, lambda rec, op=op, opts=opts, counter=counter:
                       sweep(ctx, disk, st, rec, op, opts, counter)) for name, op, opts, counter in SWEEPS]
-            run_gated(ctx, armed, steps, "not run: failslab could not be set up")
+            run_gated(ctx, armed, steps, "not run: fail_page_alloc could not be set up")
         finally:
             fs.restore()
         ctx.check("nothing-in-flight-disk-works", lambda rec: after(ctx, st, rec))

@@ -1,17 +1,19 @@
-"""What the `inject` suite's scenarios share: the kernel features they need, and failslab's set-up.
+"""What the `inject` suite's scenarios share: the kernel features they need, and fail_page_alloc's set-up.
 
 The `inject` suite runs only on the coverage kernel (kernel-config/coverage.config):
-a modular virtio_blk, and allocation-failure injection (CONFIG_FAILSLAB with
+a modular virtio_blk, and allocation-failure injection (CONFIG_FAIL_PAGE_ALLOC with
 CONFIG_FAULT_INJECTION_DEBUG_FS). On a kernel without them its scenarios skip,
 saying which feature is missing; the suite is not one CI runs strict.
 
 Injection is per thread and per call: ``/proc/thread-self/fail-nth`` makes the
-Nth allocation of that thread fail (the engine arms it around one submission or
-one module load). Only failslab's filters apply to it; by default failslab
-ignores allocations that may sleep (``ignore-gfp-wait``), which is nearly every
-allocation on these paths, so the scenarios turn that off for their duration,
-and ``verbose`` to 0 (one console line and a stack per injected fault would
-flood a serial console under TCG).
+Nth page allocation of that thread fail (the engine arms it around one
+submission or one module load). Only fail_page_alloc's filters apply to it, and
+by default they pass over nearly everything (order 0, allocations that may
+sleep, highmem/movable ones), so the scenarios open them for their duration:
+``min-order`` 0, ``ignore-gfp-wait`` and ``ignore-gfp-highmem`` N, and
+``verbose`` 0 (a console line and a stack per injected fault would flood a
+serial console under TCG). Slab allocations are not injected (CONFIG_FAILSLAB
+would recompile the whole kernel): one fails only when its slab needs a new page.
 """
 
 from __future__ import annotations
@@ -19,21 +21,22 @@ from __future__ import annotations
 from ..errors import CheckFailed
 from .base import ScenarioContext
 
-FAILSLAB = "/sys/kernel/debug/failslab"
+FAIL_PAGE_ALLOC = "/sys/kernel/debug/fail_page_alloc"
 FAIL_NTH = "/proc/self/fail-nth"
 MODULE_STATE = "/sys/module/virtio_blk/initstate"
 MODULE_KO = "/lib/modules/$(uname -r)/kernel/drivers/block/virtio_blk.ko"
-#: failslab knobs set for the injection, and the value each gets.
-FAILSLAB_SETTINGS = {"ignore-gfp-wait": "N", "verbose": "0"}
+#: fail_page_alloc knobs set for the injection, and the value each gets.
+FAULT_SETTINGS = {"min-order": "0", "ignore-gfp-wait": "N", "ignore-gfp-highmem": "N", "verbose": "0"}
 ENOMEM = 12
 EAGAIN = 11
 
 
-def failslab_missing(ctx: ScenarioContext) -> list[str]:
+def injection_missing(ctx: ScenarioContext) -> list[str]:
     """requires() reasons when the guest kernel cannot inject allocation failures."""
-    if ctx.agent.exec(cmd=f"test -d {FAILSLAB} && test -w {FAIL_NTH}").get("rc") != 0:
-        return [f"no allocation-failure injection in this kernel ({FAILSLAB} and {FAIL_NTH}: CONFIG_FAILSLAB, "
-                "CONFIG_FAULT_INJECTION_DEBUG_FS): the inject suite runs on the coverage kernel"]
+    if ctx.agent.exec(cmd=f"test -d {FAIL_PAGE_ALLOC} && test -w {FAIL_NTH}").get("rc") != 0:
+        return [f"no allocation-failure injection in this kernel ({FAIL_PAGE_ALLOC} and {FAIL_NTH}: "
+                "CONFIG_FAIL_PAGE_ALLOC, CONFIG_FAULT_INJECTION_DEBUG_FS): the inject suite runs on the "
+                "coverage kernel"]
     return []
 
 
@@ -50,24 +53,24 @@ def module_path(ctx: ScenarioContext) -> str:
     return out.get("stdout", "").strip()
 
 
-class Failslab:
-    """Set failslab's knobs for injection; ``restore()`` puts the old values back."""
+class FaultKnobs:
+    """Set fail_page_alloc's knobs for injection; ``restore()`` puts the old values back."""
 
     def __init__(self, ctx: ScenarioContext):
         self.ctx = ctx
         self.old: dict[str, str] = {}
 
     def arm(self, rec: dict) -> None:
-        for knob, value in FAILSLAB_SETTINGS.items():
-            path = f"{FAILSLAB}/{knob}"
+        for knob, value in FAULT_SETTINGS.items():
+            path = f"{FAIL_PAGE_ALLOC}/{knob}"
             self.old.setdefault(knob, self.ctx.agent.read_file(path).strip())
             self.ctx.agent.write_file(path, value + "\n")
             got = self.ctx.agent.read_file(path).strip()
             if got != value:
                 raise CheckFailed(f"{path} reads {got!r} after writing {value!r}")
-        rec["failslab"] = {"set": dict(FAILSLAB_SETTINGS), "was": dict(self.old)}
+        rec["fail_page_alloc"] = {"set": dict(FAULT_SETTINGS), "was": dict(self.old)}
 
     def restore(self) -> None:
         for knob, value in self.old.items():
-            self.ctx.agent.write_file(f"{FAILSLAB}/{knob}", value + "\n")
+            self.ctx.agent.write_file(f"{FAIL_PAGE_ALLOC}/{knob}", value + "\n")
         self.old.clear()

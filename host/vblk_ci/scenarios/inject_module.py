@@ -11,9 +11,10 @@ appends the .ko to the initramfs and /init loads it). With a disk plugged:
 - unloading removes every trace: the disk, its ``vdXc0`` node and class entry,
   ``/sys/class/vblk-generic``, both majors in ``/proc/devices``;
 - reloading brings the disk and its node back, with working I/O, three times;
-- with allocation-failure injection (CONFIG_FAILSLAB): the load is repeated
-  with allocation N failing, N = 1 .. every allocation a load makes (module
-  loader, module_init, the probe of the plugged disk): a failed load must be
+- with allocation-failure injection (CONFIG_FAIL_PAGE_ALLOC): the load is
+  repeated with page allocation N failing, N = 1 .. every page allocation a load
+  makes (module memory, per-CPU data, slabs that need a new page, the probe of
+  the plugged disk: its requests): a failed load must be
   -ENOMEM and leave no class or major behind, a load that survived a failure
   (a failed probe) must leave no half-made disk, and it must unload. The last,
   clean load leaves the driver loaded and the disk working.
@@ -25,7 +26,7 @@ from ..disks.spec import DiskSpec, create_sparse_file
 from ..errors import AgentError, CheckFailed
 from .base import Scenario, ScenarioContext, register
 from .driver_common import MiB, eargs, expect_clean, plug, run_engine, run_gated, unplug, wait_gone
-from .inject_common import Failslab, failslab_missing, module_missing, module_path
+from .inject_common import FaultKnobs, injection_missing, module_missing, module_path
 
 DISK_SIZE = 16 * MiB
 BS = 4096
@@ -60,8 +61,8 @@ class ModuleReload(Scenario):
         steps = [(f"reload-{i}", lambda rec, i=i: reload(ctx, disk, st, rec, last=i == RELOADS))
                  for i in range(1, RELOADS + 1)]
         ok = run_gated(ctx, ok, steps, "not run: unloading failed") and ok
-        if failslab_missing(ctx):
-            ctx.skip("load-with-allocation-failures", failslab_missing(ctx)[0])
+        if injection_missing(ctx):
+            ctx.skip("load-with-allocation-failures", injection_missing(ctx)[0])
         else:
             run_gated(ctx, ok, [("load-with-allocation-failures", lambda rec: load_sweep(ctx, disk, st, rec))],
                       "not run: plain unload/reload failed")
@@ -158,7 +159,7 @@ def engine_load(ctx: ScenarioContext, st: dict, rec: dict, key: str, first: int,
 
 def load_sweep(ctx: ScenarioContext, disk: DiskSpec, st: dict, rec: dict) -> None:
     unload(ctx, st, rec)
-    fs = Failslab(ctx)
+    fs = FaultKnobs(ctx)
     try:
         fs.arm(rec)
         count = engine_load(ctx, st, rec, "count", COUNT_N, COUNT_N)
