@@ -93,8 +93,9 @@ def one(ctx: ScenarioContext, disk: DiskSpec, st: dict, rec: dict, key: str, op:
     before, blocks = counters(ctx, disk), allocated(disk)
     result = run_engine(ctx, rec, key, eargs(st["chardev"], op, bs=LBS, offset=LBS, **opts))
     delta = VQ.stats_delta(before, counters(ctx, disk))
-    if allocated(disk) != blocks:
-        delta["allocated_bytes"] = allocated(disk) - blocks
+    blocks = allocated(disk) - blocks
+    if blocks:
+        delta["allocated_bytes"] = blocks
     rec[f"{key}-moved"] = delta
     res = (result.get("results") or [None])[0]
     if not isinstance(res, int):
