@@ -57,9 +57,14 @@ RUN --mount=type=cache,id=vblk-ci-kernel-debug,target=/cache \
 
 # base.config + coverage.config: gcov counters for drivers/block/virtio_blk.c only
 # (vblk-ci run --coverage, vblk-ci coverage).  Its own cache mount, like the others.
+# virtio_blk is a module there, and the v2 series calls ioprio_check_cap(), which
+# 6.12 does not export: kernel-config/coverage-patches/ go after the series.
 FROM kernel-toolchain AS kernel-coverage
 RUN --mount=type=cache,id=vblk-ci-kernel-coverage,target=/cache \
-    python3 -m vblk_ci.build.kernel --variant coverage --output-dir /artifacts \
+    mkdir -p /tmp/series && cp /src/driver/* /tmp/series/ \
+ && cp /src/kernel-config/coverage-patches/*.patch /tmp/series/ \
+ && (cd /src/kernel-config/coverage-patches && ls *.patch) >> /tmp/series/series \
+ && python3 -m vblk_ci.build.kernel --variant coverage --series-dir /tmp/series --output-dir /artifacts \
  && cat /artifacts/kernel-manifest.json \
  && ls -l /artifacts/virtio_blk.gcno /artifacts/virtio_blk.c /artifacts/series-lines.json /artifacts/virtio_blk.ko
 # coverage.config builds virtio_blk as a module: put it in a cpio of its own,
