@@ -57,11 +57,25 @@ RUN --mount=type=cache,id=vblk-ci-kernel-debug,target=/cache \
 
 # base.config + coverage.config: gcov counters for drivers/block/virtio_blk.c only
 # (vblk-ci run --coverage, vblk-ci coverage).  Its own cache mount, like the others.
+# virtio_blk is a module there, and the v2 series calls ioprio_check_cap(), which
+# 6.12 does not export: kernel-config/coverage-patches/ go after the series.
 FROM kernel-toolchain AS kernel-coverage
 RUN --mount=type=cache,id=vblk-ci-kernel-coverage,target=/cache \
-    python3 -m vblk_ci.build.kernel --variant coverage --output-dir /artifacts \
+    mkdir -p /tmp/series && cp /src/driver/* /tmp/series/ \
+ && cp /src/kernel-config/coverage-patches/*.patch /tmp/series/ \
+ && (cd /src/kernel-config/coverage-patches && ls *.patch) >> /tmp/series/series \
+ && python3 -m vblk_ci.build.kernel --variant coverage --series-dir /tmp/series --output-dir /artifacts \
  && cat /artifacts/kernel-manifest.json \
- && ls -l /artifacts/virtio_blk.gcno /artifacts/virtio_blk.c /artifacts/series-lines.json
+ && ls -l /artifacts/virtio_blk.gcno /artifacts/virtio_blk.c /artifacts/series-lines.json /artifacts/virtio_blk.ko
+# coverage.config builds virtio_blk as a module: put it in a cpio of its own,
+# appended to the suites' initramfs below (the kernel unpacks concatenated
+# archives in turn), at /lib/modules/<release>/kernel/drivers/block/, where
+# the guest's /init loads it from.
+RUN rel=$(python3 -c 'import json; print(json.load(open("/artifacts/kernel-manifest.json"))["kernel_release"])') \
+ && d=/tmp/modules/lib/modules/$rel/kernel/drivers/block && mkdir -p $d \
+ && cp /artifacts/virtio_blk.ko $d/ \
+ && cd /tmp/modules && find lib | sort | cpio -o -H newc -R 0:0 --reproducible --quiet | gzip -n -9 > /artifacts/modules.cpio.gz \
+ && rm -rf /tmp/modules && ls -l /artifacts/modules.cpio.gz
 
 # ------------------------------------------------------------------ initramfs
 # Two initramfs: the suites' one, and the bench's, which adds Debian's fio as the
@@ -155,7 +169,10 @@ RUN echo "coverage tools: apt-get install gcc-14 (gcov-14) and lcov, about 1 min
  && rm -rf /var/lib/apt/lists/* \
  && gcov-14 --version | head -1 && genhtml --version
 COPY --from=kernel-coverage /artifacts/ /opt/vblk-ci/coverage/
+# The coverage kernel's virtio_blk is a module: its initramfs is the suites' one + the module's cpio.
+RUN cat /opt/vblk-ci/initramfs.cpio.gz /opt/vblk-ci/coverage/modules.cpio.gz > /opt/vblk-ci/coverage/initramfs.cpio.gz
 ENV VBLK_CI_KERNEL_COVERAGE=/opt/vblk-ci/coverage/bzImage \
+    VBLK_CI_INITRAMFS_COVERAGE=/opt/vblk-ci/coverage/initramfs.cpio.gz \
     VBLK_CI_COVERAGE_DIR=/opt/vblk-ci/coverage \
     VBLK_CI_GCOV=gcov-14
 

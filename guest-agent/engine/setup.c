@@ -146,6 +146,8 @@ static int check_targets(const struct engine *e)
 		msg = "--fixed with --vec has no block-path operation";
 	else if (!any_passthru(e) && (job->sector.set || job->range_sector.set))
 		msg = "--sector/--range-sector need a passthrough char device";
+	else if (!any_passthru(e) && (job->range_nr.set || job->range_flags.set))
+		msg = "--range-num-sectors/--range-flags need a passthrough char device";
 	else if (any_block(e) && job->ioprio.v > UINT16_MAX)
 		msg = "--ioprio above 0xffff does not fit the block path's sqe->ioprio";
 	if (!msg)

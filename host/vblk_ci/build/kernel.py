@@ -194,6 +194,16 @@ def resolve_fragments(opts: KernelBuildOptions) -> list[Path]:
 MODULE_FRAGMENT = "# vblk-ci: virtio_blk as a module\nCONFIG_VIRTIO_BLK=m\n"
 
 
+def fragments_want_module(fragments: list[Path]) -> bool:
+    """True when the fragments themselves ask for CONFIG_VIRTIO_BLK=m (the coverage variant).
+
+    The build then also makes ``modules`` and ships virtio_blk.ko, as with
+    ``--virtio-blk-module``; otherwise the .ko would be built and thrown away.
+    """
+    texts = [Path(f).read_text(encoding="utf-8") for f in fragments]
+    return requested_options(texts).get("CONFIG_VIRTIO_BLK") == "m"
+
+
 def parse_config_lines(text: str) -> dict[str, str]:
     """CONFIG_X -> value from .config / fragment text; ``# CONFIG_X is not set`` -> "n"."""
     out: dict[str, str] = {}
@@ -611,8 +621,11 @@ def kernel_key(opts: KernelBuildOptions) -> str:
     """The cache key *opts* would build (reads inputs, builds nothing)."""
     cache = _cache.cache_root(opts.cache_dir)
     patches = parse_series(opts.series_dir) if opts.apply_series else []
+    fragments = resolve_fragments(opts)
+    if not opts.virtio_blk_module and fragments_want_module(fragments):
+        opts = dataclasses.replace(opts, virtio_blk_module=True)
     return compute_key(opts, base_identity=_base_identity(opts, cache), patches=patches,
-                       fragments=resolve_fragments(opts), compiler=gcc_version())
+                       fragments=fragments, compiler=gcc_version())
 
 
 def build_kernel(opts: KernelBuildOptions | None = None, progress: Progress | None = None) -> KernelArtifact:
@@ -625,6 +638,8 @@ def build_kernel(opts: KernelBuildOptions | None = None, progress: Progress | No
     cache.mkdir(parents=True, exist_ok=True)
     patches = parse_series(opts.series_dir) if opts.apply_series else []
     fragments = resolve_fragments(opts)
+    if not opts.virtio_blk_module and fragments_want_module(fragments):
+        opts = dataclasses.replace(opts, virtio_blk_module=True)
     compiler = gcc_version()
     base_identity = _base_identity(opts, cache)
     key = compute_key(opts, base_identity=base_identity, patches=patches, fragments=fragments, compiler=compiler)
