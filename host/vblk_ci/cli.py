@@ -84,6 +84,8 @@ def build_parser() -> argparse.ArgumentParser:
     what = build.add_subparsers(dest="target", metavar="TARGET", parser_class=_Parser)
     what.required = True
     k = what.add_parser("kernel", help="build (or reuse from the cache) the guest kernel")
+    k.add_argument("--base", help="kernel base: 7.3 or 6.12 (host/vblk_ci/build/bases.py; default its "
+                                  "DEFAULT_BASE); picks the source tarball, the series and extra fragments")
     k.add_argument("--source-tarball")
     k.add_argument("--source-dir")
     k.add_argument("--series-dir")
@@ -367,9 +369,11 @@ def cmd_build(args: argparse.Namespace) -> int:
 
     try:
         if args.target == "kernel":
-            from .build.kernel import KernelBuildOptions, build_kernel
+            from .build.kernel import KernelBuildOptions, build_kernel, kernel_base
 
-            artifact = build_kernel(_options(KernelBuildOptions, args), progress=progress)
+            options = _options(KernelBuildOptions, args)
+            kernel_base(options)  # an unknown --base: one usage line (exit 2) before anything runs
+            artifact = build_kernel(options, progress=progress)
         else:
             from .build.initramfs import InitramfsBuildOptions, build_initramfs
 

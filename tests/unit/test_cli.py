@@ -34,6 +34,7 @@ def one_line(capsys) -> str:
 @pytest.mark.parametrize("argv", [
     [], ["bogus"], ["run", "--smp", "zero"], ["run", "--smp", "0"], ["run", "--accel", "hvf"],
     ["run", "--no-such-flag"], ["build"], ["build", "rootfs"], ["build", "kernel", "--jobs", "x"],
+    ["build", "kernel", "--base", "7.4"],
 ])
 def test_bad_arguments_exit_2_with_one_line(argv, capsys):
     assert cli.main(argv) == 2
@@ -139,6 +140,28 @@ def test_build_kernel_passes_only_given_options(monkeypatch, capsys, tmp_path):
     out = capsys.readouterr()
     assert json.loads(out.out)["key"] == "k1"
     assert "configure" in out.err
+
+
+def test_build_kernel_bad_base_fails_before_building(monkeypatch, capsys):
+    from vblk_ci.build import kernel as K
+
+    monkeypatch.setattr(K, "build_kernel", lambda *a, **k: pytest.fail("built with a bad base"))
+    assert cli.main(["build", "kernel", "--base", "6.1", "--no-series"]) == 2
+    assert one_line(capsys) == "vblk-ci: error: unknown kernel base '6.1' (known: 7.3, 6.12)"
+
+
+def test_build_kernel_base(monkeypatch, capsys, tmp_path):
+    from vblk_ci.build import kernel as K
+
+    seen = []
+    monkeypatch.setattr(K, "build_kernel", lambda opts, progress=None: seen.append(opts) or K.KernelArtifact(
+        bzimage=tmp_path / "bzImage", config=tmp_path / ".config", manifest=tmp_path / "m.json", key="k73",
+        built=True, seconds=1.0))
+    assert cli.main(["build", "kernel", "--base", "7.3", "--no-series"]) == 0
+    assert cli.main(["build", "kernel"]) == 0
+    assert (seen[0].base, seen[0].apply_series, seen[0].series_dir) == ("7.3", False, None)
+    assert seen[1].base == K.KernelBuildOptions().base
+    capsys.readouterr()
 
 
 def test_build_initramfs(monkeypatch, capsys, tmp_path):
