@@ -380,7 +380,9 @@ def test_the_base_picks_tarball_series_and_fragments_unless_given(tmp_path: Path
     assert K.resolve_tarball(o73) == "/usr/src/linux-source-7.3.tar.xz"
     assert K.resolve_tarball(K.KernelBuildOptions(base="6.12")) == "/usr/src/linux-source-6.12.tar.xz"
     assert K.resolve_series_dir(o73) == str(K.repo_root() / "driver")
-    assert [f.name for f in K.resolve_fragments(o73)] == ["base.config"]
+    assert [f.name for f in K.resolve_fragments(o73)] == ["base.config", "linux-7.3.config"]
+    assert [f.name for f in K.resolve_fragments(K.KernelBuildOptions(base="7.3", variant="debug"))] == [
+        "base.config", "debug.config", "linux-7.3.config"]
     given = K.KernelBuildOptions(base="7.3", source_tarball="/x.tar.xz", series_dir=str(tmp_path))
     assert (K.resolve_tarball(given), K.resolve_series_dir(given)) == ("/x.tar.xz", str(tmp_path))
     assert K.resolve_patches(K.KernelBuildOptions(base="7.3", apply_series=False)) == []
@@ -516,3 +518,13 @@ def test_quality_uses_only_the_builders_public_api() -> None:
                       and n.attr.startswith("_")})
     assert private == []
     assert not hasattr(quality, "_which") and not hasattr(quality, "_make")
+
+
+def test_7_3_fragments_ask_for_sysctl_by_its_new_name() -> None:
+    # Seen on the first 7.3 build: "CONFIG_PROC_SYSCTL: requested y, got not set" (7.3 has only SYSCTL).
+    config73 = "CONFIG_PROC_FS=y\nCONFIG_SYSCTL=y\n"
+    base_only = K.requested_options([K.variant_fragments("default")[0].read_text()])
+    assert "CONFIG_PROC_SYSCTL: requested y, got not set" in K.verify_config(base_only, config73)
+    req = K.requested_options([f.read_text() for f in K.resolve_fragments(K.KernelBuildOptions(base="7.3"))])
+    assert (req["CONFIG_SYSCTL"], req["CONFIG_PROC_SYSCTL"]) == ("y", "n")
+    assert not [p for p in K.verify_config(req, config73) if "SYSCTL" in p]

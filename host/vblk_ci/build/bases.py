@@ -52,7 +52,7 @@ class KernelBase:
 BASES: dict[str, KernelBase] = {
     b.name: b
     for b in (
-        KernelBase("7.3", "linux-source-7.3", "trixie-backports", ("driver",)),
+        KernelBase("7.3", "linux-source-7.3", "trixie-backports", ("driver",), ("linux-7.3.config",)),
         KernelBase("6.12", "linux-source-6.12", "trixie", ("driver/6.12", "driver")),
     )
 }
