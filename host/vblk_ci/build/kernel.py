@@ -22,8 +22,9 @@ Stdlib only (runs in a bare Docker build stage too).  Flow:
    built, the series' diff of it and series-lines.json (its added lines).
 
 Public API (what ``quality.py`` and the CLI use): ``KernelBuildOptions``,
-``build_kernel``, ``kernel_key``, ``parse_series``, ``resolve_fragments``,
-``source_tree`` (a locked tree of the base + series), ``configure``, ``make``, ``run``.
+``build_kernel``, ``kernel_key``, ``kernel_base`` and ``resolve_*`` (what the
+options come to), ``parse_series``, ``source_tree`` (a locked tree of the base +
+series), ``configure``, ``make``, ``run``.
 
 CLI: ``python3 -m vblk_ci.build.kernel --help``.
 """
@@ -475,8 +476,8 @@ def _prepare_tree(opts: KernelBuildOptions, tree: Path, state_path: Path,
     )
     if ok:
         return state
-    stale = [tree] + [d for d in tree.parent.glob(f"{tree.name}-*") if d.is_dir()] if tree.parent.is_dir() else []
-    for d in stale:
+    objdirs = [d for d in tree.parent.glob(f"{tree.name}-*") if d.is_dir()] if tree.parent.is_dir() else []
+    for d in [tree, *objdirs]:
         if d.exists():
             shutil.rmtree(d)
     tree.parent.mkdir(parents=True, exist_ok=True)
