@@ -24,7 +24,8 @@ Stdlib only (runs in a bare Docker build stage too).  Flow:
 Public API (what ``quality.py`` and the CLI use): ``KernelBuildOptions``,
 ``build_kernel``, ``kernel_key``, ``kernel_base`` and ``resolve_*`` (what the
 options come to), ``parse_series``, ``source_tree`` (a locked tree of the base +
-series), ``configure``, ``make``, ``run``.
+series), ``configure``, ``compile_kernel``, ``make``, ``run``, ``locked``, ``say``,
+``artifact_from_dir`` (build/tree.py builds a user's own tree with them).
 
 CLI: ``python3 -m vblk_ci.build.kernel --help``.
 """
@@ -406,7 +407,7 @@ def _git(tree: Path, *args: str, what: str | None = None) -> str:
 
 
 @contextlib.contextmanager
-def _locked(path: Path) -> Iterator[None]:
+def locked(path: Path) -> Iterator[None]:
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "w") as f:
         fcntl.flock(f, fcntl.LOCK_EX)
@@ -416,7 +417,7 @@ def _locked(path: Path) -> Iterator[None]:
             fcntl.flock(f, fcntl.LOCK_UN)
 
 
-def _say(progress: Progress | None, msg: str) -> None:
+def say(progress: Progress | None, msg: str) -> None:
     if progress is not None:
         progress(msg)
 
@@ -487,18 +488,18 @@ def _prepare_tree(opts: KernelBuildOptions, tree: Path, state_path: Path,
     tmp.mkdir()
     t0 = time.monotonic()
     if opts.source_dir:
-        _say(progress, f"copy source tree {opts.source_dir}")
+        say(progress, f"copy source tree {opts.source_dir}")
         run(["cp", "-a", f"{opts.source_dir}/.", str(tmp)], what="copy source tree")
         shutil.rmtree(tmp / ".git", ignore_errors=True)
     else:
         tarball = resolve_tarball(opts)
-        _say(progress, f"extract {tarball}")
+        say(progress, f"extract {tarball}")
         run(["tar", "-xf", tarball, "--strip-components=1", "-C", str(tmp)],
              what="extract kernel source")
     if not (tmp / "Makefile").is_file():
         raise BuildError(f"{tmp}: no Makefile after extracting the kernel source")
     version = _tree_version(tmp)
-    _say(progress, f"git init base {version} ({time.monotonic() - t0:.0f}s so far)")
+    say(progress, f"git init base {version} ({time.monotonic() - t0:.0f}s so far)")
     _git(tmp, "init", "-q")
     for k, v in (("core.checkStat", "minimal"), ("core.trustctime", "false"), ("gc.auto", "0"),
                  ("core.autocrlf", "false"), ("user.name", "vblk-ci"), ("user.email", "vblk-ci@localhost")):
@@ -509,7 +510,7 @@ def _prepare_tree(opts: KernelBuildOptions, tree: Path, state_path: Path,
     state = {"base_identity": base_identity, "base_commit": base, "version": version, "applied": None, "head": None,
              "tracked": tracked}
     _cache.write_json_atomic(state_path, state)
-    _say(progress, f"base tree ready in {time.monotonic() - t0:.0f}s")
+    say(progress, f"base tree ready in {time.monotonic() - t0:.0f}s")
     return state
 
 
@@ -522,9 +523,9 @@ def _apply_series(tree: Path, state: dict, state_path: Path, patches: list[Patch
     if state.get("applied") == want and state.get("head") == head:
         dirty = _git(tree, "status", "--porcelain", "--untracked-files=no").strip()
         if not dirty:
-            _say(progress, f"series of {len(patches)} patch(es) already applied")
+            say(progress, f"series of {len(patches)} patch(es) already applied")
             return
-    _say(progress, f"apply series: {len(patches)} patch(es)")
+    say(progress, f"apply series: {len(patches)} patch(es)")
     state["applied"] = None
     _cache.write_json_atomic(state_path, state)
     _git(tree, "reset", "-q", "--hard", state["base_commit"], what="git reset to base")
@@ -532,7 +533,7 @@ def _apply_series(tree: Path, state: dict, state_path: Path, patches: list[Patch
     tracked = set(state.get("tracked", series_paths(patches)))
     missing = [p for p in series_paths(patches) if p not in tracked]
     if missing:
-        _say(progress, f"track {len(missing)} more file(s) of the base")
+        say(progress, f"track {len(missing)} more file(s) of the base")
         state["base_commit"] = _track(tree, missing, f"base: {len(missing)} more file(s)")
         state["tracked"] = sorted(tracked | set(missing))
     for i, p in enumerate(patches, 1):
@@ -582,7 +583,7 @@ def source_tree(opts: KernelBuildOptions, slot: str, progress: Progress | None =
     patches = resolve_patches(opts)
     base_identity = _base_identity(opts, cache)
     trees = _trees_dir(opts)
-    with _locked(trees / f"{slot}.lock"):
+    with locked(trees / f"{slot}.lock"):
         yield _checkout(opts, trees, slot, base_identity, patches, progress)
 
 
@@ -601,7 +602,7 @@ def configure(tree: Path, objdir: Path, fragments: list[Path], module: bool, log
               progress: Progress | None = None) -> None:
     """tinyconfig + kvm_guest.config + *fragments* [+ virtio_blk=m] into *objdir*/.config, then
     check that every option the fragments ask for landed (BuildError naming those that did not)."""
-    _say(progress, f"configure: tinyconfig + kvm_guest.config + {', '.join(f.name for f in fragments)}"
+    say(progress, f"configure: tinyconfig + kvm_guest.config + {', '.join(f.name for f in fragments)}"
          + (" + virtio_blk=m" if module else ""))
     objdir.mkdir(parents=True, exist_ok=True)
     cfg = objdir / ".config"
@@ -632,10 +633,10 @@ def configure(tree: Path, objdir: Path, fragments: list[Path], module: bool, log
         os.utime(cfg, ns=(old[1], old[2]))
 
 
-def _compile(tree: Path, objdir: Path, jobs: int, targets: list[str], make_args: list[str], log: Path,
+def compile_kernel(tree: Path, objdir: Path, jobs: int, targets: list[str], make_args: list[str], log: Path,
              progress: Progress | None) -> None:
     cmd = ["make", f"O={objdir}", f"-j{jobs}", *make_args, *targets]
-    _say(progress, f"compile: make -j{jobs} {' '.join([*make_args, *targets])} (log: {log})")
+    say(progress, f"compile: make -j{jobs} {' '.join([*make_args, *targets])} (log: {log})")
     t0 = time.monotonic()
     last_report = t0
     steps = 0
@@ -657,7 +658,7 @@ def _compile(tree: Path, objdir: Path, jobs: int, targets: list[str], make_args:
             now = time.monotonic()
             if now - last_report >= PROGRESS_INTERVAL_S:
                 last_report = now
-                _say(progress, f"compile: {steps} steps, {now - t0:.0f}s ({line.strip()[:60]})")
+                say(progress, f"compile: {steps} steps, {now - t0:.0f}s ({line.strip()[:60]})")
         rc = proc.wait()
     if rc != 0:
         raise BuildError(f"make {' '.join(targets)} failed (exit {rc}); last {LOG_TAIL_LINES} lines of {log}:\n"
@@ -699,7 +700,7 @@ def _publish_coverage(tree: Path, objdir: Path, state: dict, stage: Path) -> dic
 # --------------------------------------------------------------------------- entry point
 
 
-def _artifact_from_dir(d: Path, key: str, built: bool, seconds: float) -> KernelArtifact:
+def artifact_from_dir(d: Path, key: str, built: bool, seconds: float) -> KernelArtifact:
     manifest = _cache.read_json(d / "manifest.json")
     mod = d / "virtio_blk.ko"
     log = d / "build.log"
@@ -733,8 +734,8 @@ def build_kernel(opts: KernelBuildOptions | None = None, progress: Progress | No
     out = cache / "kernels" / key
     if (out / "bzImage").is_file() and (out / "manifest.json").is_file():
         secs = time.monotonic() - t0
-        _say(progress, f"kernel {key[:12]} cached ({out})")
-        return _artifact_from_dir(out, key, built=False, seconds=secs)
+        say(progress, f"kernel {key[:12]} cached ({out})")
+        return artifact_from_dir(out, key, built=False, seconds=secs)
 
     trees = _trees_dir(opts)
     suffix = "build"
@@ -743,9 +744,9 @@ def build_kernel(opts: KernelBuildOptions | None = None, progress: Progress | No
         suffix += "-" + _cache.sha256_bytes(json.dumps(list(opts.make_args)).encode())[:8]
     jobs = opts.jobs or default_jobs()
 
-    with _locked(trees / f"{opts.variant}.lock"):
+    with locked(trees / f"{opts.variant}.lock"):
         if (out / "bzImage").is_file() and (out / "manifest.json").is_file():  # built while we waited
-            return _artifact_from_dir(out, key, built=False, seconds=time.monotonic() - t0)
+            return artifact_from_dir(out, key, built=False, seconds=time.monotonic() - t0)
         src = _checkout(opts, trees, opts.variant, base_identity, patches, progress)
         tree, state, objdir = src.path, src.state, src.objdir(suffix)
         objdir.mkdir(parents=True, exist_ok=True)
@@ -754,7 +755,7 @@ def build_kernel(opts: KernelBuildOptions | None = None, progress: Progress | No
         configure(tree, objdir, fragments, opts.virtio_blk_module, log, progress)
         targets = ["bzImage"] + (["modules"] if opts.virtio_blk_module else [])
         t_make = time.monotonic()
-        _compile(tree, objdir, jobs, targets, make_args, log, progress)
+        compile_kernel(tree, objdir, jobs, targets, make_args, log, progress)
         make_secs = time.monotonic() - t_make
         release_file = objdir / "include" / "config" / "kernel.release"
         release = release_file.read_text().strip() if release_file.is_file() else ""
@@ -799,8 +800,8 @@ def build_kernel(opts: KernelBuildOptions | None = None, progress: Progress | No
             shutil.rmtree(stage, ignore_errors=True)
             raise
         _cache.publish_dir(stage, out)
-    _say(progress, f"kernel {release} {key[:12]} built in {seconds:.0f}s")
-    return _artifact_from_dir(out, key, built=True, seconds=seconds)
+    say(progress, f"kernel {release} {key[:12]} built in {seconds:.0f}s")
+    return artifact_from_dir(out, key, built=True, seconds=seconds)
 
 
 # --------------------------------------------------------------------------- CLI
