@@ -143,7 +143,7 @@ RUN echo "runtime: apt-get install QEMU ($QEMU_SUITE) + Python libraries (about 
  && apt-get install -y --no-install-recommends -t "$QEMU_SUITE" \
       qemu-system-x86 qemu-system-data seabios qemu-utils \
  && apt-get install -y --no-install-recommends \
-      python3 python3-venv python3-setuptools python3-pexpect python3-docker python3-testinfra \
+      python3 python3-venv python3-setuptools python3-pexpect python3-testinfra \
       python3-matplotlib \
  && rm -rf /var/lib/apt/lists/* \
  && qemu-system-x86_64 --version | head -1
@@ -167,7 +167,7 @@ COPY ci/schedules/ /opt/vblk-ci/ci/schedules/
 COPY pyproject.toml /src/vblk-ci/
 COPY host/ /src/vblk-ci/host/
 RUN pip install --no-cache-dir --disable-pip-version-check --no-deps --no-build-isolation /src/vblk-ci \
- && python3 -c "import vblk_ci, qemu.qmp, pexpect, docker, testinfra, matplotlib"
+ && python3 -c "import vblk_ci, qemu.qmp, pexpect, testinfra, matplotlib"
 COPY --from=kernel /artifacts/ /opt/vblk-ci/
 ENV VBLK_CI_KERNEL=/opt/vblk-ci/bzImage \
     VBLK_CI_INITRAMFS=/opt/vblk-ci/initramfs.cpio.gz \
