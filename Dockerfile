@@ -147,6 +147,12 @@ RUN echo "runtime: apt-get install QEMU ($QEMU_SUITE) + Python libraries (about 
       python3-matplotlib \
  && rm -rf /var/lib/apt/lists/* \
  && qemu-system-x86_64 --version | head -1
+# vblk-ci run/build kernel --tree DIR builds a kernel tree mounted into the container.
+RUN echo "runtime: the kernel's build tools for --tree (about 200 MB), about 1 min" \
+ && apt-get update \
+ && apt-get install -y --no-install-recommends \
+      build-essential bc bison flex libelf-dev libssl-dev cpio xz-utils lz4 kmod git binutils \
+ && rm -rf /var/lib/apt/lists/*
 # Debian's packages for the rest; qemu.qmp is not packaged in Debian.  The
 # set-up scripts fetch its wheel into .wheels/ with the host's own pip; a build
 # without it goes to the index pip is pointed at (--build-arg PIP_INDEX_URL=...).
@@ -168,8 +174,10 @@ COPY pyproject.toml /src/vblk-ci/
 COPY host/ /src/vblk-ci/host/
 RUN pip install --no-cache-dir --disable-pip-version-check --no-deps --no-build-isolation /src/vblk-ci \
  && python3 -c "import vblk_ci, qemu.qmp, pexpect, testinfra, matplotlib"
+COPY kernel-config/ /opt/vblk-ci/kernel-config/
 COPY --from=kernel /artifacts/ /opt/vblk-ci/
-ENV VBLK_CI_KERNEL=/opt/vblk-ci/bzImage \
+ENV VBLK_CI_KERNEL_CONFIG=/opt/vblk-ci/kernel-config VBLK_CI_CACHE=/cache \
+    VBLK_CI_KERNEL=/opt/vblk-ci/bzImage \
     VBLK_CI_INITRAMFS=/opt/vblk-ci/initramfs.cpio.gz \
     VBLK_CI_INITRAMFS_BENCH=/opt/vblk-ci/bench/initramfs.cpio.gz
 VOLUME /out

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import shutil
 import subprocess
 import time
@@ -99,7 +100,9 @@ def fragments_for(opts: TreeBuildOptions, base: _bases.KernelBase) -> list[Path]
     if opts.fragments:
         frags = [Path(f) for f in opts.fragments]
     else:
-        cdir = repo_root() / "kernel-config"
+        # In the image the package is installed, not checked out: the fragments are copied
+        # to /opt/vblk-ci/kernel-config and named by VBLK_CI_KERNEL_CONFIG.
+        cdir = Path(os.environ.get("VBLK_CI_KERNEL_CONFIG") or repo_root() / "kernel-config")
         frags = K.variant_fragments(opts.variant, cdir) + [cdir / f for f in base.fragments]
     missing = [str(f) for f in frags if not f.is_file()]
     if missing:
