@@ -28,7 +28,7 @@ for r in "${runs[@]}"; do
 	kind=${r%%:*} name=${r#*:}
 	mkdir -p "$out/$name"
 	echo "::group::vblk-ci $kind $name"
-	docker run --rm "${kvm[@]}" "${mounts[@]}" -e GITHUB_ACTIONS -e GITHUB_STEP_SUMMARY="/out/$name/summary.md" \
+	docker run --rm --network none "${kvm[@]}" "${mounts[@]}" -e GITHUB_ACTIONS -e GITHUB_STEP_SUMMARY="/out/$name/summary.md" \
 		-e VBLK_CI_CACHE=/cache "$image" run --"$kind" "$name" --strict "${tree[@]}" "${extra[@]}" --out "/out/$name"
 	rc=$?
 	echo "::endgroup::"
@@ -42,7 +42,7 @@ for r in "${runs[@]}"; do
 	*) [ "$verdict" = fail ] || verdict=error ;;
 	esac
 	if [ -n "${VBLK_BASELINE:-}" ] && [ -f "$VBLK_BASELINE/$name/results.json" ] && [ -f "$out/$name/results.json" ]; then
-		docker run --rm -v "$(cd "$VBLK_BASELINE" && pwd):/baseline:ro" -v "$out:/out" -e GITHUB_ACTIONS \
+		docker run --rm --network none -v "$(cd "$VBLK_BASELINE" && pwd):/baseline:ro" -v "$out:/out" -e GITHUB_ACTIONS \
 			-e GITHUB_STEP_SUMMARY="/out/$name/compare.md" "$image" \
 			compare "/baseline/$name" "/out/$name" --json "/out/$name/compare.json"
 		crc=$?
