@@ -1,10 +1,10 @@
 """vblk-ci command line: parse once, hand a dataclass to the engine, map errors to exit codes.
 
 Exit codes: 0 pass, 1 a check failed / the guest crashed, 2 bad usage or a missing
-prerequisite, 3 infrastructure failure, 4 config mismatch (QEMU or the guest did not
-show the disk configuration that was asked for), 130 interrupted. ``repro``: 1 the
-failure came back at least once, 0 never (so ``git bisect run`` works), 2 and 3 as
-above (see repro/commands.py).
+prerequisite, 125 cannot judge (infrastructure failure, unusable bundle), 4 config
+mismatch (QEMU or the guest did not show the disk configuration that was asked for),
+130 interrupted. 0/1/125 are git bisect run's good/bad/skip. ``repro``: 1 the failure
+came back at least once, 0 never, 125 every replay errored (see repro/commands.py).
 """
 
 from __future__ import annotations
@@ -26,11 +26,8 @@ from .errors import (
     VblkCiError,
 )
 
-ENV_KERNEL = "VBLK_CI_KERNEL"
-ENV_INITRAMFS = "VBLK_CI_INITRAMFS"
-# The bench's initramfs: the suites' one plus fio (the image builds both).
-ENV_INITRAMFS_BENCH = "VBLK_CI_INITRAMFS_BENCH"
-DEFAULT_OUT_ROOT = Path("vblk-ci-out")
+from .artifacts import DEFAULT_OUT_ROOT, ENV_INITRAMFS, ENV_INITRAMFS_BENCH, ENV_KERNEL, artifact
+from .artifacts import initramfs as initramfs_artifact, kernel as kernel_artifact
 
 
 class _Parser(argparse.ArgumentParser):
@@ -63,7 +60,12 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--accel", choices=("auto", "tcg", "kvm"), default="auto")
     run.add_argument("--smp", type=_positive, default=2)
     run.add_argument("--memory", type=_positive, default=1024, metavar="MB")
-    run.add_argument("--suite", default="smoke")
+    run.add_argument("--suite", help="a suite of scenarios (default smoke)")
+    run.add_argument("--scenario", dest="scenarios", action="append", metavar="NAME",
+                     help="run this scenario instead of a suite (repeatable; any registered scenario)")
+    run.add_argument("--check", dest="checks", action="append", metavar="GLOB",
+                     help="run only the checks matching GLOB (a check name or SCENARIO/CHECK; repeatable); "
+                          "the checks before the first match still run as its set-up")
     run.add_argument("--strict", action="store_true",
                      help="a skipped check or scenario fails the run unless its reason is on the allow list "
                           "(host/vblk_ci/strict.py); CI runs strict")
@@ -114,6 +116,13 @@ def build_parser() -> argparse.ArgumentParser:
     _add_bench_parser(sub)
     _add_fuzz_parser(sub)
 
+    cmp = sub.add_parser("compare", help="per check and bench job: regression, fixed, still failing, new, missing")
+    cmp.add_argument("baseline", help="run or bench directory (or its results.json / bench.json) to compare against")
+    cmp.add_argument("new", help="the run or bench directory being judged")
+    cmp.add_argument("--threshold", type=_fraction, default=0.0, metavar="FRACTION",
+                     help="bench: a significant slowdown smaller than this is not a regression (default 0)")
+    cmp.add_argument("--json", metavar="FILE", help="also write the comparison as JSON")
+
     cov = sub.add_parser("coverage", help="which lines the driver series adds to virtio_blk.c ran (run --coverage)")
     cov.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="run directories of vblk-ci run --coverage")
     cov.add_argument("--out", help="report directory (default vblk-ci-out/coverage-<time>)")
@@ -149,7 +158,9 @@ def _add_bench_parser(sub) -> None:
                    "counts only its own vCPU's instructions)")
     b.add_argument("--memory", type=_positive, default=1024, metavar="MB")
     b.add_argument("--preset", help="seed | quick (default: one fair comparison from the job options)")
-    b.add_argument("--pairs", type=_positive, default=5, help="A/B pairs per comparison (default %(default)s)")
+    b.add_argument("--pairs", type=_positive, default=6,
+                   help="A/B pairs per comparison, in ABBA order (default %(default)s; even counts put each "
+                        "path first equally often; fewer than 3 is reported as uninformative)")
     b.add_argument("--icount", action="store_true", help="QEMU -icount shift=0,sleep=off: instructions per I/O")
     b.add_argument("--no-fio", dest="fio", action="store_false", help="skip the fio reference runs")
     b.add_argument("--fio-runs", type=_positive, default=3)
@@ -208,8 +219,8 @@ def cmd_fuzz(args: argparse.Namespace) -> int:
             raise MissingPrerequisite(f"program file not found: {replay}")
         if not c_repro:
             parse(replay.read_text(encoding="utf-8"), str(replay))  # a bad file is exit 2 before a boot
-    kernel = _artifact(args.kernel, ENV_KERNEL, "kernel image", "--kernel")
-    initramfs = _artifact(args.initramfs, ENV_INITRAMFS, "initramfs", "--initramfs")
+    kernel = kernel_artifact(args.kernel)
+    initramfs = initramfs_artifact(args.initramfs)
     stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
     out = Path(args.out) if args.out else DEFAULT_OUT_ROOT / f"fuzz-{stamp}"
     plan = FuzzPlan(kernel=kernel, initramfs=initramfs, out=out, seed=args.seed, budget_s=args.budget,
@@ -270,16 +281,6 @@ def _reporting(run_dir: Path):
         report.close()
 
 
-def _artifact(arg: str | None, env: str, what: str, flag: str) -> Path:
-    value = arg or os.environ.get(env)
-    if not value:
-        raise MissingPrerequisite(f"no {what} given (set {flag} or {env})")
-    path = Path(value)
-    if not path.is_file():
-        raise MissingPrerequisite(f"{what} not found: {value} (set {flag} or {env})")
-    return path
-
-
 def cmd_run_matrix(args: argparse.Namespace) -> int:
     from .matrix.run import MatrixPlan, run_matrix, selected
     from .matrix.schema import load_matrix
@@ -301,8 +302,8 @@ def cmd_run_matrix(args: argparse.Namespace) -> int:
     if not selected(matrix, args.select):
         raise UsageError(f"-k {args.select!r} selects none of the {len(matrix.combinations)} combinations "
                          f"in {source or 'the --disk flags'}")
-    kernel = _artifact(args.kernel, ENV_KERNEL, "kernel image", "--kernel")
-    initramfs = _artifact(args.initramfs, ENV_INITRAMFS, "initramfs", "--initramfs")
+    kernel = kernel_artifact(args.kernel)
+    initramfs = initramfs_artifact(args.initramfs)
     plan = MatrixPlan(kernel=kernel, initramfs=initramfs, run_dir=run_dir, matrix=matrix, select=args.select,
                       qemu=args.qemu, accel=args.accel)
     with _reporting(run_dir) as report:
@@ -325,27 +326,56 @@ def _schedule(arg: str | None) -> Path | None:
 def cmd_run(args: argparse.Namespace) -> int:
     from .runner import Plan, run
 
-    from .scenarios import suite
+    from .scenarios import get as get_scenario, suite
 
     if args.matrix or args.disks:
+        if args.scenarios or args.checks or args.suite:
+            raise UsageError("--matrix/--disk run a device matrix: --suite, --scenario and --check do not apply")
         return cmd_run_matrix(args)
     if args.select is not None:
         raise UsageError("-k selects matrix combinations: it needs --matrix FILE")
-    suite(args.suite)  # an unknown suite is a usage error before anything is created
-    kernel = _artifact(args.kernel, ENV_KERNEL, "kernel image", "--kernel")
-    initramfs = _artifact(args.initramfs, ENV_INITRAMFS, "initramfs", "--initramfs")
+    if args.scenarios and args.suite:
+        raise UsageError("give either --suite or --scenario, not both")
+    scenarios = tuple(args.scenarios or ())
+    checks = tuple(args.checks or ())
+    if any(not g.strip() for g in checks):
+        raise UsageError("--check needs a non-empty glob")
+    for name in scenarios:
+        get_scenario(name)  # an unknown scenario is a usage error before anything is created
+    suite_name = args.suite or "smoke"
+    suite(suite_name)  # an unknown suite is a usage error before anything is created
+    kernel = kernel_artifact(args.kernel)
+    initramfs = initramfs_artifact(args.initramfs)
     stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
-    run_dir = Path(args.out) if args.out else DEFAULT_OUT_ROOT / f"{args.suite}-{stamp}"
+    label = "-".join(scenarios) if scenarios else suite_name
+    run_dir = Path(args.out) if args.out else DEFAULT_OUT_ROOT / f"{label}-{stamp}"
     schedule = _schedule(args.schedule)
     plan = Plan(
         kernel=kernel, initramfs=initramfs, run_dir=run_dir, qemu=args.qemu, accel=args.accel,
-        smp=args.smp, memory_mb=args.memory, suite=args.suite, schedule=schedule, strict=args.strict,
-        coverage=args.coverage,
+        smp=args.smp, memory_mb=args.memory, suite=suite_name, schedule=schedule, strict=args.strict,
+        coverage=args.coverage, scenarios=scenarios, checks=checks,
     )
     with _reporting(run_dir) as report:
         result = run(plan, report)
+    _annotate(result, kernel, run_dir)
     print(f"vblk-ci: {result.status}: results in {run_dir}", file=sys.stderr)
     return result.exit_code
+
+
+def _annotate(result, kernel: Path, run_dir: Path) -> None:
+    """annotations.txt in the run dir; on GitHub Actions also stdout, where the runner turns
+    each line into an annotation on the file and line it names."""
+    from .console.decode import decoder_for
+    from .report.annotations import annotations
+
+    decoder = decoder_for(kernel)
+    decoded = {f.title: decoder.decode_all(f.excerpt) for f in result.findings} if decoder else {}
+    lines = annotations(result, decoded)
+    if not lines:
+        return
+    (Path(run_dir) / "annotations.txt").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    if os.environ.get("GITHUB_ACTIONS") == "true":
+        print("\n".join(lines))
 
 
 # -- build -------------------------------------------------------------------------------
@@ -414,8 +444,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
         import matplotlib  # noqa: F401
     except ImportError:
         raise MissingPrerequisite("matplotlib is not installed (pip install matplotlib, or python3-matplotlib)") from None
-    kernel = _artifact(args.kernel, ENV_KERNEL, "kernel image", "--kernel")
-    initramfs = _artifact(args.initramfs or os.environ.get(ENV_INITRAMFS_BENCH), ENV_INITRAMFS, "initramfs",
+    kernel = kernel_artifact(args.kernel)
+    initramfs = artifact(args.initramfs or os.environ.get(ENV_INITRAMFS_BENCH), ENV_INITRAMFS, "initramfs",
                           "--initramfs")
     stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
     out = Path(args.out) if args.out else DEFAULT_OUT_ROOT / f"bench-{stamp}"
@@ -428,6 +458,32 @@ def cmd_bench(args: argparse.Namespace) -> int:
     print(files["markdown"].read_text(encoding="utf-8"))
     print(f"vblk-ci: bench done: results in {out}", file=sys.stderr)
     return 0
+
+
+# -- compare -----------------------------------------------------------------------------
+
+
+def _fraction(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not 0 <= value < 1:
+        raise argparse.ArgumentTypeError(f"must be in [0, 1): {text!r}")
+    return value
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    from .report.compare import compare, render
+    from .report.summary import append_markdown
+
+    result = compare(args.baseline, args.new, args.threshold)
+    text = render(result)
+    print(text)
+    append_markdown(f"### vblk-ci compare\n\n```\n{text}\n```\n")
+    if args.json:
+        Path(args.json).write_text(json.dumps(result.to_dict(), indent=2) + "\n", encoding="utf-8")
+    return result.exit_code
 
 
 # -- coverage ----------------------------------------------------------------------------
@@ -484,6 +540,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return cmd_bench(args)
         if args.command == "coverage":
             return cmd_coverage(args)
+        if args.command == "compare":
+            return cmd_compare(args)
         if args.command == "fuzz":
             return cmd_fuzz(args)
         return cmd_build(args)

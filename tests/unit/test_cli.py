@@ -84,7 +84,7 @@ def _fake_run(status: str = "pass", exc: BaseException | None = None, seen: list
     return run
 
 
-@pytest.mark.parametrize("status, code", [("pass", 0), ("fail", 1), ("error", 3)])
+@pytest.mark.parametrize("status, code", [("pass", 0), ("fail", 1), ("error", 125)])
 def test_run_maps_verdict_to_exit_code(status, code, artifacts, monkeypatch, tmp_path):
     seen: list = []
     monkeypatch.setattr("vblk_ci.runner.run", _fake_run(status, seen=seen))
@@ -104,7 +104,7 @@ def test_infra_error_is_one_line_exit_3_with_detail_in_run_dir(artifacts, monkey
     out.mkdir()
     monkeypatch.setattr("vblk_ci.runner.run", _fake_run(exc=failure))
     kernel, initrd = artifacts
-    assert cli.main(["run", "--kernel", str(kernel), "--initramfs", str(initrd), "--out", str(out)]) == 3
+    assert cli.main(["run", "--kernel", str(kernel), "--initramfs", str(initrd), "--out", str(out)]) == 125
     assert one_line(capsys) == "vblk-ci: infrastructure error: QEMU exited during start-up (exit code 1)"
     assert "qemu: bad option" in (out / "run.log").read_text()
 
@@ -112,7 +112,7 @@ def test_infra_error_is_one_line_exit_3_with_detail_in_run_dir(artifacts, monkey
 def test_generic_infra_error(artifacts, monkeypatch, capsys):
     monkeypatch.setattr("vblk_ci.runner.run", _fake_run(exc=InfraError("docker daemon gone\ntrace")))
     kernel, initrd = artifacts
-    assert cli.main(["run", "--kernel", str(kernel), "--initramfs", str(initrd)]) == 3
+    assert cli.main(["run", "--kernel", str(kernel), "--initramfs", str(initrd)]) == 125
     assert one_line(capsys) == "vblk-ci: infrastructure error: docker daemon gone"
 
 
@@ -177,3 +177,31 @@ def test_build_initramfs(monkeypatch, capsys, tmp_path):
     assert cli.main(["build", "initramfs", "--no-smoke-test", "--compress-level", "1"]) == 0
     assert (seen[0].smoke_test, seen[0].compress_level) == (False, 1)
     assert json.loads(capsys.readouterr().out)["key"] == "i1"
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["run", "--scenario", "no-such"], "unknown scenario 'no-such'"),
+    (["run", "--suite", "driver", "--scenario", "smoke"], "give either --suite or --scenario, not both"),
+    (["run", "--scenario", "smoke", "--check", " "], "--check needs a non-empty glob"),
+    (["run", "--matrix", "m.toml", "--scenario", "smoke"], "--suite, --scenario and --check do not apply"),
+])
+def test_scenario_and_check_usage_errors_before_a_boot(argv, message, artifacts, monkeypatch, capsys):
+    kernel, initrd = artifacts
+    monkeypatch.setenv("VBLK_CI_KERNEL", str(kernel))
+    monkeypatch.setenv("VBLK_CI_INITRAMFS", str(initrd))
+    monkeypatch.setattr("vblk_ci.runner.run", lambda plan, emit: pytest.fail("booted"))
+    assert cli.main(argv) == 2
+    assert message in one_line(capsys)
+
+
+def test_scenario_and_check_reach_the_plan(artifacts, monkeypatch, tmp_path):
+    seen: list = []
+    monkeypatch.setattr("vblk_ci.runner.run", _fake_run(seen=seen))
+    kernel, initrd = artifacts
+    monkeypatch.setenv("VBLK_CI_KERNEL", str(kernel))
+    monkeypatch.setenv("VBLK_CI_INITRAMFS", str(initrd))
+    assert cli.main(["run", "--scenario", "driver-bounds", "--scenario", "driver-ioprio",
+                     "--check", "*wraps", "--out", str(tmp_path / "o")]) == 0
+    plan = seen[0]
+    assert plan.scenarios == ("driver-bounds", "driver-ioprio") and plan.checks == ("*wraps",)
+    assert plan.label == "driver-bounds,driver-ioprio"

@@ -15,7 +15,14 @@ Contents (see images/README.md):
   optionally fio, /init (images/init), /dev/console and /dev/null.
 
 The archive is newc cpio written here (every entry 0:0, mtime 0, sorted),
-gzip'd with mtime 0: the same inputs give the same bytes.  Cached under
+gzip'd with mtime 0: the same inputs give the same bytes.  Why not a tool:
+GNU ``cpio -H newc`` archives a tree on disk, so /dev/console and /dev/null
+would need mknod (root) and every mtime and owner a rewrite first; the
+kernel's ``usr/gen_init_cpio`` takes a spec like ours and does device nodes
+without root (``-t`` fixes the mtime), but it is built from a kernel tree,
+which the initramfs stage (and a host-side ``vblk-ci build initramfs``) does
+not have.  The writer is ~50 lines; tests/unit/test_initramfs.py checks its
+archives against GNU cpio's reading of them.  Cached under
 ``<cache>/initramfs/<key>/`` like the kernel.
 
 CLI: ``python3 -m vblk_ci.build.initramfs --help``.
