@@ -205,3 +205,28 @@ def test_scenario_and_check_reach_the_plan(artifacts, monkeypatch, tmp_path):
     plan = seen[0]
     assert plan.scenarios == ("driver-bounds", "driver-ioprio") and plan.checks == ("*wraps",)
     assert plan.label == "driver-bounds,driver-ioprio"
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["run", "--tree", "/nonexistent-tree", "--kernel", "k"], "give either --kernel or --tree, not both"),
+    (["build", "kernel", "--tree", "/x", "--base", "7.3"], "--tree builds the tree as it is: --base do not apply"),
+    (["bisect", "--tree", "/x", "--good", "a", "--bad", "b", "--suite", "nope"], "unknown suite 'nope'"),
+    (["bisect", "--tree", "/x", "--good", "a", "--bad", "b", "--bundle", "/no/bundle"], "no such bundle"),
+    (["bisect", "--tree", "/x", "--good", "a", "--bad", "b", "--suite", "smoke", "--scenario", "smoke"],
+     "not allowed with argument"),
+])
+def test_tree_and_bisect_usage_errors_are_one_line_exit_2(argv, message, artifacts, monkeypatch, capsys):
+    kernel, initrd = artifacts
+    monkeypatch.setenv("VBLK_CI_INITRAMFS", str(initrd))
+    assert cli.main(argv) == 2
+    assert message in one_line(capsys)
+
+
+def test_run_tree_builds_then_runs_that_kernel(artifacts, monkeypatch, tmp_path):
+    seen: list = []
+    kernel, initrd = artifacts
+    monkeypatch.setenv("VBLK_CI_INITRAMFS", str(initrd))
+    monkeypatch.setattr("vblk_ci.runner.run", _fake_run(seen=seen))
+    monkeypatch.setattr(cli, "tree_kernel", lambda tree: kernel if tree == "/my/linux" else pytest.fail(tree))
+    assert cli.main(["run", "--tree", "/my/linux", "--scenario", "smoke", "--out", str(tmp_path / "o")]) == 0
+    assert seen[0].kernel == kernel
