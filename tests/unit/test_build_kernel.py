@@ -528,3 +528,22 @@ def test_7_3_fragments_ask_for_sysctl_by_its_new_name() -> None:
     req = K.requested_options([f.read_text() for f in K.resolve_fragments(K.KernelBuildOptions(base="7.3"))])
     assert (req["CONFIG_SYSCTL"], req["CONFIG_PROC_SYSCTL"]) == ("y", "n")
     assert not [p for p in K.verify_config(req, config73) if "SYSCTL" in p]
+
+
+def test_a_flat_cache_tree_of_the_same_base_is_adopted_by_symlinks(tmp_path: Path) -> None:
+    """Caches from before kernel bases: trees/<slot> becomes trees/<base>/<slot> without a rebuild."""
+    import json as _json
+
+    flat = tmp_path / "trees"
+    (flat / "default" / ".git").mkdir(parents=True)
+    (flat / "default-build").mkdir()
+    (flat / "default-build" / "vmlinux.o").write_bytes(b"obj")
+    (flat / "default.json").write_text(_json.dumps({"base_identity": "tarball:abc", "base_commit": "c0"}))
+    trees = flat / "6.12"
+    assert not K.adopt_flat_layout(trees, "default", "tarball:other")  # another base's source: not ours
+    assert not trees.exists()
+    assert K.adopt_flat_layout(trees, "default", "tarball:abc")
+    assert (trees / "default").resolve() == (flat / "default").resolve()
+    assert (trees / "default-build" / "vmlinux.o").read_bytes() == b"obj"
+    assert _json.loads((trees / "default.json").read_text())["base_commit"] == "c0"
+    assert not K.adopt_flat_layout(trees, "default", "tarball:abc")  # once

@@ -479,7 +479,9 @@ def _prepare_tree(opts: KernelBuildOptions, tree: Path, state_path: Path,
         return state
     objdirs = [d for d in tree.parent.glob(f"{tree.name}-*") if d.is_dir()] if tree.parent.is_dir() else []
     for d in [tree, *objdirs]:
-        if d.exists():
+        if d.is_symlink():  # an adopted flat-layout tree (adopt_flat_layout): drop the link only
+            d.unlink()
+        elif d.exists():
             shutil.rmtree(d)
     tree.parent.mkdir(parents=True, exist_ok=True)
     tmp = tree.parent / f".{tree.name}.extracting"
@@ -587,9 +589,32 @@ def source_tree(opts: KernelBuildOptions, slot: str, progress: Progress | None =
         yield _checkout(opts, trees, slot, base_identity, patches, progress)
 
 
+def adopt_flat_layout(trees: Path, slot: str, base_identity: str) -> bool:
+    """A cache written before there were bases kept ``trees/<slot>`` and its objects
+    ``trees/<slot>-*``. When that tree is of this base's source, link it into
+    ``trees/<base>/`` instead of extracting and compiling again (a cold kernel is 10 min on
+    2 idle cores, up to an hour under load): the kernel's Makefile takes ``realpath`` of the
+    source and object dirs, so the objects' recorded paths stay the same and make stays
+    incremental. True when adopted."""
+    flat = trees.parent
+    old_tree, old_state = flat / slot, flat / f"{slot}.json"
+    if (trees / slot).exists() or (trees / slot).is_symlink() or not old_tree.is_dir() or not old_state.is_file():
+        return False
+    if _cache.read_json(old_state).get("base_identity") != base_identity:
+        return False
+    trees.mkdir(parents=True, exist_ok=True)
+    for d in [old_tree, *sorted(p for p in flat.glob(f"{slot}-*") if p.is_dir() and not p.is_symlink())]:
+        if not (trees / d.name).exists():
+            (trees / d.name).symlink_to(d)
+    shutil.copy2(old_state, trees / f"{slot}.json")
+    return True
+
+
 def _checkout(opts: KernelBuildOptions, trees: Path, slot: str, base_identity: str, patches: list[Patch],
               progress: Progress | None) -> SourceTree:
     tree, state_path = trees / slot, trees / f"{slot}.json"
+    if adopt_flat_layout(trees, slot, base_identity):
+        say(progress, f"adopted {trees.parent / slot} (cache layout before kernel bases) as {tree}")
     state = _prepare_tree(opts, tree, state_path, base_identity, progress, patches)
     _apply_series(tree, state, state_path, patches, progress)
     return SourceTree(tree, slot, base_identity, patches, state)
