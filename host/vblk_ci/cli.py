@@ -54,6 +54,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     run = sub.add_parser("run", help="boot the appliance and run a suite")
     run.add_argument("--kernel", help=f"bzImage (default ${ENV_KERNEL})")
+    run.add_argument("--tree", metavar="DIR",
+                     help="build this kernel git tree (incrementally, the appliance's config) and run on it")
     run.add_argument("--initramfs", help=f"guest initramfs (default ${ENV_INITRAMFS})")
     run.add_argument("--out", help="run directory (default vblk-ci-out/<suite>-<time>)")
     run.add_argument("--qemu", default="qemu-system-x86_64", help="QEMU binary (default %(default)s)")
@@ -86,6 +88,8 @@ def build_parser() -> argparse.ArgumentParser:
     what = build.add_subparsers(dest="target", metavar="TARGET", parser_class=_Parser)
     what.required = True
     k = what.add_parser("kernel", help="build (or reuse from the cache) the guest kernel")
+    k.add_argument("--base", help="kernel base: 7.3 or 6.12 (host/vblk_ci/build/bases.py; default its "
+                                  "DEFAULT_BASE); picks the source tarball, the series and extra fragments")
     k.add_argument("--source-tarball")
     k.add_argument("--source-dir")
     k.add_argument("--series-dir")
@@ -96,6 +100,8 @@ def build_parser() -> argparse.ArgumentParser:
     k.add_argument("--jobs", type=_positive)
     k.add_argument("--module", dest="virtio_blk_module", action="store_true", help="CONFIG_VIRTIO_BLK=m")
     k.add_argument("--make-arg", dest="make_args", action="append", help="extra make argument (repeatable)")
+    k.add_argument("--tree", metavar="DIR", help="build this kernel git tree in place (its commits are the series; "
+                                                  "objects in the cache, incremental); see build/tree.py")
     i = what.add_parser("initramfs", help="build (or reuse from the cache) the guest initramfs")
     i.add_argument("--python")
     i.add_argument("--busybox")
@@ -113,6 +119,22 @@ def build_parser() -> argparse.ArgumentParser:
     add_repro_parsers(sub, _positive)
     _add_bench_parser(sub)
     _add_fuzz_parser(sub)
+
+    bis = sub.add_parser("bisect", help="find the commit of a kernel tree that broke a suite, scenario or bundle")
+    bis.add_argument("--tree", required=True, metavar="DIR", help="the kernel git tree (must be clean)")
+    bis.add_argument("--good", required=True, metavar="REV", help="a commit that passes")
+    bis.add_argument("--bad", required=True, metavar="REV", help="a later commit that fails")
+    what = bis.add_mutually_exclusive_group(required=True)
+    what.add_argument("--suite")
+    what.add_argument("--scenario", dest="scenarios", action="append", metavar="NAME")
+    what.add_argument("--bundle", metavar="FILE", help="a repro-bundle.tar.gz whose failure is chased")
+    bis.add_argument("--check", dest="checks", action="append", metavar="GLOB", help="as for run --check")
+    bis.add_argument("--initramfs", help=f"guest initramfs (default ${ENV_INITRAMFS})")
+    bis.add_argument("--out", help="where each step's run goes (default vblk-ci-out/bisect-<time>)")
+    bis.add_argument("--qemu", default="qemu-system-x86_64")
+    bis.add_argument("--accel", choices=("auto", "tcg", "kvm"), default="auto")
+    bis.add_argument("--cache-dir", help="kernel object cache (default $VBLK_CI_CACHE)")
+    bis.add_argument("--jobs", type=_positive)
 
     cmp = sub.add_parser("compare", help="per check and bench job: regression, fixed, still failing, new, missing")
     cmp.add_argument("baseline", help="run or bench directory (or its results.json / bench.json) to compare against")
@@ -342,8 +364,14 @@ def cmd_run(args: argparse.Namespace) -> int:
         get_scenario(name)  # an unknown scenario is a usage error before anything is created
     suite_name = args.suite or "smoke"
     suite(suite_name)  # an unknown suite is a usage error before anything is created
-    kernel = kernel_artifact(args.kernel)
-    initramfs = initramfs_artifact(args.initramfs)
+    if args.tree and args.kernel:
+        raise UsageError("give either --kernel or --tree, not both")
+    if args.tree:  # the initramfs first: a missing one should not wait for a kernel build
+        initramfs = initramfs_artifact(args.initramfs)
+        kernel = tree_kernel(args.tree)
+    else:
+        kernel = kernel_artifact(args.kernel)
+        initramfs = initramfs_artifact(args.initramfs)
     stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
     label = "-".join(scenarios) if scenarios else suite_name
     run_dir = Path(args.out) if args.out else DEFAULT_OUT_ROOT / f"{label}-{stamp}"
@@ -358,6 +386,22 @@ def cmd_run(args: argparse.Namespace) -> int:
     _annotate(result, kernel, run_dir)
     print(f"vblk-ci: {result.status}: results in {run_dir}", file=sys.stderr)
     return result.exit_code
+
+
+def tree_kernel(tree: str, **options) -> Path:
+    """``--tree DIR``: build the user's tree (build/tree.py) and return its bzImage; the build's
+    progress goes to the terminal, a build failure is BuildError (exit 125: bisect skips)."""
+    from .build.tree import TreeBuildOptions, build_tree_kernel
+    from .events import BuildStep
+    from .report.terminal import TerminalReporter
+
+    report = TerminalReporter()
+    try:
+        artifact = build_tree_kernel(TreeBuildOptions(tree=tree, **options),
+                                     progress=lambda m: report(BuildStep("kernel", m, done=True)))
+    finally:
+        report.close()
+    return artifact.bzimage
 
 
 def _annotate(result, kernel: Path, run_dir: Path) -> None:
@@ -396,10 +440,24 @@ def cmd_build(args: argparse.Namespace) -> int:
         report(BuildStep(args.target, message, done=True))
 
     try:
-        if args.target == "kernel":
-            from .build.kernel import KernelBuildOptions, build_kernel
+        if args.target == "kernel" and args.tree:
+            from .build.tree import TreeBuildOptions, build_tree_kernel
 
-            artifact = build_kernel(_options(KernelBuildOptions, args), progress=progress)
+            clash = [f for f, v in (("--base", args.base), ("--source-tarball", args.source_tarball),
+                                    ("--source-dir", args.source_dir), ("--series-dir", args.series_dir),
+                                    ("--no-series", not args.apply_series)) if v]
+            if clash:
+                raise UsageError(f"--tree builds the tree as it is: {', '.join(clash)} do not apply")
+            artifact = build_tree_kernel(TreeBuildOptions(
+                tree=args.tree, variant=args.variant or "default", cache_dir=args.cache_dir, jobs=args.jobs,
+                virtio_blk_module=args.virtio_blk_module, fragments=args.fragments,
+                make_args=args.make_args or []), progress=progress)
+        elif args.target == "kernel":
+            from .build.kernel import KernelBuildOptions, build_kernel, kernel_base
+
+            options = _options(KernelBuildOptions, args)
+            kernel_base(options)  # an unknown --base: one usage line (exit 2) before anything runs
+            artifact = build_kernel(options, progress=progress)
         else:
             from .build.initramfs import InitramfsBuildOptions, build_initramfs
 
@@ -454,6 +512,45 @@ def cmd_bench(args: argparse.Namespace) -> int:
     print(files["markdown"].read_text(encoding="utf-8"))
     print(f"vblk-ci: bench done: results in {out}", file=sys.stderr)
     return 0
+
+
+# -- bisect ------------------------------------------------------------------------------
+
+
+def cmd_bisect(args: argparse.Namespace) -> int:
+    from .bisect import BisectPlan, bisect
+    from .report.terminal import TerminalReporter
+    from .scenarios import get as get_scenario, suite
+
+    if args.suite:
+        suite(args.suite)
+    for name in args.scenarios or ():
+        get_scenario(name)
+    bundle = Path(args.bundle) if args.bundle else None
+    if bundle is not None and not bundle.is_file():
+        raise UsageError(f"no such bundle: {bundle}")
+    stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+    out = Path(args.out) if args.out else DEFAULT_OUT_ROOT / f"bisect-{stamp}"
+    plan = BisectPlan(tree=Path(args.tree).resolve(), good=args.good, bad=args.bad, out=out.resolve(),
+                      initramfs=initramfs_artifact(args.initramfs), suite=args.suite,
+                      scenarios=tuple(args.scenarios or ()), checks=tuple(args.checks or ()), bundle=bundle,
+                      qemu=args.qemu, accel=args.accel, cache_dir=args.cache_dir, jobs=args.jobs)
+    report = TerminalReporter()
+    try:
+        result = bisect(plan, report)
+    finally:
+        report.close()
+    (out / "bisect.json").write_text(json.dumps(result.to_dict(), indent=2) + "\n", encoding="utf-8")
+    for n, s in enumerate(result.steps, 1):
+        print(f"{n:2d}. {s.commit[:12]} {s.verdict:4s} {s.subject[:60]}  ({s.why[:80]})")
+    if result.first_bad:
+        print(f"first bad commit: {result.first_bad} {result.first_bad_subject}\n"
+              f"its run: {result.first_bad_run_dir}")
+    else:
+        print(f"no first bad commit: {result.reason}")
+    print(f"vblk-ci: bisect {'found' if result.first_bad else 'inconclusive'} in {result.seconds:.0f}s "
+          f"({len(result.steps)} steps); {out / 'bisect.json'}", file=sys.stderr)
+    return result.exit_code
 
 
 # -- compare -----------------------------------------------------------------------------
@@ -538,6 +635,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return cmd_coverage(args)
         if args.command == "compare":
             return cmd_compare(args)
+        if args.command == "bisect":
+            return cmd_bisect(args)
         if args.command == "fuzz":
             return cmd_fuzz(args)
         return cmd_build(args)
