@@ -180,6 +180,8 @@ def _add_fuzz_parser(sub) -> None:
     f.add_argument("--seed", type=int, default=1, help="campaign seed: program N is the same for the same seed")
     f.add_argument("--budget", type=float, default=300.0, metavar="SECONDS",
                    help="wall time for the campaign, boot and shrinking included (default %(default)s)")
+    f.add_argument("--max-programs", type=_positive, metavar="N",
+                   help="stop after N programs (a fixed amount of work; the budget still caps the wall time)")
     f.add_argument("--max-steps", type=_positive, default=24, help="steps per program, at most")
     f.add_argument("--shrink-runs", type=_positive, default=30, help="guest runs to shrink one finding, at most")
     f.add_argument("--faults", default="", metavar="KINDS",
@@ -211,6 +213,7 @@ def cmd_fuzz(args: argparse.Namespace) -> int:
     stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
     out = Path(args.out) if args.out else DEFAULT_OUT_ROOT / f"fuzz-{stamp}"
     plan = FuzzPlan(kernel=kernel, initramfs=initramfs, out=out, seed=args.seed, budget_s=args.budget,
+                    max_programs=args.max_programs,
                     qemu=args.qemu, accel=args.accel, smp=args.smp, memory_mb=args.memory,
                     max_steps=args.max_steps, shrink_runs=args.shrink_runs, replay=replay, faults=faults)
     with _reporting(out) as report:
@@ -232,7 +235,8 @@ def cmd_fuzz(args: argparse.Namespace) -> int:
             print(f"finding: {f['signature']}: {f['detail'].splitlines()[0]}")
         print(f"vblk-ci: fuzz replay: {len(record['findings'])} findings: {out / 'replay.json'}", file=sys.stderr)
         return 1 if record["findings"] else 0
-    print(f"fuzz: seed {record['seed']}, {record['wall_s']} s wall, {record['programs']} programs, "
+    print(f"fuzz: seed {record['seed']}, {record['wall_s']} s wall (stopped by {record['stopped']}), "
+          f"{record['programs']} programs, "
           f"{record['commands']} commands, {record['commands_per_minute']} commands/min "
           f"({record['commands_per_minute_executing']}/min while executing), {record['boots']} boots")
     print(f"fuzz: {len(record['classes'])} (op, outcome) classes reached:")

@@ -172,3 +172,23 @@ def test_stop_cont_faults_pause_a_fifth_of_the_programs(fake, tmp_path, monkeypa
     assert len(QMP_CALLS) >= 2 * rec["programs_with_fault"]
     assert QMP_CALLS == ["stop", "cont"] * (len(QMP_CALLS) // 2)
     assert 0.1 < rec["programs_with_fault"] / rec["programs"] < 0.35
+
+
+def test_max_programs_stops_the_campaign_at_a_fixed_amount_of_work(fake, tmp_path, monkeypatch):
+    kernel, initrd = fake
+    ticks = iter(range(0, 10**6))
+    monkeypatch.setattr(R.time, "monotonic", lambda: next(ticks) * 0.01)
+    monkeypatch.setattr(R.time, "sleep", lambda s: None)
+    runs = []
+    for n in (1, 2):
+        DATA.clear()  # a new --out: new, empty disk images
+        rec = R.run_campaign(R.FuzzPlan(kernel=kernel, initramfs=initrd, out=tmp_path / f"o{n}", seed=3,
+                                        budget_s=1e6, max_programs=12))
+        runs.append(rec)
+        assert rec["programs"] == 12 and rec["stopped"] == "max-programs" and rec["max_programs"] == 12
+    # the same programs: the same figures and findings, whatever the wall time
+    assert runs[0]["commands"] == runs[1]["commands"] and runs[0]["classes"] == runs[1]["classes"]
+    assert [f["signature"] for f in runs[0]["findings"]] == [f["signature"] for f in runs[1]["findings"]]
+    short = R.run_campaign(R.FuzzPlan(kernel=kernel, initramfs=initrd, out=tmp_path / "o3", seed=3, budget_s=0.5,
+                                      max_programs=10**6))
+    assert short["stopped"] == "budget" and short["programs"] < 10**6

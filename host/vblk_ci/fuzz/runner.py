@@ -66,6 +66,7 @@ class FuzzPlan:
     out: Path
     seed: int = 1
     budget_s: float = 300.0
+    max_programs: int | None = None  # stop after this many programs (CI: a fixed amount of work)
     qemu: str = DEFAULT_QEMU
     accel: str = "auto"
     smp: int = 2
@@ -140,6 +141,7 @@ class Fuzzer:
         self.stats = Stats()
         self.disabled: dict[str, str] = {}  # mutation -> the crash finding that disabled it
         self.boot_seconds: list[float] = []
+        self.stopped = "budget"  # what ended the campaign: budget | max-programs
         self.qemu = resolve_binary(plan.qemu)
         self.caps = probe_caps(self.qemu)
         self.accel = choose(self.qemu, Path(plan.kernel), plan.accel)
@@ -346,6 +348,9 @@ class Fuzzer:
         index = 0
         try:
             while time.monotonic() < deadline:
+                if plan.max_programs is not None and index >= plan.max_programs:
+                    self.stopped = "max-programs"
+                    break
                 program = generate(plan.seed, index, configs, plan.max_steps, frozenset(self.disabled))
                 outcome, verdict = self.run_and_judge(program)
                 self.stats.programs += 1
@@ -399,7 +404,8 @@ class Fuzzer:
         return {
             "tool": "vblk-ci fuzz", "version": __version__,
             "started_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-            "seed": self.plan.seed, "budget_s": self.plan.budget_s, "wall_s": round(wall, 1),
+            "seed": self.plan.seed, "budget_s": self.plan.budget_s, "max_programs": self.plan.max_programs,
+            "stopped": self.stopped, "wall_s": round(wall, 1),
             "accel": self.accel.name, "kernel": str(self.plan.kernel), "initramfs": str(self.plan.initramfs),
             "kernel_cmdline": " ".join(BASE_CMDLINE), "boots": s.boots,
             "boot_seconds": [round(b, 1) for b in self.boot_seconds],
