@@ -187,6 +187,8 @@ def _add_fuzz_parser(sub) -> None:
     f.add_argument("--faults", default="", metavar="KINDS",
                    help="host faults interleaved with the programs, comma-separated: stop-cont (QMP stop, "
                         "0.3 s, cont during a fifth of the programs)")
+    f.add_argument("--disable", default="", metavar="MUTATIONS",
+                   help="mutations never drawn, comma-separated (e.g. huge-len: a known crash costs a reboot per hit)")
     f.add_argument("--replay", metavar="FILE", help="run one program file (a finding's shrunk.txt) and judge it; "
                    "or a finding's repro.c: built static on the host (gcc, liburing-dev) and run in the guest")
 
@@ -201,6 +203,12 @@ def cmd_fuzz(args: argparse.Namespace) -> int:
     if set(faults) - {"stop-cont"}:
         raise UsageError(f"--faults: unknown kind(s) {', '.join(sorted(set(faults) - {'stop-cont'}))} (known: stop-cont)")
     c_repro = replay is not None and replay.suffix == ".c"
+    from .fuzz.generator import MUTATION_NAMES
+
+    disable = tuple(k for k in args.disable.split(",") if k)
+    if set(disable) - set(MUTATION_NAMES):
+        raise UsageError(f"--disable: unknown mutation(s) {', '.join(sorted(set(disable) - set(MUTATION_NAMES)))} "
+                         f"(known: {', '.join(MUTATION_NAMES)})")
     if replay is not None:
         from .fuzz.program import parse
 
@@ -213,7 +221,7 @@ def cmd_fuzz(args: argparse.Namespace) -> int:
     stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
     out = Path(args.out) if args.out else DEFAULT_OUT_ROOT / f"fuzz-{stamp}"
     plan = FuzzPlan(kernel=kernel, initramfs=initramfs, out=out, seed=args.seed, budget_s=args.budget,
-                    max_programs=args.max_programs,
+                    max_programs=args.max_programs, disable=disable,
                     qemu=args.qemu, accel=args.accel, smp=args.smp, memory_mb=args.memory,
                     max_steps=args.max_steps, shrink_runs=args.shrink_runs, replay=replay, faults=faults)
     with _reporting(out) as report:

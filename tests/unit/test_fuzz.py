@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from vblk_ci.errors import UsageError
 from vblk_ci.fuzz.generator import generate, mutate, mutations, valid_step
 from vblk_ci.fuzz.judge import judge
 from vblk_ci.fuzz.model import GARBAGE, POISON, DiskModel
@@ -113,7 +114,7 @@ def test_mutations_are_refused_by_the_table():
     (replace(READ, cmd_op=2, len=0, iov=(512,) * 254), D512, {}, {0}),
     (replace(READ, cmd_op=2, len=0, iov=(4096,), buf="fixed"), D512, {}, {-EINVAL}),
     (WRITE, DRO, {}, {-EROFS}),
-    (Step(type=T_FLUSH), DRO, {}, {-EROFS}),
+    (Step(type=T_FLUSH), DRO, {}, {0, -EROFS}),  # left open (review-v2 #11)
     (Step(type=T_DISCARD, ranges=((0, 8, 0),)), D4K, {}, {-EOPNOTSUPP}),
     (Step(type=T_WRITE_ZEROES, ranges=((0, 8, 0),)), D4K, {}, {-EOPNOTSUPP}),
     (Step(type=T_WRITE_ZEROES, ranges=((0, 8, 1),)), D512, {}, {0}),
@@ -133,13 +134,28 @@ def test_errno_table(step, disk, kw, expected):
     assert acc(step, disk, **kw) == expected
 
 
-def test_root_passes_whatever_the_open_mode_and_others_get_eacces():
+def test_root_passes_whatever_the_open_mode_and_others_get_eacces_for_changes_only():
     exp = expect(WRITE, prog(WRITE, mode="ro"), D512)
     assert exp.accepted == {0} and exp.notes == ("root on an O_RDONLY fd",)
     assert acc(READ, mode="wo") == {0}
-    assert acc(WRITE, caller=Caller(root=False), mode="ro") == {-EACCES}
-    assert acc(READ, caller=Caller(root=False), mode="wo") == {-EACCES}
-    assert acc(READ, caller=Caller(root=False), mode="ro") == {0}
+    user = Caller(root=False, uid=1000)
+    flush, get_id = Step(type=T_FLUSH), Step(type=T_GET_ID, len=20)
+    discard = Step(type=T_DISCARD, ranges=((0, 8, 0),))
+    for change in (WRITE, discard, Step(type=T_WRITE_ZEROES, ranges=((0, 8, 0),))):
+        assert acc(change, caller=user, mode="ro") == {-EACCES}
+        assert acc(change, caller=user, mode="wo") == {0}
+        assert acc(change, DRO, caller=user, mode="ro") == {-EACCES, -EROFS}  # either refusal
+        assert acc(change, DRO, caller=user, mode="rw") == {-EROFS}
+    # NVMe's rule: reading, GET_ID and FLUSH need no particular open mode
+    for step in (READ, get_id, flush):
+        for mode in ("ro", "wo", "rw"):
+            assert acc(step, caller=user, mode=mode) == {0}, (step, mode)
+    # the fd's mode is noted where v2 refuses by it: a permission errno there is one bug (#5)
+    assert expect(flush, prog(flush, mode="ro"), D512, user).notes == ("uid 1000 on an O_RDONLY fd",)
+    assert expect(READ, prog(READ, mode="wo"), D512, user).notes == ("uid 1000 on an O_WRONLY fd",)
+    assert expect(READ, prog(READ, mode="ro"), D512, user).notes == ()
+    # by default the caller is who the program runs as
+    assert expect(WRITE, replace(prog(WRITE, mode="ro"), user=1000), D512).accepted == {-EACCES}
 
 
 def test_every_row_has_a_name_and_the_protocol_documents_each():
@@ -261,6 +277,8 @@ def test_repro_c_compiles(tmp_path):
         pytest.skip("liburing-dev not installed")
     for i in range(8):
         p = generate(21, i, DISKS)
+        if i % 2:
+            p = replace(p, user=1000)
         disk = {d.name: d for d in DISKS}[p.disk]
         src = tmp_path / f"repro{i}.c"
         src.write_text(write_repro_c(p, disk, "errno|write|valid|root on an O_RDONLY fd|-EBADF */ x"))
@@ -346,3 +364,59 @@ def test_a_wrong_answer_of_a_late_command_keeps_the_signature_of_its_rows():
     p = prog(replace(READ, link=True), wrap, scribble=True)
     v = judge(p, [{"i": 0, "res": 0, "sectors": [[8, 0]]}, {"i": 1, "res": 1}], D512, DiskModel(D512.capacity))
     assert [f.signature for f in v.findings] == ["errno|read|sector + length wraps past 2^64|dev-status-1"]
+
+
+@pytest.fixture
+def world_dir():
+    """A directory anyone may traverse (pytest's tmp_path sits under a 0700 one)."""
+    import tempfile
+
+    path = Path(tempfile.mkdtemp(prefix="vblk-fuzz-"))
+    path.chmod(0o755)
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def test_executor_user_line_drops_privileges_before_the_ring_and_the_fd(engine, world_dir):
+    if os.geteuid() != 0:
+        pytest.skip("needs root to switch users")
+    node = world_dir / "node"
+    node.write_bytes(b"\0" * 4096)
+    node.chmod(0o600)
+    text = "user uid=65534 gid=65534\nring sqe=128\nopen mode=ro\nstep op=1 type=0 len=512\n"
+    proc = _run(engine, text, dev=str(node))
+    if "io_uring setup failed" in proc.stderr or "register buffers" in proc.stderr:
+        pytest.skip(proc.stderr.strip())
+    # root's 0600 node: the user may not open it
+    assert proc.returncode == 3 and "Permission denied" in proc.stderr, proc.stderr
+    os.chown(node, 65534, 65534)
+    proc = _run(engine, text, dev=str(node))
+    if proc.returncode == 3 and ("io_uring" in proc.stderr or "register" in proc.stderr):
+        pytest.skip(proc.stderr.strip())
+    assert proc.returncode == 0, proc.stderr
+    assert [json.loads(x)["res"] for x in proc.stdout.splitlines()] == [-EOPNOTSUPP]  # no ->uring_cmd
+    proc = _run(engine, "ring sqe=128\nuser uid=65534 gid=65534\n", dev=str(node))
+    assert proc.returncode == 2 and "before any ring or open" in proc.stderr
+
+
+def test_user_and_abi_round_trip_and_decide_the_caller():
+    p = replace(generate(4, 0, DISKS), user=1000, abi="i386")
+    text = p.text()
+    assert "# abi i386\n" in text and text.index("user uid=1000 gid=1000") < text.index("ring ")
+    back = parse(text)
+    assert (back.user, back.abi) == (1000, "i386") and back.steps == p.steps
+    assert Caller.of(back) == Caller(root=False, uid=1000) and Caller.of(replace(back, user=None)).root
+    with pytest.raises(UsageError):
+        parse("# disk fz0\n# abi arm\n")
+    with pytest.raises(UsageError):
+        parse("# disk fz0\nuser uid=1 gid=2\n")
+
+
+def test_mutation_names_list_every_mutation():
+    from vblk_ci.fuzz.generator import MUTATION_NAMES
+
+    steps = [valid_step(__import__("random").Random(1), d, t) for d in DISKS
+             for t in (T_IN, T_OUT, T_FLUSH, T_GET_ID, T_DISCARD, T_WRITE_ZEROES)]
+    steps.append(replace(READ, cmd_op=2, len=0, iov=(512, 512)))
+    drawn = {m for d in DISKS for s in steps for m in mutations(s, d)}
+    assert drawn == set(MUTATION_NAMES)

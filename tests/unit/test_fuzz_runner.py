@@ -6,6 +6,7 @@ repro.c, and the figures must add up; a replay of the shrunk program must find i
 """
 
 import json
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -33,6 +34,9 @@ CONFIGS = {"fz0": DiskConfig("fz0", "fuzz-d0", 16 << 20), "fz1": DiskConfig("fz1
            "fz2": DiskConfig("fz2", "fuzz-ro", 4 << 20, read_only=True)}
 DEVS = {"/dev/vdac0": "fz0", "/dev/vdbc0": "fz1", "/dev/vdcc0": "fz2"}
 QMP_CALLS: list[str] = []
+GUEST_SH: list[str] = []
+EXECUTED: list[tuple[str, object]] = []  # (executor, program) per run
+ENGINE32_RUNS = True
 DATA: dict[str, dict[int, int]] = {}  # disk -> sector -> tag, kept across boots like the image files
 
 
@@ -43,7 +47,7 @@ def fake_driver(text: str, dev: str) -> str:
     out, broken = [], set()
     chain_of = {i: n for n, c in enumerate(prog.chains()) for i in c}
     for i, step in enumerate(prog.steps):
-        exp = expect(step, prog, disk, Caller())
+        exp = expect(step, prog, disk)  # as the program's caller
         res = -125 if chain_of[i] in broken else (0 if 0 in exp.accepted else max(exp.accepted))
         if "sector + length wraps past 2^64" in exp.rules and chain_of[i] not in broken:
             res = 1  # the planted bug: the wrap is not caught, the device refuses
@@ -79,8 +83,15 @@ class FakeAgent:
                 "device/features": "".join(feats)}
 
     def exec(self, argv=None, cmd=None, stdin=None, timeout_s=30.0):
+        if cmd is not None:  # the campaign hands the nodes to the user
+            GUEST_SH.append(cmd)
+            return {"rc": 0, "stdout": "", "stderr": ""}
+        if argv[2] == "/dev/null":  # the vblk-engine32 probe
+            assert argv[0] == R.EXECUTOR32
+            return {"rc": 0 if ENGINE32_RUNS else 126, "stdout": "", "stderr": "" if ENGINE32_RUNS else "exec format"}
         self.runs += 1
-        assert argv[:3] == [R.EXECUTOR, "--program", "-"]
+        assert argv[:3] == [R.EXECUTOR32 if "# abi i386" in stdin else R.EXECUTOR, "--program", "-"]
+        EXECUTED.append((argv[0], parse(stdin)))
         return {"rc": 0, "stdout": fake_driver(stdin, argv[4]), "stderr": ""}
 
 
@@ -125,6 +136,8 @@ class FakeMachine:
 @pytest.fixture
 def fake(monkeypatch, tmp_path):
     DATA.clear()
+    GUEST_SH.clear()
+    EXECUTED.clear()
     monkeypatch.setattr(R, "Machine", FakeMachine)
     monkeypatch.setattr(R, "resolve_binary", lambda q: "/usr/bin/qemu-system-x86_64")
     monkeypatch.setattr(R, "probe_caps", lambda q: None)
@@ -143,7 +156,8 @@ def test_campaign_finds_the_planted_wrap_bug_and_writes_it_out(fake, tmp_path, m
     out = tmp_path / "out"
     rec = R.run_campaign(R.FuzzPlan(kernel=kernel, initramfs=initrd, out=out, seed=3, budget_s=20.0))
     sigs = {f["signature"] for f in rec["findings"]}
-    assert sigs and all("wraps past 2^64" in s and s.endswith("dev-status-1") for s in sigs), sigs
+    assert sigs and all("wraps past 2^64" in s and s.removesuffix("|i386").endswith("dev-status-1")
+                       for s in sigs), sigs
     assert rec["programs"] > 5 and rec["commands"] > rec["programs"]
     assert sum(rec["classes"].values()) == rec["commands"]
     assert rec["boots"] == 1 and "partial" not in json.loads((out / "fuzz.json").read_text())
@@ -192,3 +206,23 @@ def test_max_programs_stops_the_campaign_at_a_fixed_amount_of_work(fake, tmp_pat
     short = R.run_campaign(R.FuzzPlan(kernel=kernel, initramfs=initrd, out=tmp_path / "o3", seed=3, budget_s=0.5,
                                       max_programs=10**6))
     assert short["stopped"] == "budget" and short["programs"] < 10**6
+
+
+@pytest.mark.parametrize("engine32", [True, False])
+def test_user_and_i386_programs_run_as_drawn_or_as_x86_64_without_engine32(fake, tmp_path, monkeypatch, engine32):
+    kernel, initrd = fake
+    monkeypatch.setattr(R.time, "sleep", lambda s: None)
+    monkeypatch.setattr(sys.modules[__name__], "ENGINE32_RUNS", engine32)
+    rec = R.run_campaign(R.FuzzPlan(kernel=kernel, initramfs=initrd, out=tmp_path / "o", seed=3, budget_s=1e6,
+                                    max_programs=60))
+    assert GUEST_SH == [f"chown 1000:1000 /dev/vd{x}c0 && chmod 0600 /dev/vd{x}c0" for x in "abc"]
+    abis = {prog.abi for exe, prog in EXECUTED}
+    assert all((exe == R.EXECUTOR32) == (prog.abi == "i386") for exe, prog in EXECUTED)
+    assert abis == ({"x86_64", "i386"} if engine32 else {"x86_64"})
+    assert (rec["engine32"] == "ok") == engine32
+    assert sum(rec["callers"].values()) == 60 and rec["callers"].get("uid x86_64", 0) > 0
+    users = [prog for _, prog in EXECUTED if prog.user is not None]
+    assert users and all(prog.user == 1000 for prog in users)
+    # the planted bug found from a 32-bit caller is its own signature
+    sigs = {f["signature"] for f in rec["findings"]}
+    assert any(s.endswith("|i386") for s in sigs) == engine32, sigs

@@ -55,8 +55,11 @@ def _mismatch_class(got: int) -> str:
 
 
 def judge(program: Program, results: list[dict], disk: DiskConfig, model: DiskModel,
-          caller: Caller = Caller()) -> Verdict:
-    """``results``: the executor's JSON lines (``{"i", "res", ...}``), in step order."""
+          caller: Caller | None = None) -> Verdict:
+    """``results``: the executor's JSON lines (``{"i", "res", ...}``), in step order. ``caller``:
+    by default who the program runs as (``Caller.of``). A finding of a 32-bit program has the
+    abi at the end of its signature: a bug only 32-bit callers meet is its own finding."""
+    caller = caller or Caller.of(program)
     v = Verdict()
     by_index = {r.get("i"): r for r in results if isinstance(r, dict)}
     chain_of = {i: n for n, chain in enumerate(program.chains()) for i in chain}
@@ -109,7 +112,14 @@ def judge(program: Program, results: list[dict], disk: DiskConfig, model: DiskMo
                 model.apply(kind, sector, count, seed)
             elif res > 0:  # the device failed it: part of it may have happened
                 model.forget(sector, count)
+    for f in v.findings:
+        f.signature = abi_signature(f.signature, program)
     return v
+
+
+def abi_signature(signature: str, program: Program) -> str:
+    """``signature`` of a finding of ``program``: ``|i386`` appended for a 32-bit caller."""
+    return signature if program.abi == "x86_64" else f"{signature}|{program.abi}"
 
 
 def _issued_late(program: Program, i: int, chain_of: dict[int, int]) -> str:

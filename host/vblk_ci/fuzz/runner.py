@@ -31,8 +31,8 @@ from ..machine.accel import choose
 from ..machine.argv import BASE_CMDLINE, MachineSpec
 from ..machine.machine import Machine, Timeouts
 from ..machine.qemuinfo import DEFAULT_QEMU, probe_caps, resolve_binary
-from .generator import generate
-from .judge import Finding, Verdict, judge
+from .generator import USER_ID, generate
+from .judge import Finding, Verdict, abi_signature, judge
 from .model import DiskModel
 from .program import Program, parse
 from .repro import write_repro_c
@@ -40,6 +40,7 @@ from .shrink import shrink
 from .table import SYSFS_PATHS, DiskConfig
 
 EXECUTOR = "/usr/bin/vblk-engine"
+EXECUTOR32 = "/usr/bin/vblk-engine32"  # the same executor built for i386: programs with "# abi i386"
 CHAIN_TIMEOUT_MS = 20000  # the executor's own limit for one chain to complete
 PROGRAM_TIMEOUT_S = 90.0  # the agent's limit for one program (TCG; scaled)
 PAUSE_S = 0.3  # --faults stop-cont: how long the VM stays stopped
@@ -75,6 +76,7 @@ class FuzzPlan:
     shrink_runs: int = 30
     replay: Path | None = None
     faults: tuple[str, ...] = ()  # host faults interleaved with programs: "stop-cont"
+    disable: tuple[str, ...] = ()  # mutations never drawn (a known crash that would cost a reboot per hit)
 
 
 class StopCont(threading.Thread):
@@ -121,6 +123,7 @@ class Stats:
     classes: Counter = field(default_factory=Counter)
     rules: Counter = field(default_factory=Counter)
     hits: Counter = field(default_factory=Counter)  # finding signature -> programs that hit it
+    callers: Counter = field(default_factory=Counter)  # "root x86_64", "uid i386", ... -> programs
 
 
 def _slug(text: str) -> str:
@@ -139,9 +142,12 @@ class Fuzzer:
         self.configs: dict[str, DiskConfig] = {}
         self.models: dict[str, DiskModel] = {}
         self.stats = Stats()
-        self.disabled: dict[str, str] = {}  # mutation -> the crash finding that disabled it
+        # mutation -> the crash finding that disabled it (or --disable)
+        self.disabled: dict[str, str] = {m: "--disable" for m in plan.disable}
         self.boot_seconds: list[float] = []
         self.stopped = "budget"  # what ended the campaign: budget | max-programs
+        self.engine32: str | None = None  # why vblk-engine32 cannot run (None: it can, or not probed yet)
+        self.abis: tuple[str, ...] = ("x86_64", "i386")
         self.qemu = resolve_binary(plan.qemu)
         self.caps = probe_caps(self.qemu)
         self.accel = choose(self.qemu, Path(plan.kernel), plan.accel)
@@ -176,6 +182,32 @@ class Fuzzer:
                                  f"{self.configs[disk.id]} then {config}")
             self.configs[disk.id] = config
             self.models.setdefault(disk.id, DiskModel(config.capacity, initial_known=True))
+            # programs with a user line run as USER_ID: the node is theirs (mode 0600), as
+            # driver-access does it, so the open mode and the missing capability decide
+            self._guest_sh(f"chown {USER_ID}:{USER_ID} {plugged.chardev} && chmod 0600 {plugged.chardev}")
+        if self.stats.boots == 1:
+            self._probe_engine32()
+
+    def _guest_sh(self, cmd: str) -> str:
+        res = self.machine.agent.exec(cmd=cmd, timeout_s=self.timeouts(30.0))
+        if res.get("rc") != 0:
+            raise InfraError(f"guest: {cmd!r} exited {res.get('rc')}: {(res.get('stderr') or '').strip()[-300:]}")
+        return res.get("stdout", "")
+
+    def _probe_engine32(self) -> None:
+        """Can the guest run vblk-engine32 (in the initramfs, kernel with IA32_EMULATION)? If
+        not, i386 draws run as x86_64 and fuzz.json says why."""
+        try:
+            res = self.machine.agent.exec(argv=[EXECUTOR32, "--program", "/dev/null", "--dev", "/dev/null"],
+                                          timeout_s=self.timeouts(30.0))
+            ok = res.get("rc") == 0
+            why = f"exit {res.get('rc')}: {(res.get('stderr') or '').strip()[-200:]}"
+        except AgentError as exc:
+            ok, why = False, str(exc)
+        if not ok:
+            self.engine32 = f"{EXECUTOR32} does not run in the guest ({why}): i386 programs run as x86_64"
+            self.abis = ("x86_64",)
+            self.emit(E.Note(f"fuzz: {self.engine32}"))
 
     def stop(self) -> None:
         if self.machine is not None:
@@ -196,7 +228,7 @@ class Fuzzer:
         m = self.machine
         mark = m.console.mark()
         started = time.monotonic()
-        argv = [EXECUTOR, "--program", "-", "--dev", self.chardev[program.disk],
+        argv = [EXECUTOR32 if program.abi == "i386" else EXECUTOR, "--program", "-", "--dev", self.chardev[program.disk],
                 "--timeout-ms", str(int(CHAIN_TIMEOUT_MS * self.timeouts.scale))]
         error: str | None = None
         rc = None
@@ -283,6 +315,7 @@ class Fuzzer:
         if standalone:
             verdict = judge(program, outcome.results, config, DiskModel(config.capacity, initial_known=False))
         if outcome.finding is not None:
+            outcome.finding.signature = abi_signature(outcome.finding.signature, program)
             verdict.findings.insert(0, outcome.finding)
         return outcome, verdict
 
@@ -351,13 +384,14 @@ class Fuzzer:
                 if plan.max_programs is not None and index >= plan.max_programs:
                     self.stopped = "max-programs"
                     break
-                program = generate(plan.seed, index, configs, plan.max_steps, frozenset(self.disabled))
+                program = generate(plan.seed, index, configs, plan.max_steps, frozenset(self.disabled), self.abis)
                 outcome, verdict = self.run_and_judge(program)
                 self.stats.programs += 1
                 self.stats.commands += verdict.completed
                 self.stats.exec_seconds += outcome.seconds
                 self.stats.classes.update(f"{op} {res}" for op, res in verdict.outcomes)
                 self.stats.rules.update(verdict.rules)
+                self.stats.callers[f"{'root' if program.user is None else 'uid'} {program.abi}"] += 1
                 sigs = sorted(verdict.signatures())
                 self.stats.hits.update(sigs)
                 log.write(json.dumps({"index": index, "seed": program.seed, "disabled": sorted(self.disabled),
@@ -416,6 +450,7 @@ class Fuzzer:
             "faults": list(self.plan.faults), "programs_with_fault": s.faults,
             "disks": {k: vars(v) for k, v in self.configs.items()},
             "disabled_mutations": dict(self.disabled),
+            "callers": dict(sorted(s.callers.items())), "user_id": USER_ID, "engine32": self.engine32 or "ok",
             "classes": dict(sorted(s.classes.items())), "rules": dict(sorted(s.rules.items())),
             "findings": findings,
         }
@@ -443,10 +478,12 @@ DISK_LINE = re.compile(r"^ \* # disk (\S+)$", re.M)
 def build_repro(source: Path, out: Path) -> Path:
     """``gcc -static`` a repro.c on the host (the guest has no compiler); the binary path."""
     binary = out / (source.stem + ".static")
-    proc = subprocess.run(["gcc", "-O2", "-static", "-o", str(binary), str(source), "-luring"],
+    m32 = ["-m32"] if re.search(r"^ \* # abi i386$", source.read_text(encoding="utf-8"), re.M) else []
+    proc = subprocess.run(["gcc", *m32, "-O2", "-static", "-o", str(binary), str(source), "-luring"],
                           capture_output=True, text=True, timeout=300)
     if proc.returncode != 0:
-        raise MissingPrerequisite(f"cannot build {source} (gcc -static ... -luring; needs liburing-dev): "
+        raise MissingPrerequisite(f"cannot build {source} (gcc {' '.join(m32)} -static ... -luring; needs "
+                                  f"liburing-dev{', i386' if m32 else ''}): "
                                   f"{proc.stderr.strip()[-400:]}")
     return binary
 
