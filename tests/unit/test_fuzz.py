@@ -21,7 +21,7 @@ from vblk_ci.fuzz.program import T_DISCARD, T_FLUSH, T_GET_ID, T_IN, T_OUT, T_WR
 from vblk_ci.fuzz.repro import ANY, expected_plan, write_repro_c
 from vblk_ci.fuzz.shrink import shrink
 from vblk_ci.fuzz.table import (
-    EACCES, ECANCELED, EFAULT, EINVAL, ENOTTY, EOPNOTSUPP, ERANGE, EROFS, ROW_NAMES, Caller, DiskConfig, expect,
+    EACCES, ECANCELED, EFAULT, EINVAL, ENOTTY, EOPNOTSUPP, EPERM, ERANGE, EROFS, ROW_NAMES, Caller, DiskConfig, expect,
 )
 
 ENGINE_SRC = Path(__file__).resolve().parents[2] / "guest-agent" / "engine"
@@ -154,6 +154,10 @@ def test_root_passes_whatever_the_open_mode_and_others_get_eacces_for_changes_on
     assert expect(flush, prog(flush, mode="ro"), D512, user).notes == ("uid 1000 on an O_RDONLY fd",)
     assert expect(READ, prog(READ, mode="wo"), D512, user).notes == ("uid 1000 on an O_WRONLY fd",)
     assert expect(READ, prog(READ, mode="ro"), D512, user).notes == ()
+    # ioprio_check_cap(): the RT class needs CAP_SYS_NICE (seen: a uid 1000 FLUSH, ioprio 0x2005, -EPERM)
+    assert acc(replace(flush, ioprio=(1 << 13) | 5), caller=user) == {-EPERM}
+    assert acc(replace(flush, ioprio=(1 << 13) | 5)) == {0}
+    assert acc(replace(READ, ioprio=(2 << 13) | 5), caller=user) == {0}
     # by default the caller is who the program runs as
     assert expect(WRITE, replace(prog(WRITE, mode="ro"), user=1000), D512).accepted == {-EACCES}
 

@@ -15,7 +15,7 @@ import pytest
 from vblk_ci.fuzz import runner as R
 from vblk_ci.machine.accel import Accel
 from vblk_ci.fuzz.program import T_GET_ID, T_IN, parse
-from vblk_ci.fuzz.table import U64, Caller, DiskConfig, data_bytes, effects, expect
+from vblk_ci.fuzz.table import U64, DiskConfig, data_bytes, effects, expect
 
 
 class FakeConsole:

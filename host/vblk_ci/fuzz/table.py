@@ -165,6 +165,9 @@ def fixed(step: Step) -> bool:
     return step.buf in ("fixed", "fixed-oob")
 
 
+IOPRIO_CLASS_RT = 1
+
+
 def ioprio_bad(ioprio: int) -> bool:
     """ioprio_check_cap(): class (bits 13-15) 4..7, or class NONE with a level."""
     cls = (ioprio >> 13) & 7
@@ -217,6 +220,9 @@ ROWS: tuple[Rule, ...] = (
     ("write-type on a read-only disk", EROFS, lambda s, p, d, c: s.type in CHANGE_TYPES and d.read_only),
     ("fixed buffer with an iovec array", EINVAL, lambda s, p, d, c: is_vec(s) and fixed(s)),
     ("ioprio invalid", EINVAL, lambda s, p, d, c: ioprio_bad(s.ioprio)),
+    # ioprio_check_cap(): the real-time class needs CAP_SYS_ADMIN or CAP_SYS_NICE.
+    ("ioprio real-time class without CAP_SYS_NICE", EPERM,
+     lambda s, p, d, c: not c.root and (s.ioprio >> 13) & 7 == IOPRIO_CLASS_RT),
     # READ / WRITE.
     ("zero length", EINVAL, lambda s, p, d, c: _blocks(s) and (s.cmd_data_len == 0 or data_bytes(s) == 0)),
     ("sector not logical-block aligned", EINVAL, lambda s, p, d, c: _blocks(s) and s.sector % d.lbs_sectors != 0),
