@@ -186,7 +186,8 @@ def _add_fuzz_parser(sub) -> None:
     f.add_argument("--shrink-runs", type=_positive, default=30, help="guest runs to shrink one finding, at most")
     f.add_argument("--faults", default="", metavar="KINDS",
                    help="host faults interleaved with the programs, comma-separated: stop-cont (QMP stop, "
-                        "0.3 s, cont during a fifth of the programs)")
+                        "0.3 s, cont during a fifth of the programs), blkdebug-eio (QEMU fails one request type "
+                        "with EIO for a fifth of the programs on a writable disk)")
     f.add_argument("--disable", default="", metavar="MUTATIONS",
                    help="mutations never drawn, comma-separated (e.g. huge-len: a known crash costs a reboot per hit)")
     f.add_argument("--replay", metavar="FILE", help="run one program file (a finding's shrunk.txt) and judge it; "
@@ -199,9 +200,12 @@ def cmd_fuzz(args: argparse.Namespace) -> int:
     if args.budget <= 0:
         raise UsageError("--budget must be a positive number of seconds")
     replay = Path(args.replay) if args.replay else None
+    from .fuzz.runner import FAULT_KINDS
+
     faults = tuple(k for k in args.faults.split(",") if k)
-    if set(faults) - {"stop-cont"}:
-        raise UsageError(f"--faults: unknown kind(s) {', '.join(sorted(set(faults) - {'stop-cont'}))} (known: stop-cont)")
+    if set(faults) - set(FAULT_KINDS):
+        raise UsageError(f"--faults: unknown kind(s) {', '.join(sorted(set(faults) - set(FAULT_KINDS)))} "
+                         f"(known: {', '.join(FAULT_KINDS)})")
     c_repro = replay is not None and replay.suffix == ".c"
     from .fuzz.generator import MUTATION_NAMES
 

@@ -234,6 +234,21 @@ def test_judge_expects_ecanceled_after_a_failed_link_and_device_status_is_a_find
     assert v.findings[0].signature == "errno|read|sector + length wraps past 2^64|dev-status-1"
 
 
+def test_judge_under_a_blkdebug_fault_accepts_the_device_status_and_forgets_failed_writes():
+    model = DiskModel(D512.capacity)
+    judge(prog(WRITE), [{"i": 0, "res": 0}], D512, model)  # the sectors hold seed 77
+    wrap = replace(WRITE, sector=(1 << 64) - 8)
+    res = [{"i": 0, "res": 1}, {"i": 1, "res": 1}, {"i": 2, "res": 1}]
+    v = judge(prog(replace(WRITE, seed=78), READ, wrap), res, D512, model, device_errors=frozenset({T_OUT}))
+    # the write failed by the device is no finding; the read of the same type-set is (reads were not
+    # failed), and a wrapping write still is #2: the kernel must refuse it before the device
+    assert [f.signature for f in v.findings] == ["errno|read|valid|dev-status-1",
+                                                 "errno|write|sector + length wraps past 2^64|dev-status-1"]
+    assert model.allowed(8) is None  # what the failed write left is unknown
+    v = judge(prog(READ), [{"i": 0, "res": 0, "sectors": [[8, 0]]}], D512, model)
+    assert v.findings == []  # zeroes are as good as anything there now
+
+
 def test_judge_reports_a_hang():
     v = judge(prog(READ), [{"i": 0, "hang": True}], D512, DiskModel(D512.capacity))
     assert v.findings[0].kind == "hang"

@@ -14,7 +14,7 @@ import pytest
 
 from vblk_ci.fuzz import runner as R
 from vblk_ci.machine.accel import Accel
-from vblk_ci.fuzz.program import T_GET_ID, T_IN, parse
+from vblk_ci.fuzz.program import T_DISCARD, T_GET_ID, T_IN, T_OUT, parse
 from vblk_ci.fuzz.table import U64, DiskConfig, data_bytes, effects, expect
 
 
@@ -37,6 +37,7 @@ QMP_CALLS: list[str] = []
 GUEST_SH: list[str] = []
 EXECUTED: list[tuple[str, object]] = []  # (executor, program) per run
 ENGINE32_RUNS = True
+ARMED: dict[str, str] = {}  # disk id -> the blkdebug iotype its requests fail with (EIO)
 DATA: dict[str, dict[int, int]] = {}  # disk -> sector -> tag, kept across boots like the image files
 
 
@@ -51,6 +52,8 @@ def fake_driver(text: str, dev: str) -> str:
         res = -125 if chain_of[i] in broken else (0 if 0 in exp.accepted else max(exp.accepted))
         if "sector + length wraps past 2^64" in exp.rules and chain_of[i] not in broken:
             res = 1  # the planted bug: the wrap is not caught, the device refuses
+        if res == 0 and {"read": T_IN, "write": T_OUT, "discard": T_DISCARD}.get(ARMED.get(disk.name)) == step.type:
+            res = 1  # blkdebug: the device fails it (VIRTIO_BLK_S_IOERR)
         line = {"i": i, "res": res}
         if res == 0 and step.type == T_IN and data_bytes(step):
             n = data_bytes(step) // 512
@@ -127,6 +130,10 @@ class FakeMachine:
 
     def qmp(self, cmd, args=None, timeout=None):
         QMP_CALLS.append(cmd)
+        if cmd == "blockdev-add" and args.get("driver") == "blkdebug":
+            ARMED[args["image"].split("-")[0]] = args["inject-error"][0]["iotype"]
+        if cmd == "blockdev-del":
+            ARMED.clear()
 
     def hotplug(self, disk, slot, chardev=True):
         name = "vd" + "abc"[slot]
@@ -138,6 +145,7 @@ def fake(monkeypatch, tmp_path):
     DATA.clear()
     GUEST_SH.clear()
     EXECUTED.clear()
+    ARMED.clear()
     monkeypatch.setattr(R, "Machine", FakeMachine)
     monkeypatch.setattr(R, "resolve_binary", lambda q: "/usr/bin/qemu-system-x86_64")
     monkeypatch.setattr(R, "probe_caps", lambda q: None)
@@ -226,3 +234,19 @@ def test_user_and_i386_programs_run_as_drawn_or_as_x86_64_without_engine32(fake,
     # the planted bug found from a 32-bit caller is its own signature
     sigs = {f["signature"] for f in rec["findings"]}
     assert any(s.endswith("|i386") for s in sigs) == engine32, sigs
+
+
+def test_blkdebug_eio_fails_one_request_type_around_a_fifth_of_the_programs(fake, tmp_path, monkeypatch):
+    kernel, initrd = fake
+    QMP_CALLS.clear()
+    monkeypatch.setattr(R.time, "sleep", lambda s: None)
+    rec = R.run_campaign(R.FuzzPlan(kernel=kernel, initramfs=initrd, out=tmp_path / "o", seed=3, budget_s=1e6,
+                                    max_programs=150, faults=("blkdebug-eio",)))
+    # each armed program: blkdebug node added, format re-pointed, ... re-pointed back, node deleted
+    assert QMP_CALLS == ["blockdev-add", "blockdev-reopen", "blockdev-reopen", "blockdev-del"] * (len(QMP_CALLS) // 4)
+    armed = len(QMP_CALLS) // 4
+    assert rec["programs_with_fault"] == armed and 0.1 < armed / 150 < 0.3
+    # the device's IOERR under the fault is no finding: only the planted wrap bug is
+    sigs = {f["signature"] for f in rec["findings"]}
+    assert sigs and all("wraps past 2^64" in s for s in sigs), sigs
+    assert rec["rules"]["the device fails it (blkdebug)"] > 0

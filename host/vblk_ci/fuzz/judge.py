@@ -55,10 +55,12 @@ def _mismatch_class(got: int) -> str:
 
 
 def judge(program: Program, results: list[dict], disk: DiskConfig, model: DiskModel,
-          caller: Caller | None = None) -> Verdict:
+          caller: Caller | None = None, device_errors: frozenset[int] = frozenset()) -> Verdict:
     """``results``: the executor's JSON lines (``{"i", "res", ...}``), in step order. ``caller``:
     by default who the program runs as (``Caller.of``). A finding of a 32-bit program has the
-    abi at the end of its signature: a bug only 32-bit callers meet is its own finding."""
+    abi at the end of its signature: a bug only 32-bit callers meet is its own finding.
+    ``device_errors``: step types the host made the device fail (a blkdebug fault): a command of
+    one the kernel lets through may come back with a device status; what it wrote is unknown."""
     caller = caller or Caller.of(program)
     v = Verdict()
     by_index = {r.get("i"): r for r in results if isinstance(r, dict)}
@@ -83,6 +85,8 @@ def judge(program: Program, results: list[dict], disk: DiskConfig, model: DiskMo
             exp = Expect(exp.accepted, exp.rules, exp.notes + (late,))
         if chain_of[i] in broken:
             exp = Expect(frozenset({-ECANCELED}), ("linked to a failed command",))
+        if res > 0 and step.type in device_errors and 0 in exp.accepted:
+            exp = Expect(exp.accepted | {res}, exp.rules + ("the device fails it (blkdebug)",), exp.notes)
         v.rules.update(exp.rules)
         v.outcomes.append((step.name, errno_name(res)))
         if res not in exp.accepted:

@@ -27,6 +27,7 @@ from .. import __version__
 from .. import events as E
 from ..disks.spec import DiskSpec, create_sparse_file
 from ..errors import AgentError, BootError, InfraError, MissingPrerequisite, QmpError
+from ..faults import make_fault
 from ..machine.accel import choose
 from ..machine.argv import BASE_CMDLINE, MachineSpec
 from ..machine.machine import Machine, Timeouts
@@ -34,7 +35,7 @@ from ..machine.qemuinfo import DEFAULT_QEMU, probe_caps, resolve_binary
 from .generator import USER_ID, generate
 from .judge import Finding, Verdict, abi_signature, judge
 from .model import DiskModel
-from .program import Program, parse
+from .program import T_DISCARD, T_IN, T_OUT, Program, parse
 from .repro import write_repro_c
 from .shrink import shrink
 from .table import SYSFS_PATHS, DiskConfig
@@ -44,6 +45,8 @@ EXECUTOR32 = "/usr/bin/vblk-engine32"  # the same executor built for i386: progr
 CHAIN_TIMEOUT_MS = 20000  # the executor's own limit for one chain to complete
 PROGRAM_TIMEOUT_S = 90.0  # the agent's limit for one program (TCG; scaled)
 PAUSE_S = 0.3  # --faults stop-cont: how long the VM stays stopped
+FAULT_KINDS = ("stop-cont", "blkdebug-eio")
+BLKDEBUG_OPS = {"read": frozenset({T_IN}), "write": frozenset({T_OUT}), "discard": frozenset({T_DISCARD})}
 OOM = re.compile(r"\S+ invoked oom-killer: [^\n]*")
 
 
@@ -75,7 +78,7 @@ class FuzzPlan:
     max_steps: int = 24
     shrink_runs: int = 30
     replay: Path | None = None
-    faults: tuple[str, ...] = ()  # host faults interleaved with programs: "stop-cont"
+    faults: tuple[str, ...] = ()  # host faults interleaved with programs: FAULT_KINDS
     disable: tuple[str, ...] = ()  # mutations never drawn (a known crash that would cost a reboot per hit)
 
 
@@ -102,6 +105,32 @@ class StopCont(threading.Thread):
                 self.error = self.error or str(exc)
 
 
+class BlkdebugEio:
+    """--faults blkdebug-eio: for the whole program, QEMU fails the disk's requests of one
+    type (read, write or discard) with EIO (blkdebug, as the faults suite's blkdebug-error):
+    those commands may complete with the device's IOERR status, and what a failed write or
+    discard left on the disk is unknown to the model."""
+
+    def __init__(self, machine: Machine, disk: DiskSpec, op: str):
+        self.machine = machine
+        self.op = op
+        self.fault = make_fault("blkdebug-error", disk, {"op": op, "errno": 5})
+        self.error: str | None = None
+
+    @property
+    def device_errors(self) -> frozenset[int]:
+        return BLKDEBUG_OPS[self.op]
+
+    def start(self) -> None:
+        self.fault.arm(self.machine)
+
+    def join(self) -> None:
+        try:
+            self.fault.disarm(self.machine)
+        except (QmpError, InfraError, OSError) as exc:
+            self.error = str(exc)
+
+
 @dataclass
 class RunOutcome:
     """One program's run: the executor's lines, and what went wrong outside the judge."""
@@ -110,6 +139,7 @@ class RunOutcome:
     seconds: float
     status: str = "ok"  # ok | hang | splat | executor
     finding: Finding | None = None
+    device_errors: frozenset[int] = frozenset()  # step types a blkdebug fault may fail (IOERR)
 
 
 @dataclass
@@ -233,9 +263,9 @@ class Fuzzer:
         error: str | None = None
         rc = None
         stdout = ""
-        fault = self.fault_for(program)
+        faults = self.faults_for(program)
         try:
-            if fault is not None:
+            for fault in faults:
                 fault.start()
             res = m.agent.exec(argv=argv, stdin=program.text(), timeout_s=self.timeouts(PROGRAM_TIMEOUT_S))
             rc, stdout = res.get("rc"), res.get("stdout", "")
@@ -244,7 +274,7 @@ class Fuzzer:
         except (AgentError, QmpError, OSError) as exc:
             error = f"the guest agent did not answer: {exc}"
         finally:
-            if fault is not None:
+            for fault in faults:
                 fault.join()
         seconds = time.monotonic() - started
         results = []
@@ -254,6 +284,11 @@ class Fuzzer:
             except ValueError:
                 continue
         outcome = RunOutcome(results, seconds)
+        for fault in faults:
+            if isinstance(fault, BlkdebugEio):
+                outcome.device_errors |= fault.device_errors
+                if fault.error:  # the disk still fails its requests: every later result would lie
+                    raise InfraError(f"cannot take the blkdebug fault off {program.disk}: {fault.error}")
         time.sleep(0.1)  # a splat printed as the program ended
         findings = m.console.findings(mark)
         oom = OOM.search(m.console.text_since(mark))
@@ -284,17 +319,28 @@ class Fuzzer:
             self.stop()
         return outcome
 
-    def fault_for(self, program: Program) -> "StopCont | None":
-        """--faults stop-cont: a fifth of the programs (drawn from the program's seed) get the
-        VM paused (QMP stop, 0.3 s, cont) at a random point early in their run. A pause must
-        change no result: the judge is the same."""
-        if "stop-cont" not in self.plan.faults:
-            return None
-        rng = random.Random(program.seed if program.seed is not None else 0)
-        if rng.random() >= 0.2:
-            return None
-        self.stats.faults += 1
-        return StopCont(self.machine, rng.uniform(0.0, 0.3))
+    def faults_for(self, program: Program) -> list:
+        """The host faults of ``program``, drawn from its seed (so a shrunk or replayed program
+        gets the same ones):
+        - stop-cont: a fifth of the programs get the VM paused (QMP stop, 0.3 s, cont) at a
+          random point early in their run. A pause must change no result.
+        - blkdebug-eio: a fifth of the programs on a writable disk run with QEMU failing one
+          type of request (read, write, or discard where negotiated) with EIO."""
+        out: list = []
+        seed = program.seed if program.seed is not None else 0
+        if "stop-cont" in self.plan.faults:
+            rng = random.Random(seed)
+            if rng.random() < 0.2:
+                out.append(StopCont(self.machine, rng.uniform(0.0, 0.3)))
+        disk = next(d for d in self.specs if d.id == program.disk)
+        if "blkdebug-eio" in self.plan.faults and not disk.read_only:
+            rng = random.Random(seed ^ 0xB10CDEB6)
+            if rng.random() < 0.2:
+                ops = ["read", "write"] + (["discard"] if self.configs[disk.id].discard else [])
+                out.append(BlkdebugEio(self.machine, disk, rng.choice(ops)))
+        if out:
+            self.stats.faults += 1
+        return out
 
     def _forget(self, program: Program) -> None:
         model = self.models[program.disk]
@@ -311,9 +357,11 @@ class Fuzzer:
         replay), while still updating the campaign model."""
         outcome = self.execute(program)
         config = self.configs[program.disk]
-        verdict = judge(program, outcome.results, config, self.models[program.disk])
+        verdict = judge(program, outcome.results, config, self.models[program.disk],
+                        device_errors=outcome.device_errors)
         if standalone:
-            verdict = judge(program, outcome.results, config, DiskModel(config.capacity, initial_known=False))
+            verdict = judge(program, outcome.results, config, DiskModel(config.capacity, initial_known=False),
+                            device_errors=outcome.device_errors)
         if outcome.finding is not None:
             outcome.finding.signature = abi_signature(outcome.finding.signature, program)
             verdict.findings.insert(0, outcome.finding)
