@@ -264,17 +264,22 @@ class Fuzzer:
         rc = None
         stdout = ""
         faults = self.faults_for(program)
+        started_faults: list = []
         try:
             for fault in faults:
                 fault.start()
+                started_faults.append(fault)
             res = m.agent.exec(argv=argv, stdin=program.text(), timeout_s=self.timeouts(PROGRAM_TIMEOUT_S))
             rc, stdout = res.get("rc"), res.get("stdout", "")
             if rc not in (0, 4):
                 error = f"executor exited {rc}: {(res.get('stderr') or '').strip()[-300:]}"
         except (AgentError, QmpError, OSError) as exc:
+            if len(started_faults) < len(faults):  # QEMU refused the fault: no program ran
+                raise InfraError(f"cannot arm {type(faults[len(started_faults)]).__name__} on "
+                                 f"{program.disk}: {exc}") from exc
             error = f"the guest agent did not answer: {exc}"
         finally:
-            for fault in faults:
+            for fault in started_faults:
                 fault.join()
         seconds = time.monotonic() - started
         results = []
