@@ -249,6 +249,18 @@ def test_judge_under_a_blkdebug_fault_accepts_the_device_status_and_forgets_fail
     assert v.findings == []  # zeroes are as good as anything there now
 
 
+def test_judge_after_an_unplug_accepts_any_failure_but_not_wrong_data():
+    model = DiskModel(D512.capacity)
+    judge(prog(WRITE), [{"i": 0, "res": 0}], D512, model)  # sectors 8.. hold seed 77
+    res = [{"i": 0, "res": -19}, {"i": 1, "res": -5}]
+    v = judge(prog(replace(WRITE, seed=78), READ), res, D512, model, unplugged=True)
+    assert v.findings == [] and v.rules["the disk was unplugged"] == 2
+    assert model.allowed(8) is None  # the write failed as the device went: part of it may be there
+    model = DiskModel(D512.capacity)
+    v = judge(prog(READ), [{"i": 0, "res": 0, "sectors": [[8, 5]]}], D512, model, unplugged=True)
+    assert [f.signature for f in v.findings] == ["data|read|aligned|other-seed|unplug"]
+
+
 def test_judge_reports_a_hang():
     v = judge(prog(READ), [{"i": 0, "hang": True}], D512, DiskModel(D512.capacity))
     assert v.findings[0].kind == "hang"

@@ -37,6 +37,7 @@ QMP_CALLS: list[str] = []
 GUEST_SH: list[str] = []
 EXECUTED: list[tuple[str, object]] = []  # (executor, program) per run
 ENGINE32_RUNS = True
+UNPLUGGED: set[str] = set()  # disks device_del took away (until plugged again)
 ARMED: dict[str, str] = {}  # disk id -> the blkdebug iotype its requests fail with (EIO)
 DATA: dict[str, dict[int, int]] = {}  # disk -> sector -> tag, kept across boots like the image files
 
@@ -52,6 +53,8 @@ def fake_driver(text: str, dev: str) -> str:
         res = -125 if chain_of[i] in broken else (0 if 0 in exp.accepted else max(exp.accepted))
         if "sector + length wraps past 2^64" in exp.rules and chain_of[i] not in broken:
             res = 1  # the planted bug: the wrap is not caught, the device refuses
+        if disk.name in UNPLUGGED and i >= len(prog.steps) // 2 and chain_of[i] not in broken:
+            res = -19  # the device went away half-way through: -ENODEV from then on
         if res == 0 and {"read": T_IN, "write": T_OUT, "discard": T_DISCARD}.get(ARMED.get(disk.name)) == step.type:
             res = 1  # blkdebug: the device fails it (VIRTIO_BLK_S_IOERR)
         line = {"i": i, "res": res}
@@ -135,7 +138,15 @@ class FakeMachine:
         if cmd == "blockdev-del":
             ARMED.clear()
 
+    def unplug(self, disk_id, timeout=None):
+        UNPLUGGED.add(disk_id)
+        QMP_CALLS.append("device_del")
+        return 0.5
+
     def hotplug(self, disk, slot, chardev=True):
+        if disk.id in UNPLUGGED:
+            UNPLUGGED.discard(disk.id)
+            QMP_CALLS.append("device_add")
         name = "vd" + "abc"[slot]
         return Plugged(name, f"/dev/{name}c0")
 
@@ -146,6 +157,7 @@ def fake(monkeypatch, tmp_path):
     GUEST_SH.clear()
     EXECUTED.clear()
     ARMED.clear()
+    UNPLUGGED.clear()
     monkeypatch.setattr(R, "Machine", FakeMachine)
     monkeypatch.setattr(R, "resolve_binary", lambda q: "/usr/bin/qemu-system-x86_64")
     monkeypatch.setattr(R, "probe_caps", lambda q: None)
@@ -250,3 +262,21 @@ def test_blkdebug_eio_fails_one_request_type_around_a_fifth_of_the_programs(fake
     sigs = {f["signature"] for f in rec["findings"]}
     assert sigs and all("wraps past 2^64" in s for s in sigs), sigs
     assert rec["rules"]["the device fails it (blkdebug)"] > 0
+
+
+def test_unplug_takes_the_disk_away_mid_program_and_plugs_it_back(fake, tmp_path, monkeypatch):
+    kernel, initrd = fake
+    QMP_CALLS.clear()
+    monkeypatch.setattr(R.time, "sleep", lambda s: None)
+    monkeypatch.setattr(R.Unplug, "start", lambda self: self.run())  # gone before the fake executor runs
+    monkeypatch.setattr(R.Unplug, "join", lambda self, timeout=None: None)
+    rec = R.run_campaign(R.FuzzPlan(kernel=kernel, initramfs=initrd, out=tmp_path / "o", seed=3, budget_s=1e6,
+                                    max_programs=150, faults=("unplug",)))
+    assert QMP_CALLS == ["device_del", "device_add"] * (len(QMP_CALLS) // 2) and QMP_CALLS
+    assert rec["programs_with_fault"] == len(QMP_CALLS) // 2 and 0.03 < rec["programs_with_fault"] / 150 < 0.2
+    assert not UNPLUGGED and rec["boots"] == 1
+    # -ENODEV after the unplug is no finding; the node is handed to the user again on each plug
+    assert rec["rules"]["the disk was unplugged"] > 0 and rec["classes"].get("read -ENODEV", 0) > 0
+    sigs = {f["signature"] for f in rec["findings"]}
+    assert all("wraps past 2^64" in s and not s.endswith("|unplug") for s in sigs), sigs
+    assert len(GUEST_SH) == 3 + rec["programs_with_fault"]

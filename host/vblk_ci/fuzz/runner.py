@@ -45,7 +45,7 @@ EXECUTOR32 = "/usr/bin/vblk-engine32"  # the same executor built for i386: progr
 CHAIN_TIMEOUT_MS = 20000  # the executor's own limit for one chain to complete
 PROGRAM_TIMEOUT_S = 90.0  # the agent's limit for one program (TCG; scaled)
 PAUSE_S = 0.3  # --faults stop-cont: how long the VM stays stopped
-FAULT_KINDS = ("stop-cont", "blkdebug-eio")
+FAULT_KINDS = ("stop-cont", "blkdebug-eio", "unplug")
 BLKDEBUG_OPS = {"read": frozenset({T_IN}), "write": frozenset({T_OUT}), "discard": frozenset({T_DISCARD})}
 OOM = re.compile(r"\S+ invoked oom-killer: [^\n]*")
 
@@ -131,6 +131,27 @@ class BlkdebugEio:
             self.error = str(exc)
 
 
+class Unplug(threading.Thread):
+    """--faults unplug: ``delay`` seconds into the program, hot-unplug its disk (device_del,
+    DEVICE_DELETED, blockdev-del) with the executor's fd open and commands in flight; the
+    campaign plugs it back after the program."""
+
+    def __init__(self, machine: Machine, disk_id: str, delay: float):
+        super().__init__(name="fuzz-unplug", daemon=True)
+        self.machine = machine
+        self.disk_id = disk_id
+        self.delay = delay
+        self.error: str | None = None
+        self.seconds: float | None = None
+
+    def run(self) -> None:
+        time.sleep(self.delay)
+        try:
+            self.seconds = self.machine.unplug(self.disk_id)
+        except (QmpError, InfraError, OSError, ValueError) as exc:
+            self.error = str(exc)
+
+
 @dataclass
 class RunOutcome:
     """One program's run: the executor's lines, and what went wrong outside the judge."""
@@ -140,6 +161,7 @@ class RunOutcome:
     status: str = "ok"  # ok | hang | splat | executor
     finding: Finding | None = None
     device_errors: frozenset[int] = frozenset()  # step types a blkdebug fault may fail (IOERR)
+    unplugged: bool = False  # the disk was hot-unplugged during the program
 
 
 @dataclass
@@ -201,22 +223,27 @@ class Fuzzer:
         for slot, disk in enumerate(self.specs):
             if not disk.path.exists():
                 create_sparse_file(disk.path, disk.size_bytes)
-            plugged = self.machine.hotplug(disk, slot, chardev=True)
-            self.emit(E.DiskPlugged(disk.id, disk.serial, plugged.seconds_to_visible, plugged.guest_name,
-                                    plugged.chardev))
-            self.chardev[disk.id] = plugged.chardev
-            values = self.machine.agent.call("sysfs", {"name": plugged.guest_name, "paths": list(SYSFS_PATHS)})
-            config = DiskConfig.from_sysfs(disk.id, disk.serial, values)
-            if disk.id in self.configs and self.configs[disk.id] != config:
-                raise InfraError(f"{disk.id}: the guest shows a different configuration after a reboot: "
-                                 f"{self.configs[disk.id]} then {config}")
-            self.configs[disk.id] = config
-            self.models.setdefault(disk.id, DiskModel(config.capacity, initial_known=True))
-            # programs with a user line run as USER_ID: the node is theirs (mode 0600), as
-            # driver-access does it, so the open mode and the missing capability decide
-            self._guest_sh(f"chown {USER_ID}:{USER_ID} {plugged.chardev} && chmod 0600 {plugged.chardev}")
+            self.plug(disk, slot)
         if self.stats.boots == 1:
             self._probe_engine32()
+
+    def plug(self, disk: DiskSpec, slot: int) -> None:
+        """Hot-plug ``disk`` (at boot, or again after an unplug fault): its char device, its
+        configuration as the guest sees it (the same every time), its node handed to USER_ID."""
+        plugged = self.machine.hotplug(disk, slot, chardev=True)
+        self.emit(E.DiskPlugged(disk.id, disk.serial, plugged.seconds_to_visible, plugged.guest_name,
+                                plugged.chardev))
+        self.chardev[disk.id] = plugged.chardev
+        values = self.machine.agent.call("sysfs", {"name": plugged.guest_name, "paths": list(SYSFS_PATHS)})
+        config = DiskConfig.from_sysfs(disk.id, disk.serial, values)
+        if disk.id in self.configs and self.configs[disk.id] != config:
+            raise InfraError(f"{disk.id}: the guest shows a different configuration after a re-plug: "
+                             f"{self.configs[disk.id]} then {config}")
+        self.configs[disk.id] = config
+        self.models.setdefault(disk.id, DiskModel(config.capacity, initial_known=True))
+        # programs with a user line run as USER_ID: the node is theirs (mode 0600), as
+        # driver-access does it, so the open mode and the missing capability decide
+        self._guest_sh(f"chown {USER_ID}:{USER_ID} {plugged.chardev} && chmod 0600 {plugged.chardev}")
 
     def _guest_sh(self, cmd: str) -> str:
         res = self.machine.agent.exec(cmd=cmd, timeout_s=self.timeouts(30.0))
@@ -289,11 +316,15 @@ class Fuzzer:
             except ValueError:
                 continue
         outcome = RunOutcome(results, seconds)
+        unplug = None
         for fault in faults:
             if isinstance(fault, BlkdebugEio):
                 outcome.device_errors |= fault.device_errors
                 if fault.error:  # the disk still fails its requests: every later result would lie
                     raise InfraError(f"cannot take the blkdebug fault off {program.disk}: {fault.error}")
+            if isinstance(fault, Unplug):
+                unplug = fault
+                outcome.unplugged = True
         time.sleep(0.1)  # a splat printed as the program ended
         findings = m.console.findings(mark)
         oom = OOM.search(m.console.text_since(mark))
@@ -313,15 +344,25 @@ class Fuzzer:
             step = len(results)
             outcome.finding = Finding("hang", f"hang|agent|sqe{program.sqe}{'-iopoll' if program.iopoll else ''}",
                                       f"{error}; {step} of {len(program.steps)} steps had completed", step)
-        elif error:
+        elif error and not (unplug is not None and rc == 3):  # 3: the node was gone before the open
             outcome.status = "executor"
             outcome.finding = Finding("executor", "executor|" + error.split(":")[0], error)
+        elif unplug is not None and unplug.error:
+            # device_del never completed: the guest kept the device (the command that held it
+            # is the bug); only a reboot gets the disk back
+            outcome.status = "hang"
+            outcome.finding = Finding("hang", "hang|unplug|DEVICE_DELETED never came",
+                                      f"unplug of {program.disk} {unplug.delay:.2f} s into the program: {unplug.error}",
+                                      len(results))
         if outcome.status == "ok" and any(r.get("hang") for r in results):
             outcome.status = "hang"  # the executor gave up on a command: judge() reports it
         if outcome.status in ("splat", "hang"):
             # what the program was writing when the guest went down is unknown now
             self._forget(program)
             self.stop()
+        elif unplug is not None:
+            self.plug(next(d for d in self.specs if d.id == program.disk),
+                      [d.id for d in self.specs].index(program.disk))
         return outcome
 
     def faults_for(self, program: Program) -> list:
@@ -330,7 +371,9 @@ class Fuzzer:
         - stop-cont: a fifth of the programs get the VM paused (QMP stop, 0.3 s, cont) at a
           random point early in their run. A pause must change no result.
         - blkdebug-eio: a fifth of the programs on a writable disk run with QEMU failing one
-          type of request (read, write, or discard where negotiated) with EIO."""
+          type of request (read, write, or discard where negotiated) with EIO.
+        - unplug: a tenth of the programs get their disk hot-unplugged 0-0.2 s into their run,
+          and plugged back after it."""
         out: list = []
         seed = program.seed if program.seed is not None else 0
         if "stop-cont" in self.plan.faults:
@@ -343,6 +386,10 @@ class Fuzzer:
             if rng.random() < 0.2:
                 ops = ["read", "write"] + (["discard"] if self.configs[disk.id].discard else [])
                 out.append(BlkdebugEio(self.machine, disk, rng.choice(ops)))
+        if "unplug" in self.plan.faults:
+            rng = random.Random(seed ^ 0x0DE1DE1)
+            if rng.random() < 0.1:
+                out.append(Unplug(self.machine, program.disk, rng.uniform(0.0, 0.2)))
         if out:
             self.stats.faults += 1
         return out
@@ -363,10 +410,10 @@ class Fuzzer:
         outcome = self.execute(program)
         config = self.configs[program.disk]
         verdict = judge(program, outcome.results, config, self.models[program.disk],
-                        device_errors=outcome.device_errors)
+                        device_errors=outcome.device_errors, unplugged=outcome.unplugged)
         if standalone:
             verdict = judge(program, outcome.results, config, DiskModel(config.capacity, initial_known=False),
-                            device_errors=outcome.device_errors)
+                            device_errors=outcome.device_errors, unplugged=outcome.unplugged)
         if outcome.finding is not None:
             outcome.finding.signature = abi_signature(outcome.finding.signature, program)
             verdict.findings.insert(0, outcome.finding)
