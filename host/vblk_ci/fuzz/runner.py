@@ -285,7 +285,8 @@ class Fuzzer:
         m = self.machine
         mark = m.console.mark()
         started = time.monotonic()
-        argv = [EXECUTOR32 if program.abi == "i386" else EXECUTOR, "--program", "-", "--dev", self.chardev[program.disk],
+        executor = EXECUTOR32 if program.abi == "i386" else EXECUTOR
+        argv = [executor, "--program", "-", "--dev", self.chardev[program.disk],
                 "--timeout-ms", str(int(CHAIN_TIMEOUT_MS * self.timeouts.scale))]
         error: str | None = None
         rc = None
