@@ -30,21 +30,21 @@ PROGRAMS = 300
 BUDGET_S = 900  # a ceiling only: the campaign took 142-153 s at load 15-20 (docs/fuzz.md)
 
 # Signature (the 32-bit executor's end in "|i386") -> the v2 defect it shows.
+WRAP = r"errno\|(read|write)\|[^|]*sector \+ length wraps past 2\^64[^|]*\|dev-status-1"
+LATE_SQE = r"errno\|issued-late\|SQ slot reused after submit \(linked\)\|-EINVAL"
+ROOT_EBADF = r"errno\|(read|write)-type\|root on an O_(RDONLY|WRONLY) fd\|-EBADF"
+USER_EBADF = r"errno\|(read|write)-type\|uid 1000 on an O_(RDONLY|WRONLY) fd\|-EBADF"
+OOM = r"splat\|out of memory: the OOM killer ran"
 V2_KNOWN = {
-    r"errno\|(read|write)\|[^|]*sector \+ length wraps past 2\^64[^|]*\|dev-status-1":
-        "review-v2 #2: the capacity check wraps; the command reaches the device (VIRTIO_BLK_S_IOERR)",
-    r"errno\|issued-late\|SQ slot reused after submit \(linked\)\|-EINVAL":
-        "review-v2 #3: a linked uring_cmd is issued from its SQ slot after the application reused it",
-    r"errno\|(read|write)-type\|root on an O_(RDONLY|WRONLY) fd\|-EBADF":
-        "review-v2 #5: root gets -EBADF where NVMe lets CAP_SYS_ADMIN through whatever the open mode",
-    r"errno\|(read|write)-type\|uid 1000 on an O_(RDONLY|WRONLY) fd\|-EBADF":
-        "review-v2 #5: -EBADF by open mode where NVMe allows reads and FLUSH and refuses changes with -EACCES",
-    r"splat\|out of memory: the OOM killer ran":
-        "fuzz 2026-11-30 (next to review-v2 #6): a READ with data_len 0xfffff000 on a bounced buffer makes the "
-        "block layer allocate 4 GiB (no length limit stops it)",
+    WRAP: "review-v2 #2: the capacity check wraps; the command reaches the device (VIRTIO_BLK_S_IOERR)",
+    LATE_SQE: "review-v2 #3: a linked uring_cmd is issued from its SQ slot after the application reused it",
+    ROOT_EBADF: "review-v2 #5: root gets -EBADF where NVMe lets CAP_SYS_ADMIN through whatever the open mode",
+    USER_EBADF: "review-v2 #5: -EBADF by open mode where NVMe allows reads and FLUSH and refuses changes with -EACCES",
+    OOM: "fuzz 2026-11-30 (next to review-v2 #6): a READ with data_len 0xfffff000 on a bounced buffer makes the "
+         "block layer allocate 4 GiB (no length limit stops it)",
 }
 # Seen in each measured run (docs/fuzz.md); the OOM needs huge-len, disabled here.
-V2_ALWAYS = set(list(V2_KNOWN)[:4])
+V2_ALWAYS = {WRAP, LATE_SQE, ROOT_EBADF, USER_EBADF}
 
 # Floors with margin: 4229 commands and 85 (op, outcome) classes in each run measured on
 # 2026-11-30 (v2 default kernel, host QEMU 7.2, TCG; docs/fuzz.md). The programs are fixed, so
