@@ -280,3 +280,15 @@ def test_unplug_takes_the_disk_away_mid_program_and_plugs_it_back(fake, tmp_path
     sigs = {f["signature"] for f in rec["findings"]}
     assert all("wraps past 2^64" in s and not s.endswith("|unplug") for s in sigs), sigs
     assert len(GUEST_SH) == 3 + rec["programs_with_fault"]
+
+
+def test_a_program_is_never_both_under_blkdebug_and_unplugged(fake, tmp_path, monkeypatch):
+    kernel, initrd = fake
+    monkeypatch.setattr(R.time, "sleep", lambda s: None)
+    fuzzer = R.Fuzzer(R.FuzzPlan(kernel=kernel, initramfs=initrd, out=tmp_path / "o", seed=3,
+                                 faults=("blkdebug-eio", "unplug", "stop-cont")), lambda e: None)
+    fuzzer.boot()
+    kinds = [{type(f).__name__ for f in fuzzer.faults_for(R.generate(3, i, list(fuzzer.configs.values())))}
+             for i in range(400)]
+    assert not any({"BlkdebugEio", "Unplug"} <= k for k in kinds)
+    assert all(any(n in k for k in kinds) for n in ("BlkdebugEio", "Unplug", "StopCont"))

@@ -373,8 +373,8 @@ class Fuzzer:
           random point early in their run. A pause must change no result.
         - blkdebug-eio: a fifth of the programs on a writable disk run with QEMU failing one
           type of request (read, write, or discard where negotiated) with EIO.
-        - unplug: a tenth of the programs get their disk hot-unplugged 0-0.2 s into their run,
-          and plugged back after it."""
+        - unplug: a tenth of the programs (not those under blkdebug-eio) get their disk
+          hot-unplugged 0-0.2 s into their run, and plugged back after it."""
         out: list = []
         seed = program.seed if program.seed is not None else 0
         if "stop-cont" in self.plan.faults:
@@ -387,7 +387,8 @@ class Fuzzer:
             if rng.random() < 0.2:
                 ops = ["read", "write"] + (["discard"] if self.configs[disk.id].discard else [])
                 out.append(BlkdebugEio(self.machine, disk, rng.choice(ops)))
-        if "unplug" in self.plan.faults:
+        if "unplug" in self.plan.faults and not any(isinstance(f, BlkdebugEio) for f in out):
+            # not under a blkdebug fault: the unplug deletes the nodes its disarm re-points
             rng = random.Random(seed ^ 0x0DE1DE1)
             if rng.random() < 0.1:
                 out.append(Unplug(self.machine, program.disk, rng.uniform(0.0, 0.2)))
