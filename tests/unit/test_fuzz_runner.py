@@ -292,3 +292,14 @@ def test_a_program_is_never_both_under_blkdebug_and_unplugged(fake, tmp_path, mo
              for i in range(400)]
     assert not any({"BlkdebugEio", "Unplug"} <= k for k in kinds)
     assert all(any(n in k for k in kinds) for n in ("BlkdebugEio", "Unplug", "StopCont"))
+
+
+def test_unplug_iopoll_unplugs_only_polled_programs_about_half(fake, tmp_path):
+    kernel, initrd = fake
+    fuzzer = R.Fuzzer(R.FuzzPlan(kernel=kernel, initramfs=initrd, out=tmp_path / "o", seed=3,
+                                 faults=("unplug-iopoll",)), lambda e: None)
+    fuzzer.boot()
+    progs = [R.generate(3, i, list(fuzzer.configs.values())) for i in range(400)]
+    hit = [p for p in progs if fuzzer.faults_for(p)]
+    assert hit and all(p.iopoll for p in hit)
+    assert 0.35 < len(hit) / sum(p.iopoll for p in progs) < 0.65

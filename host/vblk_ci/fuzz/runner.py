@@ -45,7 +45,7 @@ EXECUTOR32 = "/usr/bin/vblk-engine32"  # the same executor built for i386: progr
 CHAIN_TIMEOUT_MS = 20000  # the executor's own limit for one chain to complete
 PROGRAM_TIMEOUT_S = 90.0  # the agent's limit for one program (TCG; scaled)
 PAUSE_S = 0.3  # --faults stop-cont: how long the VM stays stopped
-FAULT_KINDS = ("stop-cont", "blkdebug-eio", "unplug")
+FAULT_KINDS = ("stop-cont", "blkdebug-eio", "unplug", "unplug-iopoll")
 BLKDEBUG_OPS = {"read": frozenset({T_IN}), "write": frozenset({T_OUT}), "discard": frozenset({T_DISCARD})}
 OOM = re.compile(r"\S+ invoked oom-killer: [^\n]*")
 
@@ -374,7 +374,8 @@ class Fuzzer:
         - blkdebug-eio: a fifth of the programs on a writable disk run with QEMU failing one
           type of request (read, write, or discard where negotiated) with EIO.
         - unplug: a tenth of the programs (not those under blkdebug-eio) get their disk
-          hot-unplugged 0-0.2 s into their run, and plugged back after it."""
+          hot-unplugged 0-0.2 s into their run, and plugged back after it; unplug-iopoll: half
+          of the programs on IOPOLL rings (review #8: unplug racing a polled command)."""
         out: list = []
         seed = program.seed if program.seed is not None else 0
         if "stop-cont" in self.plan.faults:
@@ -387,10 +388,12 @@ class Fuzzer:
             if rng.random() < 0.2:
                 ops = ["read", "write"] + (["discard"] if self.configs[disk.id].discard else [])
                 out.append(BlkdebugEio(self.machine, disk, rng.choice(ops)))
-        if "unplug" in self.plan.faults and not any(isinstance(f, BlkdebugEio) for f in out):
+        if not any(isinstance(f, BlkdebugEio) for f in out):
             # not under a blkdebug fault: the unplug deletes the nodes its disarm re-points
             rng = random.Random(seed ^ 0x0DE1DE1)
-            if rng.random() < 0.1:
+            draw = rng.random()
+            if ("unplug" in self.plan.faults and draw < 0.1) or \
+                    ("unplug-iopoll" in self.plan.faults and program.iopoll and draw < 0.5):
                 out.append(Unplug(self.machine, program.disk, rng.uniform(0.0, 0.2)))
         if out:
             self.stats.faults += 1
