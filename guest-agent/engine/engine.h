@@ -238,7 +238,7 @@ struct engine {
 	struct slot *slots;
 	struct slot **free_slots;
 	unsigned int nr_free;
-	void *bad_addr;			/* an unmapped address (--bad-ptr) */
+	void *bad_addr;			/* a PROT_NONE page, kept mapped (--bad-ptr) */
 	struct stats st;
 	bool have_id;
 	char id[VBLK_ID_BYTES + 1];

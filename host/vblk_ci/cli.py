@@ -213,11 +213,18 @@ def _add_fuzz_parser(sub) -> None:
     f.add_argument("--seed", type=int, default=1, help="campaign seed: program N is the same for the same seed")
     f.add_argument("--budget", type=float, default=300.0, metavar="SECONDS",
                    help="wall time for the campaign, boot and shrinking included (default %(default)s)")
+    f.add_argument("--max-programs", type=_positive, metavar="N",
+                   help="stop after N programs (a fixed amount of work; the budget still caps the wall time)")
     f.add_argument("--max-steps", type=_positive, default=24, help="steps per program, at most")
     f.add_argument("--shrink-runs", type=_positive, default=30, help="guest runs to shrink one finding, at most")
     f.add_argument("--faults", default="", metavar="KINDS",
                    help="host faults interleaved with the programs, comma-separated: stop-cont (QMP stop, "
-                        "0.3 s, cont during a fifth of the programs)")
+                        "0.3 s, cont during a fifth of the programs), blkdebug-eio (QEMU fails one request type "
+                        "with EIO for a fifth of the programs on a writable disk), unplug (hot-unplug the disk "
+                        "mid-program in a tenth, plugged back after), unplug-iopoll (the same in half of "
+                        "the programs on IOPOLL rings)")
+    f.add_argument("--disable", default="", metavar="MUTATIONS",
+                   help="mutations never drawn, comma-separated (e.g. huge-len: a known crash costs a reboot per hit)")
     f.add_argument("--replay", metavar="FILE", help="run one program file (a finding's shrunk.txt) and judge it; "
                    "or a finding's repro.c: built static on the host (gcc, liburing-dev) and run in the guest")
 
@@ -228,10 +235,19 @@ def cmd_fuzz(args: argparse.Namespace) -> int:
     if args.budget <= 0:
         raise UsageError("--budget must be a positive number of seconds")
     replay = Path(args.replay) if args.replay else None
+    from .fuzz.runner import FAULT_KINDS
+
     faults = tuple(k for k in args.faults.split(",") if k)
-    if set(faults) - {"stop-cont"}:
-        raise UsageError(f"--faults: unknown kind(s) {', '.join(sorted(set(faults) - {'stop-cont'}))} (known: stop-cont)")
+    if set(faults) - set(FAULT_KINDS):
+        raise UsageError(f"--faults: unknown kind(s) {', '.join(sorted(set(faults) - set(FAULT_KINDS)))} "
+                         f"(known: {', '.join(FAULT_KINDS)})")
     c_repro = replay is not None and replay.suffix == ".c"
+    from .fuzz.generator import MUTATION_NAMES
+
+    disable = tuple(k for k in args.disable.split(",") if k)
+    if set(disable) - set(MUTATION_NAMES):
+        raise UsageError(f"--disable: unknown mutation(s) {', '.join(sorted(set(disable) - set(MUTATION_NAMES)))} "
+                         f"(known: {', '.join(MUTATION_NAMES)})")
     if replay is not None:
         from .fuzz.program import parse
 
@@ -244,6 +260,7 @@ def cmd_fuzz(args: argparse.Namespace) -> int:
     stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
     out = Path(args.out) if args.out else DEFAULT_OUT_ROOT / f"fuzz-{stamp}"
     plan = FuzzPlan(kernel=kernel, initramfs=initramfs, out=out, seed=args.seed, budget_s=args.budget,
+                    max_programs=args.max_programs, disable=disable,
                     qemu=args.qemu, accel=args.accel, smp=args.smp, memory_mb=args.memory,
                     max_steps=args.max_steps, shrink_runs=args.shrink_runs, replay=replay, faults=faults)
     with _reporting(out) as report:
@@ -265,7 +282,8 @@ def cmd_fuzz(args: argparse.Namespace) -> int:
             print(f"finding: {f['signature']}: {f['detail'].splitlines()[0]}")
         print(f"vblk-ci: fuzz replay: {len(record['findings'])} findings: {out / 'replay.json'}", file=sys.stderr)
         return 1 if record["findings"] else 0
-    print(f"fuzz: seed {record['seed']}, {record['wall_s']} s wall, {record['programs']} programs, "
+    print(f"fuzz: seed {record['seed']}, {record['wall_s']} s wall (stopped by {record['stopped']}), "
+          f"{record['programs']} programs, "
           f"{record['commands']} commands, {record['commands_per_minute']} commands/min "
           f"({record['commands_per_minute_executing']}/min while executing), {record['boots']} boots")
     print(f"fuzz: {len(record['classes'])} (op, outcome) classes reached:")

@@ -377,6 +377,27 @@ def test_bad_ptr_is_efault_not_a_crash(engine, disk):
     assert r["results"] == [-14, -14] and r["errors"] == 2
 
 
+@pytest.mark.parametrize("vec", [[], ["--vec", "2"]])
+def test_bad_ptr_page_stays_mapped_prot_none_while_the_io_runs(engine, disk, vec):
+    """A munmap()ped page is where the next mapping lands (a ring, a large malloc, a
+    thread stack): --bad-ptr must be a PROT_NONE page kept mapped until the job is done."""
+    if shutil.which("strace") is None:
+        pytest.skip("strace is not installed")
+    proc = subprocess.run(["strace", "-qq", "-e", "trace=mmap,munmap,io_uring_enter", str(engine), "--path",
+                           str(disk), "--op", "read", "--bad-ptr", "--length", "8k", *vec],
+                          capture_output=True, text=True, timeout=60)
+    if proc.returncode != 0 and "PTRACE" in proc.stderr:
+        pytest.skip(f"strace cannot trace here: {proc.stderr.strip()[-200:]}")
+    assert json.loads(proc.stdout)["results"] == [-14, -14]
+    calls = proc.stderr.splitlines()
+    none = [i for i, c in enumerate(calls) if c.startswith("mmap(NULL, 4096, PROT_NONE,")]
+    assert len(none) == 1, calls
+    page = calls[none[0]].rsplit("= ", 1)[1]
+    last_io = max(i for i, c in enumerate(calls) if c.startswith("io_uring_enter("))
+    unmapped = [i for i, c in enumerate(calls) if c.startswith(f"munmap({page},")]
+    assert not unmapped or unmapped[0] > last_io, calls
+
+
 def test_new_passthru_ops_on_char_device_without_uring_cmd(engine):
     if not os.path.exists("/dev/zero"):
         pytest.skip("/dev/zero is missing")
