@@ -131,7 +131,8 @@ def judge_commit(plan: BisectPlan, commit: str, run_dir: Path, emit: E.Emit):
         result = run(Plan(kernel=art.bzimage, initramfs=plan.initramfs, run_dir=run_dir, qemu=plan.qemu,
                           accel=plan.accel, suite=plan.suite or "smoke", scenarios=plan.scenarios,
                           checks=plan.checks, strict=True, repro_bundle=False), emit)
-        code, why, where = result.exit_code, f"{result.status}: {(result.reason or '').splitlines()[0][:200]}", \
+        reason = (result.reason or "").splitlines()
+        code, why, where = result.exit_code, f"{result.status}: {reason[0][:200] if reason else 'all checks passed'}", \
             str(run_dir)
     verdict = {EXIT_PASS: GOOD, EXIT_FAIL: BAD}.get(code, SKIP)
     return verdict, why, where, build_s, time.monotonic() - t1
