@@ -8,7 +8,8 @@
 #   vblk_base_image          make debian:trixie-slim locally (mmdebstrap) if absent
 #   vblk_wheels              the image's PyPI pins as wheels in .wheels/, fetched
 #                            with the host's own pip (its index, proxy and CA)
-#   vblk_docker_build TAG TARGET   BuildKit build of one Dockerfile target
+#   vblk_docker_build TAG TARGET [NAME=VALUE...]   BuildKit build of one Dockerfile
+#                            target, each NAME=VALUE a --build-arg (KERNEL_BASE, QEMU_SUITE)
 #   vblk_step MSG            one progress line with elapsed seconds
 
 VBLK_T0=${VBLK_T0:-$SECONDS}

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import re
+import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -91,3 +93,17 @@ def test_dockerfile_takes_every_kernel_choice_from_the_table() -> None:
     assert "trixie-backports main" in text
     assert re.search(r"^ARG QEMU_SUITE=trixie$", text, re.M)
     assert '-t "$QEMU_SUITE"' in text
+
+
+@pytest.mark.skipif(shutil.which("bash") is None, reason="bash not installed")
+def test_docker_build_helper_passes_build_args() -> None:
+    # ./appliance --kernel-base B --qemu-suite S -> vblk_docker_build TAG TARGET KERNEL_BASE=B QEMU_SUITE=S
+    script = (". ci/setup-host.sh; vblk_buildkit_client() { echo echo; }; vblk_wheels() { :; }; "
+              "vblk_docker_build t appliance KERNEL_BASE=7.3 QEMU_SUITE=trixie-backports; vblk_docker_build t2 appliance")
+    out = subprocess.run(["bash", "-c", script], cwd=ROOT, capture_output=True, text=True, check=True).stdout
+    builds = [line for line in out.splitlines() if line.startswith("build ")]
+    assert builds == [
+        "build --progress=plain --network host --target appliance --build-arg KERNEL_BASE=7.3 "
+        "--build-arg QEMU_SUITE=trixie-backports -t t .",
+        "build --progress=plain --network host --target appliance -t t2 .",
+    ]
