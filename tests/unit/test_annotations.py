@@ -85,3 +85,20 @@ def test_annotations_point_checks_at_scenarios_and_findings_at_the_driver():
         "virtblk_poll::virtblk_poll+0x1a/0x80 at drivers/block/virtio_blk.c:1234%0ABUG: KASAN ...",
     ]
     assert pick_frame([Frame("f", "0x1", "0x2")]) is None
+
+
+def test_a_real_module_crash_decodes_to_its_source_line(tmp_path):
+    """Recorded: the crash module's NULL read on a --tree 7.3 kernel, and faddr2line's answer."""
+    text = (DATA / "faddr2line" / "null-deref-7.3-tree.console").read_text(errors="replace")
+    finding = classify(text)[0]
+    assert finding.title == "BUG: kernel NULL pointer dereference in crashtest_null_deref"
+    assert frames(finding.excerpt)[0] == Frame("crashtest_null_deref", "0x12", "0x19", "vblk_crashtest")
+    script = tmp_path / "faddr2line"
+    script.write_text("#!/bin/sh\ncat " + str(DATA / "faddr2line" / "crashtest-null-deref.txt") + "\n")
+    script.chmod(0o755)
+    (tmp_path / "vmlinux").write_bytes(b"\x7fELF")
+    (tmp_path / "modules").mkdir()
+    (tmp_path / "modules" / "vblk_crashtest.ko").write_bytes(b"\x7fELF")
+    dec = Decoder(script, tmp_path / "vmlinux", tmp_path / "modules", source_root="/tmp/crashmod")
+    top = dec.decode_all(finding.excerpt)[0]
+    assert (top.file, top.line) == ("vblk_crashtest.c", 54)

@@ -12,6 +12,7 @@ annotation at the wrong line.
 
 from __future__ import annotations
 
+import json
 import re
 import subprocess
 from dataclasses import dataclass
@@ -71,6 +72,9 @@ class Decoder:
     vmlinux: Path
     modules: Path | None = None
     timeout_s: float = 60.0
+    #: The source tree the objects were built from: paths under it become relative to it
+    #: (``drivers/block/virtio_blk.c``), as annotations on the tree's repository need.
+    source_root: str | None = None
 
     def object_for(self, frame: Frame) -> Path | None:
         if frame.module is None:
@@ -92,7 +96,10 @@ class Decoder:
         where = parse_faddr2line(proc.stdout)
         if where is None:
             return frame
-        return Frame(frame.func, frame.offset, frame.size, frame.module, where[0], where[1])
+        path = where[0]
+        if self.source_root and path.startswith(self.source_root.rstrip("/") + "/"):
+            path = path[len(self.source_root.rstrip("/")) + 1:]
+        return Frame(frame.func, frame.offset, frame.size, frame.module, path, where[1])
 
     def decode_all(self, excerpt: str) -> list[Frame]:
         return [self.decode(f) for f in frames(excerpt)]
@@ -106,4 +113,8 @@ def decoder_for(kernel: Path) -> Decoder | None:
     if not (vmlinux.is_file() and script.is_file()):
         return None
     modules = folder / "modules"
-    return Decoder(script, vmlinux, modules if modules.is_dir() else None)
+    try:  # a --tree build records its tree (build/tree.py)
+        root = json.loads((folder / "manifest.json").read_text(encoding="utf-8")).get("tree")
+    except (OSError, ValueError):
+        root = None
+    return Decoder(script, vmlinux, modules if modules.is_dir() else None, source_root=root)
