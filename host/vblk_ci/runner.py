@@ -204,7 +204,8 @@ def run(plan: Plan, emit: E.Emit = E.discard) -> RunResult:
 
 def judge_selection(result: RunResult, plan: Plan) -> None:
     """``--check`` that matched nothing judged nothing: an error, not a pass on the set-up checks."""
-    if plan.checks and not any(CheckSelection(plan.checks).matches(c.scenario, c.name) for c in result.checks()):
+    selection = CheckSelection(plan.checks)
+    if plan.checks and not any(selection.matches(c.scenario, c.name) for c in result.checks()):
         if result.status == E.PASS or result.reason == "no check ran":
             result.status = E.ERROR
             result.reason = f"--check {' '.join(plan.checks)} matched no check of {plan.label}"

@@ -10,6 +10,7 @@ from typing import Mapping
 
 from . import stats as S
 from .job import PATHS
+from .summary import pair_ratios
 
 STEP_SUMMARY_ENV = "GITHUB_STEP_SUMMARY"
 
@@ -173,7 +174,7 @@ def write_plots(record: dict, out_dir: Path) -> list[Path]:
             err = [[iv["estimate"] - ci[0]], [ci[1] - iv["estimate"]]] if ci else None
             ax.errorbar([i], [iv["estimate"]], yerr=err, fmt="s", color="black", capsize=4,
                         label="geo. mean, 95% CI (paired)" if i == 0 else None)
-            for pair, ratio, first in _pair_ratios(comp, key):
+            for pair, ratio, first in pair_ratios(comp["runs"], key):
                 ax.plot(i + 0.15, ratio, "o", mfc="C0" if first else "white", mec="C0",
                         label=None)
             if not s.get("informative", True):
@@ -193,20 +194,6 @@ def write_plots(record: dict, out_dir: Path) -> list[Path]:
         plt.close(fig)
         files.append(f)
     return files
-
-
-def _pair_ratios(comp: dict, key: str) -> list[tuple[int, float, bool]]:
-    """(pair, passthru/block, passthru ran first) for every complete pair."""
-    by_pair: dict[int, dict[str, dict]] = {}
-    for r in comp["runs"]:
-        by_pair.setdefault(r["pair"], {})[r["path"]] = r
-    out = []
-    for pair, runs in sorted(by_pair.items()):
-        if set(runs) == set(PATHS):
-            a, b = runs["passthru"]["engine"]["bench"][key], runs["block"]["engine"]["bench"][key]
-            if a > 0 and b > 0:
-                out.append((pair, a / b, runs["passthru"]["position"] == 0))
-    return out
 
 
 def write_all(record: dict, out: Path) -> dict[str, Path | list[Path]]:

@@ -105,20 +105,26 @@ def summarize_comparison(comp: dict) -> dict:
     }}
 
 
-def order_effect(runs: list[dict]) -> dict:
-    """Mean ln(passthru/block IOPS) over the pairs where passthru ran first, and over those where
-    block ran first: a gap between them is an order effect the ABBA order is there to cancel."""
+def pair_ratios(runs: list[dict], key: str = "iops") -> list[tuple[int, float, bool]]:
+    """(pair, passthru/block of ``key``, passthru ran first) for every complete pair, in order."""
     by_pair: dict[int, dict[str, dict]] = {}
     for r in runs:
         by_pair.setdefault(r["pair"], {})[r["path"]] = r
+    out = []
+    for pair, both in sorted(by_pair.items()):
+        if set(both) == set(PATHS):
+            a, b = both["passthru"]["engine"]["bench"][key], both["block"]["engine"]["bench"][key]
+            if a > 0 and b > 0:
+                out.append((pair, a / b, both["passthru"]["position"] == 0))
+    return out
+
+
+def order_effect(runs: list[dict]) -> dict:
+    """Mean ln(passthru/block IOPS) over the pairs where passthru ran first, and over those where
+    block ran first: a gap between them is an order effect the ABBA order is there to cancel."""
     first: dict[str, list[float]] = {"passthru_first": [], "block_first": []}
-    for pair in by_pair.values():
-        if set(pair) != set(PATHS):
-            continue
-        a, b = pair["passthru"]["engine"]["bench"]["iops"], pair["block"]["engine"]["bench"]["iops"]
-        if a > 0 and b > 0:
-            key = "passthru_first" if pair["passthru"]["position"] == 0 else "block_first"
-            first[key].append(math.log(a / b))
+    for _pair, ratio, passthru_first in pair_ratios(runs):
+        first["passthru_first" if passthru_first else "block_first"].append(math.log(ratio))
     return {k: {"pairs": len(v), "mean_log_ratio": sum(v) / len(v) if v else None} for k, v in first.items()}
 
 
