@@ -1,10 +1,15 @@
-# vblk-ci appliance: kernel (Debian 6.12 + driver/ series) + initramfs + QEMU.
+# vblk-ci appliance: kernel (a Debian kernel source + the driver series) + initramfs + QEMU.
 # Needs BuildKit (cache mounts, parallel stages); ./appliance and tests/run pick
 # a docker client that has it (ci/setup-host.sh, vblk_docker_build).
 #
 #   DOCKER_BUILDKIT=1 docker build --network host -t vblk-ci .                 # smoke-ready image
 #   DOCKER_BUILDKIT=1 docker build --network host --target appliance-debug -t vblk-ci .   # + debug kernel
 #   docker run --rm [--device /dev/kvm] -v "$PWD/out:/out" vblk-ci
+#
+# Build arguments:
+#   KERNEL_BASE   a base of host/vblk_ci/build/bases.py (7.3, 6.12); empty = its DEFAULT_BASE.
+#                 It picks the linux-source package, the series dir and extra fragments.
+#   QEMU_SUITE    the Debian suite QEMU comes from: trixie (10.0, default) or trixie-backports (11.1).
 #
 # Stages, and why they are split this way:
 #   * kernel / kernel-debug: one kernel variant each.  The builder keeps its
@@ -20,22 +25,48 @@
 # PyPI is reached only for qemu.qmp, and not at all when .wheels/ holds its wheel
 # (the host's pip fills it, with the host's proxy and CA set-up).
 ARG BASE_IMAGE=debian:trixie-slim
+ARG KERNEL_BASE=
+ARG QEMU_SUITE=trixie
+
+# ------------------------------------------------- apt sources + trixie-backports
+# trixie-backports (linux-source-7.3, QEMU 11.1) from the mirror the base image's
+# trixie source names.  Backports are pinned below the release by Debian, so a
+# plain install still takes trixie's version; backports come only by name or -t.
+FROM ${BASE_IMAGE} AS debian
+ENV DEBIAN_FRONTEND=noninteractive LANG=C.UTF-8
+RUN set -e; \
+    m=$(cat /etc/apt/sources.list /etc/apt/sources.list.d/*.list 2>/dev/null | sed 's/\[[^]]*\] *//' \
+        | awk '$1 == "deb" && $3 == "trixie" { print $2; exit }'); \
+    [ -n "$m" ] || m=$(cat /etc/apt/sources.list.d/*.sources 2>/dev/null \
+        | awk '/^URIs:/ { u = $2 } /^Suites:/ { for (i = 2; i <= NF; i++) if ($i == "trixie") s = 1 } \
+               /^$/ { if (s && u) print u; s = 0; u = "" } END { if (s && u) print u }' | head -1); \
+    [ -n "$m" ] || { echo "no trixie source in /etc/apt: cannot add trixie-backports" >&2; exit 1; }; \
+    echo "deb $m trixie-backports main" > /etc/apt/sources.list.d/trixie-backports.list; \
+    echo "apt: added deb $m trixie-backports main"
 
 # ------------------------------------------------------------ kernel toolchain
-FROM ${BASE_IMAGE} AS kernel-toolchain
-ENV DEBIAN_FRONTEND=noninteractive LANG=C.UTF-8
-RUN echo "kernel toolchain: apt-get install linux-source-6.12 (about 150 MB) + gcc, about 1-2 min" \
+FROM debian AS kernel-toolchain
+RUN echo "kernel toolchain: apt-get install gcc and the kernel's build tools, about 1 min" \
  && apt-get update \
  && apt-get install -y --no-install-recommends \
-      linux-source-6.12 build-essential bc bison flex libelf-dev libssl-dev cpio xz-utils lz4 kmod git python3 \
+      build-essential bc bison flex libelf-dev libssl-dev cpio xz-utils lz4 kmod git python3 \
  && rm -rf /var/lib/apt/lists/*
 ENV GIT_AUTHOR_NAME=vblk-ci GIT_AUTHOR_EMAIL=vblk-ci@localhost \
     GIT_COMMITTER_NAME=vblk-ci GIT_COMMITTER_EMAIL=vblk-ci@localhost \
     VBLK_CI_CACHE=/cache PYTHONPATH=/src/host PYTHONDONTWRITEBYTECODE=1
+# The base table alone first, so the source package layer survives edits to the builder.
+COPY host/vblk_ci/build/bases.py /tmp/bases.py
+ARG KERNEL_BASE
+RUN pkg=$(python3 /tmp/bases.py package "$KERNEL_BASE") \
+ && echo "kernel source: apt-get install $pkg (about 150 MB), about 1 min" \
+ && apt-get update \
+ && apt-get install -y --no-install-recommends "$pkg" \
+ && rm -rf /var/lib/apt/lists/* \
+ && ls -l "$(python3 /tmp/bases.py tarball "$KERNEL_BASE")"
 # The builder is stdlib-only; a stub package __init__ keeps edits to the rest of host/ out of this stage.
 RUN mkdir -p /src/host/vblk_ci && : > /src/host/vblk_ci/__init__.py
-COPY host/vblk_ci/build/__init__.py host/vblk_ci/build/cache.py host/vblk_ci/build/kernel.py \
-     /src/host/vblk_ci/build/
+COPY host/vblk_ci/build/__init__.py host/vblk_ci/build/bases.py host/vblk_ci/build/cache.py \
+     host/vblk_ci/build/kernel.py /src/host/vblk_ci/build/
 COPY kernel-config/ /src/kernel-config/
 COPY driver/ /src/driver/
 
@@ -43,25 +74,43 @@ COPY driver/ /src/driver/
 # The cache mount outlives the image: a cold build extracts the tree and
 # compiles everything (about 11 min on 2 cores for the default variant), a
 # later one after a driver/ change re-applies the series and recompiles what it
-# touched.  `docker builder prune` drops it.
+# touched.  `docker builder prune` drops it.  Each base has its own trees in it.
 FROM kernel-toolchain AS kernel
+ARG KERNEL_BASE
 RUN --mount=type=cache,id=vblk-ci-kernel-default,target=/cache \
-    python3 -m vblk_ci.build.kernel --output-dir /artifacts \
+    python3 -m vblk_ci.build.kernel --base "$KERNEL_BASE" --output-dir /artifacts \
  && cat /artifacts/kernel-manifest.json
 
 # base.config + debug.config: KASAN, KFENCE, lockdep, debug objects, slub debug.
 FROM kernel-toolchain AS kernel-debug
+ARG KERNEL_BASE
 RUN --mount=type=cache,id=vblk-ci-kernel-debug,target=/cache \
-    python3 -m vblk_ci.build.kernel --variant debug --output-dir /artifacts \
+    python3 -m vblk_ci.build.kernel --base "$KERNEL_BASE" --variant debug --output-dir /artifacts \
  && cat /artifacts/kernel-manifest.json
 
 # base.config + coverage.config: gcov counters for drivers/block/virtio_blk.c only
 # (vblk-ci run --coverage, vblk-ci coverage).  Its own cache mount, like the others.
+# virtio_blk is a module there, and the v2 series calls ioprio_check_cap(), which
+# 6.12 does not export: kernel-config/coverage-patches/ go after the series.
 FROM kernel-toolchain AS kernel-coverage
+ARG KERNEL_BASE
 RUN --mount=type=cache,id=vblk-ci-kernel-coverage,target=/cache \
-    python3 -m vblk_ci.build.kernel --variant coverage --output-dir /artifacts \
+    mkdir -p /tmp/series && cp /src/driver/*.patch /src/driver/series /tmp/series/ \
+ && cp /src/kernel-config/coverage-patches/*.patch /tmp/series/ \
+ && (cd /src/kernel-config/coverage-patches && ls *.patch) >> /tmp/series/series \
+ && python3 -m vblk_ci.build.kernel --base "$KERNEL_BASE" --variant coverage --series-dir /tmp/series \
+      --output-dir /artifacts \
  && cat /artifacts/kernel-manifest.json \
- && ls -l /artifacts/virtio_blk.gcno /artifacts/virtio_blk.c /artifacts/series-lines.json
+ && ls -l /artifacts/virtio_blk.gcno /artifacts/virtio_blk.c /artifacts/series-lines.json /artifacts/virtio_blk.ko
+# coverage.config builds virtio_blk as a module: put it in a cpio of its own,
+# appended to the suites' initramfs below (the kernel unpacks concatenated
+# archives in turn), at /lib/modules/<release>/kernel/drivers/block/, where
+# the guest's /init loads it from.
+RUN rel=$(python3 -c 'import json; print(json.load(open("/artifacts/kernel-manifest.json"))["kernel_release"])') \
+ && d=/tmp/modules/lib/modules/$rel/kernel/drivers/block && mkdir -p $d \
+ && cp /artifacts/virtio_blk.ko $d/ \
+ && cd /tmp/modules && find lib | sort | cpio -o -H newc -R 0:0 --reproducible --quiet | gzip -n -9 > /artifacts/modules.cpio.gz \
+ && rm -rf /tmp/modules && ls -l /artifacts/modules.cpio.gz
 
 # ------------------------------------------------------------------ initramfs
 # Two initramfs: the suites' one, and the bench's, which adds Debian's fio as the
@@ -99,16 +148,25 @@ RUN python3 -m vblk_ci.build.initramfs --output-dir /artifacts-bench --with-fio 
  && cat /artifacts-bench/initramfs-manifest.json
 
 # -------------------------------------------------------------------- runtime
-FROM ${BASE_IMAGE} AS runtime
-ENV DEBIAN_FRONTEND=noninteractive LANG=C.UTF-8
+FROM debian AS runtime
 # qemu-system-x86 depends on seabios (bios-256k.bin for -M q35), ipxe-qemu and
 # qemu-system-data (linuxboot_dma.bin, kvmvapic.bin for -kernel).
-RUN echo "runtime: apt-get install QEMU + Python libraries (about 250 MB), about 1-2 min" \
+# QEMU_SUITE=trixie-backports installs QEMU (and what it needs) from backports.
+ARG QEMU_SUITE
+RUN echo "runtime: apt-get install QEMU ($QEMU_SUITE) + Python libraries (about 250 MB), about 1-2 min" \
+ && apt-get update \
+ && apt-get install -y --no-install-recommends -t "$QEMU_SUITE" \
+      qemu-system-x86 qemu-system-data seabios qemu-utils \
+ && apt-get install -y --no-install-recommends \
+      python3 python3-venv python3-setuptools python3-pexpect python3-testinfra \
+      python3-matplotlib \
+ && rm -rf /var/lib/apt/lists/* \
+ && qemu-system-x86_64 --version | head -1
+# vblk-ci run/build kernel --tree DIR builds a kernel tree mounted into the container.
+RUN echo "runtime: the kernel's build tools for --tree (about 200 MB), about 1 min" \
  && apt-get update \
  && apt-get install -y --no-install-recommends \
-      qemu-system-x86 qemu-system-data seabios qemu-utils \
-      python3 python3-venv python3-setuptools python3-pexpect python3-docker python3-testinfra \
-      python3-matplotlib \
+      build-essential bc bison flex libelf-dev libssl-dev cpio xz-utils lz4 kmod git binutils \
  && rm -rf /var/lib/apt/lists/*
 # Debian's packages for the rest; qemu.qmp is not packaged in Debian.  The
 # set-up scripts fetch its wheel into .wheels/ with the host's own pip; a build
@@ -130,9 +188,11 @@ COPY ci/schedules/ /opt/vblk-ci/ci/schedules/
 COPY pyproject.toml /src/vblk-ci/
 COPY host/ /src/vblk-ci/host/
 RUN pip install --no-cache-dir --disable-pip-version-check --no-deps --no-build-isolation /src/vblk-ci \
- && python3 -c "import vblk_ci, qemu.qmp, pexpect, docker, testinfra, matplotlib"
+ && python3 -c "import vblk_ci, qemu.qmp, pexpect, testinfra, matplotlib"
+COPY kernel-config/ /opt/vblk-ci/kernel-config/
 COPY --from=kernel /artifacts/ /opt/vblk-ci/
-ENV VBLK_CI_KERNEL=/opt/vblk-ci/bzImage \
+ENV VBLK_CI_KERNEL_CONFIG=/opt/vblk-ci/kernel-config VBLK_CI_CACHE=/cache \
+    VBLK_CI_KERNEL=/opt/vblk-ci/bzImage \
     VBLK_CI_INITRAMFS=/opt/vblk-ci/initramfs.cpio.gz \
     VBLK_CI_INITRAMFS_BENCH=/opt/vblk-ci/bench/initramfs.cpio.gz
 VOLUME /out
@@ -155,7 +215,10 @@ RUN echo "coverage tools: apt-get install gcc-14 (gcov-14) and lcov, about 1 min
  && rm -rf /var/lib/apt/lists/* \
  && gcov-14 --version | head -1 && genhtml --version
 COPY --from=kernel-coverage /artifacts/ /opt/vblk-ci/coverage/
+# The coverage kernel's virtio_blk is a module: its initramfs is the suites' one + the module's cpio.
+RUN cat /opt/vblk-ci/initramfs.cpio.gz /opt/vblk-ci/coverage/modules.cpio.gz > /opt/vblk-ci/coverage/initramfs.cpio.gz
 ENV VBLK_CI_KERNEL_COVERAGE=/opt/vblk-ci/coverage/bzImage \
+    VBLK_CI_INITRAMFS_COVERAGE=/opt/vblk-ci/coverage/initramfs.cpio.gz \
     VBLK_CI_COVERAGE_DIR=/opt/vblk-ci/coverage \
     VBLK_CI_GCOV=gcov-14
 

@@ -8,7 +8,8 @@
 #   vblk_base_image          make debian:trixie-slim locally (mmdebstrap) if absent
 #   vblk_wheels              the image's PyPI pins as wheels in .wheels/, fetched
 #                            with the host's own pip (its index, proxy and CA)
-#   vblk_docker_build TAG TARGET   BuildKit build of one Dockerfile target
+#   vblk_docker_build TAG TARGET [NAME=VALUE...]   BuildKit build of one Dockerfile
+#                            target, each NAME=VALUE a --build-arg (KERNEL_BASE, QEMU_SUITE)
 #   vblk_step MSG            one progress line with elapsed seconds
 
 VBLK_T0=${VBLK_T0:-$SECONDS}
@@ -108,19 +109,23 @@ vblk_buildkit_client() {
 	return 1
 }
 
-# vblk_docker_build TAG TARGET: build the Dockerfile's TARGET as TAG.  BuildKit
-# builds only the stages TARGET needs, in parallel, and keeps the kernel objects
-# in cache mounts; --progress=plain prints every step with its time.
+# vblk_docker_build TAG TARGET [NAME=VALUE...]: build the Dockerfile's TARGET as TAG,
+# each NAME=VALUE a --build-arg (KERNEL_BASE, QEMU_SUITE).  BuildKit builds only the
+# stages TARGET needs, in parallel, and keeps the kernel objects in cache mounts;
+# --progress=plain prints every step with its time.
 vblk_docker_build() {
-	local tag=$1 target=$2 client t0=$SECONDS
+	local tag=$1 target=$2 client t0=$SECONDS a args=()
+	shift 2
+	for a in "$@"; do args+=(--build-arg "$a"); done
 	client=$(vblk_buildkit_client) || {
 		vblk_step "no docker client with BuildKit: install docker-buildx, or Debian's docker.io (/usr/bin/docker)"
 		return 2
 	}
 	vblk_wheels || return 1
-	vblk_step "building image $tag (target $target) with BuildKit; cold on 2 idle cores about 11 min" \
+	vblk_step "building image $tag (target $target${*:+, $*}) with BuildKit; cold on 2 idle cores about 11 min" \
 		"for the default kernel (each further kernel as much again), warm seconds"
-	DOCKER_BUILDKIT=1 "$client" build --progress=plain --network host --target "$target" -t "$tag" . </dev/null \
+	DOCKER_BUILDKIT=1 "$client" build --progress=plain --network host --target "$target" "${args[@]}" \
+		-t "$tag" . </dev/null \
 		|| { vblk_step "docker build failed after $((SECONDS - t0))s"; return 1; }
 	vblk_step "image $tag built in $((SECONDS - t0))s"
 }

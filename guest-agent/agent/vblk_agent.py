@@ -668,8 +668,16 @@ def _forward_progress(agent, job_id, rfd):
                 try:
                     fields = json.loads(line)
                 except ValueError:
+                    fields = None
+                if not isinstance(fields, dict):
+                    # An engine bug: say so (host: AgentClient.warnings) instead of dropping it.
+                    text = line[:200].decode("utf-8", "replace")
+                    _log(f"job {job_id}: progress line is not a JSON object: {text!r}")
+                    if agent.emit is not None:
+                        agent.emit({"event": "warning", "job": job_id,
+                                    "message": f"job {job_id}: engine progress line is not a JSON object: {text!r}"})
                     continue
-                if isinstance(fields, dict) and agent.emit is not None:
+                if agent.emit is not None:
                     agent.emit({**fields, "event": "progress", "job": job_id})
     except OSError as e:
         _log(f"job {job_id}: progress pipe: {e}")

@@ -90,6 +90,7 @@ enum {
 	OPT_PROGRESS_FD, OPT_PROGRESS_MS,
 	OPT_IOPRIO, OPT_SECTOR, OPT_RANGE_SECTOR,
 	OPT_LINK, OPT_SCRIBBLE, OPT_ASYNC, OPT_DEFER_TASKRUN, OPT_SQPOLL, OPT_COMPAT_RING,
+	OPT_RANGE_NR, OPT_RANGE_FLAGS, OPT_PROTECT_BUF, OPT_FAIL_NTH_SWEEP,
 };
 
 static const struct option long_opts[] = {
@@ -137,6 +138,10 @@ static const struct option long_opts[] = {
 	{ "defer-taskrun",	no_argument,	   NULL, OPT_DEFER_TASKRUN },
 	{ "sqpoll",		no_argument,	   NULL, OPT_SQPOLL },
 	{ "compat-ring",	no_argument,	   NULL, OPT_COMPAT_RING },
+	{ "range-num-sectors",	required_argument, NULL, OPT_RANGE_NR },
+	{ "range-flags",	required_argument, NULL, OPT_RANGE_FLAGS },
+	{ "protect-buf",	no_argument,	   NULL, OPT_PROTECT_BUF },
+	{ "fail-nth-sweep",	no_argument,	   NULL, OPT_FAIL_NTH_SWEEP },
 	{ NULL, 0, NULL, 0 },
 };
 
@@ -158,6 +163,8 @@ static const struct { int opt; size_t off; } flag_opts[] = {
 	{ OPT_DEFER_TASKRUN,	offsetof(struct job, defer_taskrun) },
 	{ OPT_SQPOLL,		offsetof(struct job, sqpoll) },
 	{ OPT_COMPAT_RING,	offsetof(struct job, compat_ring) },
+	{ OPT_PROTECT_BUF,	offsetof(struct job, protect_buf) },
+	{ OPT_FAIL_NTH_SWEEP,	offsetof(struct job, fail_nth_sweep) },
 };
 
 /* Options that take a bounded count (unsigned int). */
@@ -188,6 +195,8 @@ static const struct { int opt; size_t off; } raw_opts[] = {
 	{ OPT_FLAG,	offsetof(struct job, flag) },
 	{ OPT_DATA_LEN,	offsetof(struct job, data_len) },
 	{ OPT_IOPRIO,	offsetof(struct job, ioprio) },
+	{ OPT_RANGE_NR,	offsetof(struct job, range_nr) },
+	{ OPT_RANGE_FLAGS, offsetof(struct job, range_flags) },
 };
 
 #define ARRAY_SIZE(a)	(sizeof(a) / sizeof((a)[0]))
@@ -437,6 +446,17 @@ static int check_op_options(const struct job *job)
 		return fail("--sector takes a basic op");
 	if (job->range_sector.set && !op_in(job->op, M_RANGES))
 		return fail("--range-sector takes --op discard or write-zeroes");
+	if ((job->range_nr.set || job->range_flags.set) && !op_in(job->op, M_RANGES))
+		return fail("--range-num-sectors/--range-flags take --op discard or write-zeroes");
+	if (job->protect_buf && (!basic || !op_in(job->op, M(OP_READ) | M(OP_VERIFY)) ||
+				 !job->defer_taskrun || job->qd != 1 || job->fixed || job->sqpoll))
+		return fail("--protect-buf takes --op read or verify with --defer-taskrun and --qd 1 "
+			    "(no --fixed or --sqpoll)");
+	if (job->fail_nth_sweep && (!basic || job->qd != 1 || job->length != job->bs ||
+				    job->sqpoll || job->async_sqe || job->link || job->scribble ||
+				    job->protect_buf))
+		return fail("--fail-nth-sweep takes a basic op with --qd 1 and one I/O "
+			    "(no --sqpoll, --async, --link, --scribble or --protect-buf)");
 	return check_link_options(job);
 }
 

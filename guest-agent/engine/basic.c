@@ -8,7 +8,10 @@
 #include <errno.h>
 #include <inttypes.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
+#include <unistd.h>
 
 #include "engine.h"
 
@@ -160,12 +163,132 @@ static int submit_scribbled(struct engine *e)
 	return io_uring_submit_and_wait(&e->ring, 1);
 }
 
+/* Wait for one completion of ours and complete it; its cqe->res in *res. */
+static int wait_one(struct engine *e, int *res)
+{
+	struct io_uring_cqe *cqe;
+	struct slot *s;
+	int ret;
+
+	for (;;) {
+		ret = io_uring_wait_cqe(&e->ring, &cqe);
+		if (ret == -EINTR)
+			continue;
+		if (ret < 0)
+			return ret;
+		s = io_uring_cqe_get_data(cqe);
+		*res = cqe->res;
+		io_uring_cqe_seen(&e->ring, cqe);
+		if (!s)
+			continue;
+		complete_io(e, s, *res);
+		e->free_slots[e->nr_free++] = s;
+		return 0;
+	}
+}
+
+/* The whole pages under a slot's buffer, made read-only or writable again. */
+static int protect_slot(const struct engine *e, const struct slot *s, int prot)
+{
+	long page = sysconf(_SC_PAGESIZE);
+	uintptr_t lo = (uintptr_t)s->buf & ~((uintptr_t)page - 1);
+	uintptr_t hi = ((uintptr_t)s->buf + e->buf_size + (uintptr_t)page - 1) &
+		       ~((uintptr_t)page - 1);
+
+	return mprotect((void *)lo, hi - lo, prot) ? -errno : 0;
+}
+
+/*
+ * --protect-buf: submit the one read, make its buffer read-only, then reap.
+ * With DEFER_TASKRUN the completion's task work (where a bounced read is
+ * copied out to the buffer) runs only inside the wait, so the copy always
+ * meets a read-only buffer: the command must fail with -EFAULT, not 0.
+ */
+static int protected_read(struct engine *e)
+{
+	struct slot *s;
+	int ret, res;
+
+	e->st.ios = 1;
+	if (queue_io(e, 0))
+		return runtime_error(e, EBUSY), -1;
+	s = e->free_slots[e->nr_free];	/* the slot queue_io just took */
+	ret = io_uring_submit(&e->ring);
+	if (ret < 0)
+		return runtime_error(e, -ret), -1;
+	ret = protect_slot(e, s, PROT_READ);
+	if (ret)
+		return runtime_error(e, -ret), -1;
+	ret = wait_one(e, &res);
+	protect_slot(e, s, PROT_READ | PROT_WRITE);
+	if (ret < 0)
+		return runtime_error(e, -ret), -1;
+	return 0;
+}
+
+#define FAIL_NTH_MAX	1024
+
+/*
+ * --fail-nth-sweep: issue the job's one I/O again and again; on run N the
+ * Nth allocation the kernel checks for fault injection in this thread
+ * fails (/proc/thread-self/fail-nth, armed only around the submitting
+ * io_uring_enter and the task work it runs on the way out).  The sweep
+ * ends with the first run that makes fewer than N such allocations: then
+ * every allocation of the submission path has failed once, and that last
+ * run is the clean one.  cqe->res of run N is fail_nth_res[N - 1].  An
+ * io_uring_enter that fails itself (the SQE not consumed) is entered again
+ * without injection; its first error is kept in fail_nth_submit.
+ */
+static int fail_nth_sweep(struct engine *e)
+{
+	unsigned int n, left = 0;
+	int fd, ret, res;
+
+	fd = fail_nth_open();
+	if (fd < 0)
+		return runtime_error(e, -fd), -1;
+	e->fail_nth_res = calloc(FAIL_NTH_MAX, sizeof(*e->fail_nth_res));
+	if (!e->fail_nth_res)
+		return runtime_error(e, ENOMEM), -1;
+	for (n = 1; n <= FAIL_NTH_MAX; n++) {
+		if (queue_io(e, 0))
+			return runtime_error(e, EBUSY), -1;
+		ret = fail_nth_arm(fd, n);
+		if (ret)
+			return runtime_error(e, -ret), -1;
+		ret = io_uring_submit(&e->ring);
+		if (fail_nth_disarm(fd, &left))
+			return runtime_error(e, EIO), -1;
+		if (ret < 0) {
+			if (!e->fail_nth_submit)
+				e->fail_nth_submit = ret;
+			ret = io_uring_submit(&e->ring);
+			if (ret < 0)
+				return runtime_error(e, -ret), -1;
+		}
+		ret = wait_one(e, &res);
+		if (ret < 0)
+			return runtime_error(e, -ret), -1;
+		e->fail_nth_res[n - 1] = res;
+		e->fail_nth_n = n;
+		if (left)	/* the Nth allocation never came: clean run */
+			break;
+	}
+	close(fd);
+	e->st.ios = e->fail_nth_n;
+	return 0;
+}
+
 int basic_run(struct engine *e)
 {
 	uint64_t next = 0, done = 0, start;
 	unsigned int inflight = 0;
 	int ret;
 
+	if (e->job->protect_buf)
+		return protected_read(e);
+	if (e->job->fail_nth_sweep)
+		return fail_nth_sweep(e);
 	e->st.ios = basic_ios(e->job);
 	start = now_ns();
 	while (done < e->st.ios) {
@@ -219,4 +342,12 @@ void basic_print(const struct engine *e)
 			fputs("null", stdout);
 	}
 	print_results(&e->st);
+	if (e->job->fail_nth_sweep && e->fail_nth_res) {
+		unsigned int i;
+
+		printf(", \"fail_nth_submit\": %d, \"fail_nth\": [", e->fail_nth_submit);
+		for (i = 0; i < e->fail_nth_n; i++)
+			printf("%s%d", i ? ", " : "", e->fail_nth_res[i]);
+		putchar(']');
+	}
 }

@@ -164,6 +164,10 @@ struct job {
 	bool defer_taskrun;		/* --defer-taskrun: SINGLE_ISSUER|DEFER_TASKRUN */
 	bool sqpoll;			/* --sqpoll: IORING_SETUP_SQPOLL ring */
 	bool compat_ring;		/* --compat-ring: see compat.c */
+	struct raw_u32 range_nr;	/* --range-num-sectors: raw num_sectors of every range */
+	struct raw_u32 range_flags;	/* --range-flags: raw flags of every range */
+	bool protect_buf;		/* --protect-buf: buffer read-only between submit and reap */
+	bool fail_nth_sweep;		/* --fail-nth-sweep: see failnth.c */
 };
 
 struct target {
@@ -241,7 +245,7 @@ struct engine {
 	struct slot *slots;
 	struct slot **free_slots;
 	unsigned int nr_free;
-	void *bad_addr;			/* an unmapped address (--bad-ptr) */
+	void *bad_addr;			/* a PROT_NONE page, kept mapped (--bad-ptr) */
 	struct stats st;
 	bool have_id;
 	char id[VBLK_ID_BYTES + 1];
@@ -254,6 +258,10 @@ struct engine {
 	unsigned int iowq_max;		/* most io-wq workers seen at once */
 	struct io_uring sq_owner;	/* --compat-ring --sqpoll: the 64-bit SQPOLL ring */
 	bool sq_owner_ready;
+	/* --fail-nth-sweep: cqe->res with the Nth allocation failed, N = 1.. */
+	int *fail_nth_res;
+	unsigned int fail_nth_n;	/* sweep points run */
+	int fail_nth_submit;		/* first io_uring_enter error under injection, 0 if none */
 };
 
 extern const char *const op_names[OP_COUNT];
@@ -331,6 +339,11 @@ int link_setup(struct engine *e);
 void link_teardown(struct engine *e);
 int link_run(struct engine *e);
 void link_print(const struct engine *e);
+/* failnth.c: allocation-failure injection through /proc/thread-self/fail-nth */
+int fail_nth_open(void);
+int fail_nth_arm(int fd, unsigned int n);
+int fail_nth_disarm(int fd, unsigned int *left);
+int load_module_main(int argc, char **argv);
 /* compat.c: --compat-ring, a compat ring in a 64-bit process (x86-64) */
 bool compat_ring_supported(void);
 int compat_ring_init(struct engine *e, unsigned int entries, struct io_uring_params *p);

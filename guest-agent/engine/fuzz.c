@@ -17,6 +17,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <grp.h>
 #include <sys/mman.h>
 #include <time.h>
 #include <unistd.h>
@@ -79,6 +80,7 @@ struct fz {
 	struct fz_step chain[FZ_MAX_CHAIN];
 	unsigned int nchain;
 	unsigned int lineno;
+	bool opened;			/* a ring or open line ran: too late for a user line */
 };
 
 static void fz_die(const struct fz *f, const char *msg, const char *arg)
@@ -640,6 +642,43 @@ static void fz_run_chain(struct fz *f)
 	f->nchain = 0;
 }
 
+/*
+ * user uid=N gid=N: become that user for the rest of the program (no
+ * supplementary groups, no capabilities), before the ring and the fd exist.
+ */
+static void fz_user_line(struct fz *f, char *rest)
+{
+	char *tok, *save = NULL;
+	bool have_uid = false, have_gid = false;
+	uint32_t uid = 0, gid = 0;
+
+	if (f->opened)
+		fz_die(f, "a user line must come before any ring or open line", NULL);
+	for (tok = strtok_r(rest, " \t", &save); tok; tok = strtok_r(NULL, " \t", &save)) {
+		char *v = strchr(tok, '=');
+
+		if (!v)
+			fz_die(f, "a user field is KEY=VALUE", tok);
+		*v++ = '\0';
+		if (!strcmp(tok, "uid")) {
+			uid = fz_u32(f, v);
+			have_uid = true;
+		} else if (!strcmp(tok, "gid")) {
+			gid = fz_u32(f, v);
+			have_gid = true;
+		} else {
+			fz_die(f, "unknown user field", tok);
+		}
+	}
+	if (!have_uid || !have_gid || uid == UINT32_MAX || gid == UINT32_MAX)
+		fz_die(f, "a user line is 'user uid=N gid=N'", NULL);
+	if (setgroups(0, NULL) || setgid((gid_t)gid) || setuid((uid_t)uid)) {
+		fprintf(stderr, "vblk-engine --program: cannot become uid %u gid %u: %s\n",
+			uid, gid, strerror(errno));
+		exit(EXIT_SETUP);
+	}
+}
+
 static void fz_ring_line(struct fz *f, char *rest)
 {
 	char *tok, *save = NULL;
@@ -695,12 +734,17 @@ static void fz_line(struct fz *f, char *line, unsigned int *nsteps)
 		return;
 	}
 	fz_run_chain(f);	/* a chain still open runs before the next directive */
-	if (!strcmp(word, "ring"))
+	if (!strcmp(word, "user")) {
+		fz_user_line(f, rest);
+	} else if (!strcmp(word, "ring")) {
+		f->opened = true;
 		fz_ring_line(f, rest);
-	else if (!strcmp(word, "open"))
+	} else if (!strcmp(word, "open")) {
+		f->opened = true;
 		fz_open(f, strncmp(rest, "mode=", 5) ? rest : rest + 5);
-	else
+	} else {
 		fz_die(f, "unknown directive", word);
+	}
 }
 
 static void *fz_alloc(const struct fz *f, size_t n)

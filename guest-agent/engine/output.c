@@ -150,6 +150,12 @@ static void print_options(const struct engine *e)
 	print_id(job->ioprio.set, job->ioprio.v);
 	print_raw_u64("sector", &job->sector);
 	print_raw_u64("range_sector", &job->range_sector);
+	printf(", \"range_num_sectors\": ");
+	print_id(job->range_nr.set, job->range_nr.v);
+	printf(", \"range_flags\": ");
+	print_id(job->range_flags.set, job->range_flags.v);
+	printf(", \"protect_buf\": %s, \"fail_nth_sweep\": %s",
+	       bool_str(job->protect_buf), bool_str(job->fail_nth_sweep));
 }
 
 void print_result_head(const struct engine *e)

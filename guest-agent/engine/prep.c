@@ -6,7 +6,8 @@
  * virtblk_uring_cmd at sqe->cmd; the raw knobs (--type, --cmd-op, --flag,
  * --data-len, --bad-ptr) override fields verbatim after the normal values
  * are computed; --sector overrides the 512-byte sector the same way, and
- * --range-sector the sector of every discard/write-zeroes range.
+ * --range-sector the sector of every discard/write-zeroes range, and
+ * --range-num-sectors/--range-flags its other two fields.
  * --ioprio goes to the command's ioprio field on passthrough and to
  * sqe->ioprio on the block path, so one job runs on both.  Block path (block device or regular file, O_DIRECT):
  * READ/WRITE (READV/WRITEV with --vec, READ_FIXED/WRITE_FIXED with --fixed),
@@ -58,8 +59,10 @@ static uint32_t fill_ranges(const struct engine *e, struct slot *s)
 		n = left < unit ? left : unit;
 		r[i].sector = to_le64(e->job->range_sector.set ?
 				      e->job->range_sector.v : off / SECTOR_SIZE);
-		r[i].num_sectors = to_le32((uint32_t)(n / SECTOR_SIZE));
-		r[i].flags = to_le32(unmap ? VBLK_WZ_FLAG_UNMAP : 0);
+		r[i].num_sectors = to_le32(e->job->range_nr.set ? e->job->range_nr.v :
+					   (uint32_t)(n / SECTOR_SIZE));
+		r[i].flags = to_le32(e->job->range_flags.set ? e->job->range_flags.v :
+				     unmap ? VBLK_WZ_FLAG_UNMAP : 0);
 		off += n;
 		left -= n;
 	}

@@ -146,6 +146,8 @@ static int check_targets(const struct engine *e)
 		msg = "--fixed with --vec has no block-path operation";
 	else if (!any_passthru(e) && (job->sector.set || job->range_sector.set))
 		msg = "--sector/--range-sector need a passthrough char device";
+	else if (!any_passthru(e) && (job->range_nr.set || job->range_flags.set))
+		msg = "--range-num-sectors/--range-flags need a passthrough char device";
 	else if (any_block(e) && job->ioprio.v > UINT16_MAX)
 		msg = "--ioprio above 0xffff does not fit the block path's sqe->ioprio";
 	if (!msg)
@@ -296,7 +298,12 @@ static int register_buffers(struct engine *e)
 	return 0;
 }
 
-/* An address that was mapped a moment ago and is not any more. */
+/*
+ * An address no access may touch: a PROT_NONE page that stays mapped for the
+ * whole job.  A page that was munmap()ped would be the first place the next
+ * mapping lands (a ring, a malloc above the mmap threshold, a thread stack),
+ * and --bad-ptr would then hand the kernel writable memory instead of -EFAULT.
+ */
 static int setup_bad_addr(struct engine *e)
 {
 	void *p = mmap(NULL, BUF_ALIGN, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS,
@@ -304,10 +311,6 @@ static int setup_bad_addr(struct engine *e)
 
 	if (p == MAP_FAILED) {
 		setup_error("cannot map a page for --bad-ptr on", e->job->path, errno);
-		return -1;
-	}
-	if (munmap(p, BUF_ALIGN)) {
-		setup_error("cannot unmap a page for --bad-ptr on", e->job->path, errno);
 		return -1;
 	}
 	e->bad_addr = p;
@@ -370,6 +373,8 @@ void engine_teardown(struct engine *e)
 	}
 	free(e->slots);
 	free(e->free_slots);
+	if (e->bad_addr)
+		munmap(e->bad_addr, BUF_ALIGN);
 	scribble_teardown(e);
 }
 

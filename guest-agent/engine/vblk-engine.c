@@ -188,6 +188,9 @@ int main(int argc, char **argv)
 	/* vblk-ci fuzz: a program of raw uring_cmd steps (fuzz.c) */
 	if (argc > 1 && !strcmp(argv[1], "--program"))
 		return fuzz_main(argc, argv);
+	/* the module suite: load virtio_blk with allocation failures (failnth.c) */
+	if (argc > 1 && !strcmp(argv[1], "--load-module"))
+		return load_module_main(argc, argv);
 	if (parse_args(argc, argv, &job))
 		return EXIT_USAGE;
 	ret = engine_setup(&e, &job);

@@ -1,10 +1,10 @@
 """vblk-ci command line: parse once, hand a dataclass to the engine, map errors to exit codes.
 
 Exit codes: 0 pass, 1 a check failed / the guest crashed, 2 bad usage or a missing
-prerequisite, 3 infrastructure failure, 4 config mismatch (QEMU or the guest did not
-show the disk configuration that was asked for), 130 interrupted. ``repro``: 1 the
-failure came back at least once, 0 never (so ``git bisect run`` works), 2 and 3 as
-above (see repro/commands.py).
+prerequisite, 125 cannot judge (infrastructure failure, unusable bundle), 4 config
+mismatch (QEMU or the guest did not show the disk configuration that was asked for),
+130 interrupted. 0/1/125 are git bisect run's good/bad/skip. ``repro``: 1 the failure
+came back at least once, 0 never, 125 every replay errored (see repro/commands.py).
 """
 
 from __future__ import annotations
@@ -26,11 +26,8 @@ from .errors import (
     VblkCiError,
 )
 
-ENV_KERNEL = "VBLK_CI_KERNEL"
-ENV_INITRAMFS = "VBLK_CI_INITRAMFS"
-# The bench's initramfs: the suites' one plus fio (the image builds both).
-ENV_INITRAMFS_BENCH = "VBLK_CI_INITRAMFS_BENCH"
-DEFAULT_OUT_ROOT = Path("vblk-ci-out")
+from .artifacts import DEFAULT_OUT_ROOT, ENV_INITRAMFS, ENV_INITRAMFS_BENCH, ENV_KERNEL, artifact
+from .artifacts import initramfs as initramfs_artifact, kernel as kernel_artifact
 
 
 class _Parser(argparse.ArgumentParser):
@@ -57,13 +54,20 @@ def build_parser() -> argparse.ArgumentParser:
 
     run = sub.add_parser("run", help="boot the appliance and run a suite")
     run.add_argument("--kernel", help=f"bzImage (default ${ENV_KERNEL})")
+    run.add_argument("--tree", metavar="DIR",
+                     help="build this kernel git tree (incrementally, the appliance's config) and run on it")
     run.add_argument("--initramfs", help=f"guest initramfs (default ${ENV_INITRAMFS})")
     run.add_argument("--out", help="run directory (default vblk-ci-out/<suite>-<time>)")
     run.add_argument("--qemu", default="qemu-system-x86_64", help="QEMU binary (default %(default)s)")
     run.add_argument("--accel", choices=("auto", "tcg", "kvm"), default="auto")
     run.add_argument("--smp", type=_positive, default=2)
     run.add_argument("--memory", type=_positive, default=1024, metavar="MB")
-    run.add_argument("--suite", default="smoke")
+    run.add_argument("--suite", help="a suite of scenarios (default smoke)")
+    run.add_argument("--scenario", dest="scenarios", action="append", metavar="NAME",
+                     help="run this scenario instead of a suite (repeatable; any registered scenario)")
+    run.add_argument("--check", dest="checks", action="append", metavar="GLOB",
+                     help="run only the checks matching GLOB (a check name or SCENARIO/CHECK; repeatable); "
+                          "the checks before the first match still run as its set-up")
     run.add_argument("--strict", action="store_true",
                      help="a skipped check or scenario fails the run unless its reason is on the allow list "
                           "(host/vblk_ci/strict.py); CI runs strict")
@@ -84,6 +88,8 @@ def build_parser() -> argparse.ArgumentParser:
     what = build.add_subparsers(dest="target", metavar="TARGET", parser_class=_Parser)
     what.required = True
     k = what.add_parser("kernel", help="build (or reuse from the cache) the guest kernel")
+    k.add_argument("--base", help="kernel base: 7.3 or 6.12 (host/vblk_ci/build/bases.py; default its "
+                                  "DEFAULT_BASE); picks the source tarball, the series and extra fragments")
     k.add_argument("--source-tarball")
     k.add_argument("--source-dir")
     k.add_argument("--series-dir")
@@ -94,6 +100,8 @@ def build_parser() -> argparse.ArgumentParser:
     k.add_argument("--jobs", type=_positive)
     k.add_argument("--module", dest="virtio_blk_module", action="store_true", help="CONFIG_VIRTIO_BLK=m")
     k.add_argument("--make-arg", dest="make_args", action="append", help="extra make argument (repeatable)")
+    k.add_argument("--tree", metavar="DIR", help="build this kernel git tree in place (its commits are the series; "
+                                                  "objects in the cache, incremental); see build/tree.py")
     i = what.add_parser("initramfs", help="build (or reuse from the cache) the guest initramfs")
     i.add_argument("--python")
     i.add_argument("--busybox")
@@ -111,6 +119,29 @@ def build_parser() -> argparse.ArgumentParser:
     add_repro_parsers(sub, _positive)
     _add_bench_parser(sub)
     _add_fuzz_parser(sub)
+
+    bis = sub.add_parser("bisect", help="find the commit of a kernel tree that broke a suite, scenario or bundle")
+    bis.add_argument("--tree", required=True, metavar="DIR", help="the kernel git tree (must be clean)")
+    bis.add_argument("--good", required=True, metavar="REV", help="a commit that passes")
+    bis.add_argument("--bad", required=True, metavar="REV", help="a later commit that fails")
+    what = bis.add_mutually_exclusive_group(required=True)
+    what.add_argument("--suite")
+    what.add_argument("--scenario", dest="scenarios", action="append", metavar="NAME")
+    what.add_argument("--bundle", metavar="FILE", help="a repro-bundle.tar.gz whose failure is chased")
+    bis.add_argument("--check", dest="checks", action="append", metavar="GLOB", help="as for run --check")
+    bis.add_argument("--initramfs", help=f"guest initramfs (default ${ENV_INITRAMFS})")
+    bis.add_argument("--out", help="where each step's run goes (default vblk-ci-out/bisect-<time>)")
+    bis.add_argument("--qemu", default="qemu-system-x86_64")
+    bis.add_argument("--accel", choices=("auto", "tcg", "kvm"), default="auto")
+    bis.add_argument("--cache-dir", help="kernel object cache (default $VBLK_CI_CACHE)")
+    bis.add_argument("--jobs", type=_positive)
+
+    cmp = sub.add_parser("compare", help="per check and bench job: regression, fixed, still failing, new, missing")
+    cmp.add_argument("baseline", help="run or bench directory (or its results.json / bench.json) to compare against")
+    cmp.add_argument("new", help="the run or bench directory being judged")
+    cmp.add_argument("--threshold", type=_fraction, default=0.0, metavar="FRACTION",
+                     help="bench: a significant slowdown smaller than this is not a regression (default 0)")
+    cmp.add_argument("--json", metavar="FILE", help="also write the comparison as JSON")
 
     cov = sub.add_parser("coverage", help="which lines the driver series adds to virtio_blk.c ran (run --coverage)")
     cov.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="run directories of vblk-ci run --coverage")
@@ -147,7 +178,9 @@ def _add_bench_parser(sub) -> None:
                    "counts only its own vCPU's instructions)")
     b.add_argument("--memory", type=_positive, default=1024, metavar="MB")
     b.add_argument("--preset", help="seed | quick (default: one fair comparison from the job options)")
-    b.add_argument("--pairs", type=_positive, default=5, help="A/B pairs per comparison (default %(default)s)")
+    b.add_argument("--pairs", type=_positive, default=6,
+                   help="A/B pairs per comparison, in ABBA order (default %(default)s; even counts put each "
+                        "path first equally often; fewer than 3 is reported as uninformative)")
     b.add_argument("--icount", action="store_true", help="QEMU -icount shift=0,sleep=off: instructions per I/O")
     b.add_argument("--no-fio", dest="fio", action="store_false", help="skip the fio reference runs")
     b.add_argument("--fio-runs", type=_positive, default=3)
@@ -180,11 +213,18 @@ def _add_fuzz_parser(sub) -> None:
     f.add_argument("--seed", type=int, default=1, help="campaign seed: program N is the same for the same seed")
     f.add_argument("--budget", type=float, default=300.0, metavar="SECONDS",
                    help="wall time for the campaign, boot and shrinking included (default %(default)s)")
+    f.add_argument("--max-programs", type=_positive, metavar="N",
+                   help="stop after N programs (a fixed amount of work; the budget still caps the wall time)")
     f.add_argument("--max-steps", type=_positive, default=24, help="steps per program, at most")
     f.add_argument("--shrink-runs", type=_positive, default=30, help="guest runs to shrink one finding, at most")
     f.add_argument("--faults", default="", metavar="KINDS",
                    help="host faults interleaved with the programs, comma-separated: stop-cont (QMP stop, "
-                        "0.3 s, cont during a fifth of the programs)")
+                        "0.3 s, cont during a fifth of the programs), blkdebug-eio (QEMU fails one request type "
+                        "with EIO for a fifth of the programs on a writable disk), unplug (hot-unplug the disk "
+                        "mid-program in a tenth, plugged back after), unplug-iopoll (the same in half of "
+                        "the programs on IOPOLL rings)")
+    f.add_argument("--disable", default="", metavar="MUTATIONS",
+                   help="mutations never drawn, comma-separated (e.g. huge-len: a known crash costs a reboot per hit)")
     f.add_argument("--replay", metavar="FILE", help="run one program file (a finding's shrunk.txt) and judge it; "
                    "or a finding's repro.c: built static on the host (gcc, liburing-dev) and run in the guest")
 
@@ -195,10 +235,19 @@ def cmd_fuzz(args: argparse.Namespace) -> int:
     if args.budget <= 0:
         raise UsageError("--budget must be a positive number of seconds")
     replay = Path(args.replay) if args.replay else None
+    from .fuzz.runner import FAULT_KINDS
+
     faults = tuple(k for k in args.faults.split(",") if k)
-    if set(faults) - {"stop-cont"}:
-        raise UsageError(f"--faults: unknown kind(s) {', '.join(sorted(set(faults) - {'stop-cont'}))} (known: stop-cont)")
+    if set(faults) - set(FAULT_KINDS):
+        raise UsageError(f"--faults: unknown kind(s) {', '.join(sorted(set(faults) - set(FAULT_KINDS)))} "
+                         f"(known: {', '.join(FAULT_KINDS)})")
     c_repro = replay is not None and replay.suffix == ".c"
+    from .fuzz.generator import MUTATION_NAMES
+
+    disable = tuple(k for k in args.disable.split(",") if k)
+    if set(disable) - set(MUTATION_NAMES):
+        raise UsageError(f"--disable: unknown mutation(s) {', '.join(sorted(set(disable) - set(MUTATION_NAMES)))} "
+                         f"(known: {', '.join(MUTATION_NAMES)})")
     if replay is not None:
         from .fuzz.program import parse
 
@@ -206,11 +255,12 @@ def cmd_fuzz(args: argparse.Namespace) -> int:
             raise MissingPrerequisite(f"program file not found: {replay}")
         if not c_repro:
             parse(replay.read_text(encoding="utf-8"), str(replay))  # a bad file is exit 2 before a boot
-    kernel = _artifact(args.kernel, ENV_KERNEL, "kernel image", "--kernel")
-    initramfs = _artifact(args.initramfs, ENV_INITRAMFS, "initramfs", "--initramfs")
+    kernel = kernel_artifact(args.kernel)
+    initramfs = initramfs_artifact(args.initramfs)
     stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
     out = Path(args.out) if args.out else DEFAULT_OUT_ROOT / f"fuzz-{stamp}"
     plan = FuzzPlan(kernel=kernel, initramfs=initramfs, out=out, seed=args.seed, budget_s=args.budget,
+                    max_programs=args.max_programs, disable=disable,
                     qemu=args.qemu, accel=args.accel, smp=args.smp, memory_mb=args.memory,
                     max_steps=args.max_steps, shrink_runs=args.shrink_runs, replay=replay, faults=faults)
     with _reporting(out) as report:
@@ -232,7 +282,8 @@ def cmd_fuzz(args: argparse.Namespace) -> int:
             print(f"finding: {f['signature']}: {f['detail'].splitlines()[0]}")
         print(f"vblk-ci: fuzz replay: {len(record['findings'])} findings: {out / 'replay.json'}", file=sys.stderr)
         return 1 if record["findings"] else 0
-    print(f"fuzz: seed {record['seed']}, {record['wall_s']} s wall, {record['programs']} programs, "
+    print(f"fuzz: seed {record['seed']}, {record['wall_s']} s wall (stopped by {record['stopped']}), "
+          f"{record['programs']} programs, "
           f"{record['commands']} commands, {record['commands_per_minute']} commands/min "
           f"({record['commands_per_minute_executing']}/min while executing), {record['boots']} boots")
     print(f"fuzz: {len(record['classes'])} (op, outcome) classes reached:")
@@ -268,16 +319,6 @@ def _reporting(run_dir: Path):
         report.close()
 
 
-def _artifact(arg: str | None, env: str, what: str, flag: str) -> Path:
-    value = arg or os.environ.get(env)
-    if not value:
-        raise MissingPrerequisite(f"no {what} given (set {flag} or {env})")
-    path = Path(value)
-    if not path.is_file():
-        raise MissingPrerequisite(f"{what} not found: {value} (set {flag} or {env})")
-    return path
-
-
 def cmd_run_matrix(args: argparse.Namespace) -> int:
     from .matrix.run import MatrixPlan, run_matrix, selected
     from .matrix.schema import load_matrix
@@ -299,8 +340,8 @@ def cmd_run_matrix(args: argparse.Namespace) -> int:
     if not selected(matrix, args.select):
         raise UsageError(f"-k {args.select!r} selects none of the {len(matrix.combinations)} combinations "
                          f"in {source or 'the --disk flags'}")
-    kernel = _artifact(args.kernel, ENV_KERNEL, "kernel image", "--kernel")
-    initramfs = _artifact(args.initramfs, ENV_INITRAMFS, "initramfs", "--initramfs")
+    kernel = kernel_artifact(args.kernel)
+    initramfs = initramfs_artifact(args.initramfs)
     plan = MatrixPlan(kernel=kernel, initramfs=initramfs, run_dir=run_dir, matrix=matrix, select=args.select,
                       qemu=args.qemu, accel=args.accel)
     with _reporting(run_dir) as report:
@@ -323,27 +364,78 @@ def _schedule(arg: str | None) -> Path | None:
 def cmd_run(args: argparse.Namespace) -> int:
     from .runner import Plan, run
 
-    from .scenarios import suite
+    from .scenarios import get as get_scenario, suite
 
     if args.matrix or args.disks:
+        if args.scenarios or args.checks or args.suite:
+            raise UsageError("--matrix/--disk run a device matrix: --suite, --scenario and --check do not apply")
         return cmd_run_matrix(args)
     if args.select is not None:
         raise UsageError("-k selects matrix combinations: it needs --matrix FILE")
-    suite(args.suite)  # an unknown suite is a usage error before anything is created
-    kernel = _artifact(args.kernel, ENV_KERNEL, "kernel image", "--kernel")
-    initramfs = _artifact(args.initramfs, ENV_INITRAMFS, "initramfs", "--initramfs")
+    if args.scenarios and args.suite:
+        raise UsageError("give either --suite or --scenario, not both")
+    scenarios = tuple(args.scenarios or ())
+    checks = tuple(args.checks or ())
+    if any(not g.strip() for g in checks):
+        raise UsageError("--check needs a non-empty glob")
+    for name in scenarios:
+        get_scenario(name)  # an unknown scenario is a usage error before anything is created
+    suite_name = args.suite or "smoke"
+    suite(suite_name)  # an unknown suite is a usage error before anything is created
+    if args.tree and args.kernel:
+        raise UsageError("give either --kernel or --tree, not both")
+    if args.tree:  # the initramfs first: a missing one should not wait for a kernel build
+        initramfs = initramfs_artifact(args.initramfs)
+        kernel = tree_kernel(args.tree)
+    else:
+        kernel = kernel_artifact(args.kernel)
+        initramfs = initramfs_artifact(args.initramfs)
     stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
-    run_dir = Path(args.out) if args.out else DEFAULT_OUT_ROOT / f"{args.suite}-{stamp}"
+    label = "-".join(scenarios) if scenarios else suite_name
+    run_dir = Path(args.out) if args.out else DEFAULT_OUT_ROOT / f"{label}-{stamp}"
     schedule = _schedule(args.schedule)
     plan = Plan(
         kernel=kernel, initramfs=initramfs, run_dir=run_dir, qemu=args.qemu, accel=args.accel,
-        smp=args.smp, memory_mb=args.memory, suite=args.suite, schedule=schedule, strict=args.strict,
-        coverage=args.coverage,
+        smp=args.smp, memory_mb=args.memory, suite=suite_name, schedule=schedule, strict=args.strict,
+        coverage=args.coverage, scenarios=scenarios, checks=checks,
     )
     with _reporting(run_dir) as report:
         result = run(plan, report)
+    _annotate(result, kernel, run_dir)
     print(f"vblk-ci: {result.status}: results in {run_dir}", file=sys.stderr)
     return result.exit_code
+
+
+def tree_kernel(tree: str, **options) -> Path:
+    """``--tree DIR``: build the user's tree (build/tree.py) and return its bzImage; the build's
+    progress goes to the terminal, a build failure is BuildError (exit 125: bisect skips)."""
+    from .build.tree import TreeBuildOptions, build_tree_kernel
+    from .events import BuildStep
+    from .report.terminal import TerminalReporter
+
+    report = TerminalReporter()
+    try:
+        artifact = build_tree_kernel(TreeBuildOptions(tree=tree, **options),
+                                     progress=lambda m: report(BuildStep("kernel", m, done=True)))
+    finally:
+        report.close()
+    return artifact.bzimage
+
+
+def _annotate(result, kernel: Path, run_dir: Path) -> None:
+    """annotations.txt in the run dir; on GitHub Actions also stdout, where the runner turns
+    each line into an annotation on the file and line it names."""
+    from .console.decode import decoder_for
+    from .report.annotations import annotations
+
+    decoder = decoder_for(kernel)
+    decoded = {f.title: decoder.decode_all(f.excerpt) for f in result.findings} if decoder else {}
+    lines = annotations(result, decoded)
+    if not lines:
+        return
+    (Path(run_dir) / "annotations.txt").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    if os.environ.get("GITHUB_ACTIONS") == "true":
+        print("\n".join(lines))
 
 
 # -- build -------------------------------------------------------------------------------
@@ -366,10 +458,24 @@ def cmd_build(args: argparse.Namespace) -> int:
         report(BuildStep(args.target, message, done=True))
 
     try:
-        if args.target == "kernel":
-            from .build.kernel import KernelBuildOptions, build_kernel
+        if args.target == "kernel" and args.tree:
+            from .build.tree import TreeBuildOptions, build_tree_kernel
 
-            artifact = build_kernel(_options(KernelBuildOptions, args), progress=progress)
+            clash = [f for f, v in (("--base", args.base), ("--source-tarball", args.source_tarball),
+                                    ("--source-dir", args.source_dir), ("--series-dir", args.series_dir),
+                                    ("--no-series", not args.apply_series)) if v]
+            if clash:
+                raise UsageError(f"--tree builds the tree as it is: {', '.join(clash)} do not apply")
+            artifact = build_tree_kernel(TreeBuildOptions(
+                tree=args.tree, variant=args.variant or "default", cache_dir=args.cache_dir, jobs=args.jobs,
+                virtio_blk_module=args.virtio_blk_module, fragments=args.fragments,
+                make_args=args.make_args or []), progress=progress)
+        elif args.target == "kernel":
+            from .build.kernel import KernelBuildOptions, build_kernel, kernel_base
+
+            options = _options(KernelBuildOptions, args)
+            kernel_base(options)  # an unknown --base: one usage line (exit 2) before anything runs
+            artifact = build_kernel(options, progress=progress)
         else:
             from .build.initramfs import InitramfsBuildOptions, build_initramfs
 
@@ -410,8 +516,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
         import matplotlib  # noqa: F401
     except ImportError:
         raise MissingPrerequisite("matplotlib is not installed (pip install matplotlib, or python3-matplotlib)") from None
-    kernel = _artifact(args.kernel, ENV_KERNEL, "kernel image", "--kernel")
-    initramfs = _artifact(args.initramfs or os.environ.get(ENV_INITRAMFS_BENCH), ENV_INITRAMFS, "initramfs",
+    kernel = kernel_artifact(args.kernel)
+    initramfs = artifact(args.initramfs or os.environ.get(ENV_INITRAMFS_BENCH), ENV_INITRAMFS, "initramfs",
                           "--initramfs")
     stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
     out = Path(args.out) if args.out else DEFAULT_OUT_ROOT / f"bench-{stamp}"
@@ -424,6 +530,71 @@ def cmd_bench(args: argparse.Namespace) -> int:
     print(files["markdown"].read_text(encoding="utf-8"))
     print(f"vblk-ci: bench done: results in {out}", file=sys.stderr)
     return 0
+
+
+# -- bisect ------------------------------------------------------------------------------
+
+
+def cmd_bisect(args: argparse.Namespace) -> int:
+    from .bisect import BisectPlan, bisect
+    from .report.terminal import TerminalReporter
+    from .scenarios import get as get_scenario, suite
+
+    if args.suite:
+        suite(args.suite)
+    for name in args.scenarios or ():
+        get_scenario(name)
+    bundle = Path(args.bundle) if args.bundle else None
+    if bundle is not None and not bundle.is_file():
+        raise UsageError(f"no such bundle: {bundle}")
+    stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+    out = Path(args.out) if args.out else DEFAULT_OUT_ROOT / f"bisect-{stamp}"
+    plan = BisectPlan(tree=Path(args.tree).resolve(), good=args.good, bad=args.bad, out=out.resolve(),
+                      initramfs=initramfs_artifact(args.initramfs), suite=args.suite,
+                      scenarios=tuple(args.scenarios or ()), checks=tuple(args.checks or ()), bundle=bundle,
+                      qemu=args.qemu, accel=args.accel, cache_dir=args.cache_dir, jobs=args.jobs)
+    report = TerminalReporter()
+    try:
+        result = bisect(plan, report)
+    finally:
+        report.close()
+    (out / "bisect.json").write_text(json.dumps(result.to_dict(), indent=2) + "\n", encoding="utf-8")
+    for n, s in enumerate(result.steps, 1):
+        print(f"{n:2d}. {s.commit[:12]} {s.verdict:4s} {s.subject[:60]}  ({s.why[:80]})")
+    if result.first_bad:
+        print(f"first bad commit: {result.first_bad} {result.first_bad_subject}\n"
+              f"its run: {result.first_bad_run_dir}")
+    else:
+        print(f"no first bad commit: {result.reason}")
+    print(f"vblk-ci: bisect {'found' if result.first_bad else 'inconclusive'} in {result.seconds:.0f}s "
+          f"({len(result.steps)} steps); {out / 'bisect.json'}", file=sys.stderr)
+    return result.exit_code
+
+
+# -- compare -----------------------------------------------------------------------------
+
+
+def _fraction(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not 0 <= value < 1:
+        raise argparse.ArgumentTypeError(f"must be in [0, 1): {text!r}")
+    return value
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    from .report.compare import compare, render
+    from .report.summary import append_markdown
+
+    result = compare(args.baseline, args.new, args.threshold)
+    text = render(result)
+    print(text)
+    append_markdown(f"### vblk-ci compare\n\n```\n{text}\n```\n")
+    if args.json:
+        Path(args.json).write_text(json.dumps(result.to_dict(), indent=2) + "\n", encoding="utf-8")
+    return result.exit_code
 
 
 # -- coverage ----------------------------------------------------------------------------
@@ -480,6 +651,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return cmd_bench(args)
         if args.command == "coverage":
             return cmd_coverage(args)
+        if args.command == "compare":
+            return cmd_compare(args)
+        if args.command == "bisect":
+            return cmd_bisect(args)
         if args.command == "fuzz":
             return cmd_fuzz(args)
         return cmd_build(args)

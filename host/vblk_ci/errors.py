@@ -1,14 +1,18 @@
 """One exception hierarchy; the CLI maps each family to an exit code.
 
 Exit codes: 0 pass, 1 a check failed, 2 bad usage or missing prerequisite,
-3 infrastructure failure (QEMU, Docker, the build) -- never a verdict on the driver,
-4 config mismatch (QEMU or the guest did not show the disk configuration asked for).
+125 cannot judge: an infrastructure failure (QEMU, Docker, the build) or an unusable
+reproduction bundle -- never a verdict on the driver, 4 config mismatch (QEMU or the
+guest did not show the disk configuration asked for).
+
+0, 1 and 125 are what ``git bisect run`` reads as good, bad and skip, so
+``git bisect run vblk-ci run ...`` or ``... vblk-ci repro BUNDLE`` needs no wrapper.
 """
 
 EXIT_PASS = 0
 EXIT_FAIL = 1
 EXIT_USAGE = 2
-EXIT_INFRA = 3
+EXIT_INFRA = 125  # "cannot judge": git bisect run skips the commit
 EXIT_CONFIG_MISMATCH = 4
 
 
@@ -69,6 +73,16 @@ class AgentError(VblkCiError):
         super().__init__(f"{kind}: {message}")
 
 
+class AgentBug(InfraError):
+    """The agent answered InternalError: a bug in the guest agent's handler (it caught an
+    exception it did not expect), not something the driver did. Ends the run as "cannot
+    judge" (125) with the agent's message, instead of failing a check on the driver."""
+
+    def __init__(self, method: str, message: str):
+        self.method = method
+        super().__init__(f"guest agent bug in {method}: {message} (see agent.log)")
+
+
 class CheckFailed(VblkCiError):
     """A scenario check did not hold."""
 
@@ -101,6 +115,15 @@ class QmpError(InfraError):
 
 class MachineTimeout(InfraError):
     """Waiting for the VM (a QMP event, a console line, QEMU's exit) ran out of time."""
+
+
+class UnplugTimeout(MachineTimeout):
+    """device_del was sent and DEVICE_DELETED never came: the guest did not release the
+    device. A verdict on the guest kernel (the driver's remove path), not on the machinery,
+    for every caller: a check that meets it fails (ScenarioContext.check, runner). It stays a
+    MachineTimeout so callers that wait again (``complete_unplug``) still catch it."""
+
+    exit_code = EXIT_FAIL
 
 
 class ConfigMismatch(VblkCiError):

@@ -19,6 +19,7 @@ class CheckResult:
     detail: str = ""
     seconds: float = 0.0
     data: dict = field(default_factory=dict)  # e.g. the engine JSON of each step
+    source: str = ""  # "host/vblk_ci/scenarios/<file>.py:<line>" of the ctx.check call: where a failure points
 
     @property
     def full_name(self) -> str:
@@ -61,6 +62,7 @@ class RunResult:
     scenarios: list[ScenarioResult] = field(default_factory=list)
     findings: list[FindingRecord] = field(default_factory=list)
     timings: dict = field(default_factory=dict)  # hotplug / unplug figures
+    agent_warnings: list[str] = field(default_factory=list)  # the agent's warning events (engine misbehaving)
 
     @property
     def exit_code(self) -> int:

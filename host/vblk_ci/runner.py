@@ -24,7 +24,7 @@ from pathlib import Path
 from . import events as E
 from .console.classify import classify
 from .coverage.collect import GcdaCollector
-from .errors import AgentError, BootError, CheckFailed, InfraError, MissingPrerequisite
+from .errors import AgentError, BootError, CheckFailed, InfraError, MissingPrerequisite, UnplugTimeout
 from .machine.accel import choose
 from .machine.argv import MachineSpec
 from .machine.machine import Machine, Timeouts
@@ -35,6 +35,7 @@ from .report.summary import append_step_summary
 from .repro.bundle import write_bundle
 from .result import SKIP, CheckResult, FindingRecord, RunResult, ScenarioResult
 from .scenarios import ScenarioContext, suite
+from .scenarios.base import CheckSelection
 from .scenarios import get as get_scenario
 from .strict import unallowed_skips
 
@@ -55,6 +56,13 @@ class Plan:
     schedule: Path | None = None  # a fault schedule (JSON): runs scenario fault-schedule-file after the suite
     strict: bool = False  # a skip not on strict.ALLOWED_SKIPS fails the run
     coverage: bool = False  # copy virtio_blk's gcov counters to <run_dir>/coverage/ after boot and each scenario
+    scenarios: tuple[str, ...] = ()  # run these scenarios (any registered one) instead of the suite's
+    checks: tuple[str, ...] = ()  # only checks whose name matches one of these globs run (the rest are not run)
+
+    @property
+    def label(self) -> str:
+        """What the run is called in reports: the suite, or the scenarios chosen with --scenario."""
+        return ",".join(self.scenarios) if self.scenarios else self.suite
 
 
 def check_artifacts(plan: Plan) -> None:
@@ -102,7 +110,7 @@ def _scenario_status(checks: list[CheckResult]) -> str:
 
 
 def _planned_scenarios(plan: Plan) -> list:
-    classes = suite(plan.suite)
+    classes = [get_scenario(n) for n in plan.scenarios] if plan.scenarios else suite(plan.suite)
     if plan.schedule is not None:
         classes.append(get_scenario("fault-schedule-file"))
     return classes
@@ -115,7 +123,9 @@ def _run_scenarios(plan: Plan, machine: Machine, emit: E.Emit, result: RunResult
         collector.snapshot(machine, "boot")
     for cls in _planned_scenarios(plan):
         scenario = cls()
-        ctx = ScenarioContext(cls.name, machine, plan.run_dir, emit, reported, options)
+        ctx = ScenarioContext(cls.name, machine, plan.run_dir, emit, reported, options, select=plan.checks)
+        if not ctx.select.wants_scenario(cls.name):
+            continue
         record = ScenarioResult(cls.name, cls.description)
         result.scenarios.append(record)
         reasons = scenario.requires(ctx)
@@ -126,7 +136,7 @@ def _run_scenarios(plan: Plan, machine: Machine, emit: E.Emit, result: RunResult
         emit(E.ScenarioStart(cls.name, cls.description))
         try:
             scenario.run(ctx)
-        except (CheckFailed, AgentError) as exc:  # raised outside ctx.check
+        except (CheckFailed, AgentError, UnplugTimeout) as exc:  # raised outside ctx.check
             ctx.checks.append(CheckResult(cls.name, "(scenario)", E.FAIL, str(exc)))
         finally:
             record.checks = ctx.checks
@@ -141,18 +151,18 @@ def run(plan: Plan, emit: E.Emit = E.discard) -> RunResult:
     run_dir.mkdir(parents=True, exist_ok=True)
     log = EventLog(run_dir / "events.jsonl", emit)
     emit = log
-    emit(E.RunStart(str(run_dir), plan.suite))
+    emit(E.RunStart(str(run_dir), plan.label))
 
     check_artifacts(plan)
     qemu = resolve_binary(plan.qemu)
     caps = probe_caps(qemu)
-    suite(plan.suite)  # unknown suite: UsageError before anything boots
+    _planned_scenarios(plan)  # unknown suite or scenario: UsageError before anything boots
     emit(E.BuildStep("artifacts", f"kernel {plan.kernel}, initramfs {plan.initramfs}", done=True))
     accel = choose(qemu, Path(plan.kernel), plan.accel)
     emit(E.Note(f"accelerator {accel.name}: {accel.reason}"))
 
     result = RunResult(
-        status=E.PASS, suite=plan.suite, run_dir=str(run_dir),
+        status=E.PASS, suite=plan.label, run_dir=str(run_dir),
         started_at=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         accel=accel.name, accel_reason=accel.reason, qemu=qemu,
         qemu_version=".".join(map(str, caps.version)), kernel=str(plan.kernel), initramfs=str(plan.initramfs),
@@ -170,12 +180,18 @@ def run(plan: Plan, emit: E.Emit = E.discard) -> RunResult:
             emit(E.BootEnd(result.boot_seconds, accel.name))
             result.agent_seconds = machine.wait_agent()
             emit(E.AgentReady(result.agent_seconds))
-            _run_scenarios(plan, machine, emit, result, reported)
+            try:
+                _run_scenarios(plan, machine, emit, result, reported)
+            finally:
+                for warning in getattr(machine.agent, "warnings", []):
+                    result.agent_warnings.append(warning)
+                    emit(E.Note(f"agent warning: {warning}"))
     except (BootError, InfraError, CheckFailed, AgentError) as exc:
         record_abort(result, run_dir, exc)
     finally:
         result.qemu_exitcode = machine.exitcode
     judge(result, machine, emit, reported, log.events, strict=plan.strict)
+    judge_selection(result, plan)
     result.seconds = time.monotonic() - started
     write_json(result, run_dir / "results.json")
     write_junit(result, run_dir / "junit.xml")
@@ -184,6 +200,15 @@ def run(plan: Plan, emit: E.Emit = E.discard) -> RunResult:
         _write_repro_bundle(plan, result, run_dir, emit)
     emit(E.Verdict(result.status, result.reason))
     return result
+
+
+def judge_selection(result: RunResult, plan: Plan) -> None:
+    """``--check`` that matched nothing judged nothing: an error, not a pass on the set-up checks."""
+    selection = CheckSelection(plan.checks)
+    if plan.checks and not any(selection.matches(c.scenario, c.name) for c in result.checks()):
+        if result.status == E.PASS or result.reason == "no check ran":
+            result.status = E.ERROR
+            result.reason = f"--check {' '.join(plan.checks)} matched no check of {plan.label}"
 
 
 def _write_repro_bundle(plan: Plan, result: RunResult, run_dir: Path, emit: E.Emit) -> None:

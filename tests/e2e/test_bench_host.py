@@ -67,13 +67,17 @@ def test_bench_record_is_consistent(bench_out):
 
 def test_bench_kicks_answer_the_batching_question(bench_out):
     """QD1 cannot batch: one request per kick on both paths. Depth 8 with batches of 4:
-    the block path submits through blk-mq with bd->last, so it must carry more than one."""
+    both paths submit a batch per kick (the block path through blk-mq with bd->last, the
+    passthrough path through the submitting task's plug), so each must carry more than one."""
     _, out, _ = bench_out
     rec = json.loads((out / "bench.json").read_text())
     by_name = {c["name"]: c["summary"]["paths"] for c in rec["comparisons"]}
     for path in ("passthru", "block"):
         assert by_name["qd1-fair-null"][path]["kicks"]["reqs_per_kick"] == pytest.approx(1.0, abs=0.05)
-    assert by_name["qd8b4-fair-null"]["block"]["kicks"]["reqs_per_kick"] > 1.5
+    # Both paths: passthrough requests ride the submitter's plug too (docs/bench-tcg-2026-11-26.md
+    # measured 4.59 passthru / 4.46 block under TCG); a driver that kicked per request shows 1.0.
+    for path in ("passthru", "block"):
+        assert by_name["qd8b4-fair-null"][path]["kicks"]["reqs_per_kick"] > 1.5, path
 
 
 def test_bench_markdown_and_plots(bench_out):

@@ -8,6 +8,7 @@ The artifacts come from VBLK_CI_KERNEL/VBLK_CI_INITRAMFS or out of VBLK_CI_IMAGE
 from __future__ import annotations
 
 import gzip
+import io
 import json
 import xml.etree.ElementTree as ET
 from pathlib import Path
@@ -15,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from vblk_ci import events as E
+from vblk_ci.build.initramfs import CpioWriter
 from vblk_ci.errors import LaunchFailure
 from vblk_ci.machine.argv import MachineSpec
 from vblk_ci.machine.machine import Machine
@@ -87,20 +89,19 @@ def test_launch_failure_explains_itself(tmp_path):
 
 
 def _cpio_newc(files: dict[str, tuple[int, bytes]]) -> bytes:
-    """A minimal newc archive: name -> (mode, data)."""
-    out = bytearray()
-    entries = list(files.items()) + [("TRAILER!!!", (0, b""))]
-    for ino, (name, (mode, data)) in enumerate(entries, start=1):
-        fields = [ino, mode, 0, 0, 1, 0, len(data), 0, 0, 0, 0, len(name) + 1, 0]
-        out += b"070701" + b"".join(b"%08X" % f for f in fields) + name.encode() + b"\0"
-        out += b"\0" * (-len(out) % 4) + data + b"\0" * (-len(data) % 4)
-    return bytes(out)
+    """A minimal newc archive, name -> (perm, data), by the initramfs builder's own writer."""
+    buf = io.BytesIO()
+    writer = CpioWriter(buf)
+    for name, (perm, data) in files.items():
+        writer.add_file(name, data, perm)
+    writer.close()
+    return buf.getvalue()
 
 
 def test_guest_panic_fails_the_run_with_the_excerpt(kernel, tmp_path):
     """An /init that cannot execute: the kernel panics ("No working init found")."""
     initrd = tmp_path / "broken-init.cpio.gz"
-    initrd.write_bytes(gzip.compress(_cpio_newc({"init": (0o100755, b"not an executable\n")})))
+    initrd.write_bytes(gzip.compress(_cpio_newc({"init": (0o755, b"not an executable\n")})))
     result = run(Plan(kernel=kernel, initramfs=initrd, run_dir=tmp_path / "run"))
     assert result.status == "fail"
     assert result.findings and result.findings[0].kind == "panic"

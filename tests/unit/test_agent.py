@@ -492,15 +492,19 @@ def test_engine32_that_cannot_execute_is_no_engine_with_the_errno(fake_root, tmp
 
 
 def test_spawn_then_wait_job_returns_the_engine_result(fake_root, tmp_path):
-    engine = fake_engine(tmp_path, 'sleep 0.3; echo "{\\"op\\": \\"$2\\"}"; echo note >&2\n')
+    # The job runs until the test releases it: spawn and ping answering at all show the
+    # agent does not wait for it (no timing bound, which a loaded machine would break).
+    release = tmp_path / "release"
+    engine = fake_engine(tmp_path, f'i=0; while [ ! -e {release} ] && [ $i -lt 300 ]; do sleep 0.1; i=$((i+1)); done\n'
+                                   'echo "{\\"op\\": \\"$2\\"}"; echo note >&2\n')
     a = AgentProc(fake_root, "--engine", str(engine))
     try:
-        started = time.monotonic()
         spawned = a.call("spawn", args=["--op", "read"])
-        assert time.monotonic() - started < 0.3  # it does not wait for the job
         assert set(spawned) == {"job", "pid"}
         # the agent keeps serving while the job runs
         assert a.call("ping", token="t")["token"] == "t"
+        assert a.error("wait_job", {"job": spawned["job"], "timeout_s": 0.1})["type"] == "Timeout"
+        release.touch()
         result = a.call("wait_job", job=spawned["job"], timeout_s=10)
         assert result == {"op": "read", "exit_code": 0, "stderr": "note\n"}
         # a waited job is forgotten
@@ -709,6 +713,9 @@ def test_spawn_with_progress_forwards_the_engines_lines_as_events(fake_root, tmp
                 assert msg["id"] == 1, msg
                 job = msg["result"]["job"]
         assert [(e["job"], e["seq"], e["completions"]) for e in events] == [(job, 0, 0), (job, 1, 10), (job, 2, 20)]
+        # The line that is not JSON is not dropped silently: it comes as a warning event.
+        warning = a.read_obj()
+        assert warning["event"] == "warning" and warning["job"] == job and "'not json'" in warning["message"]
         assert a.call("wait_job", job=job, timeout_s=10)["done"] is True
         assert a.error("spawn", {"args": [], "progress_ms": 5})["type"] == "BadParams"
     finally:

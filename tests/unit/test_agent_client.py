@@ -71,6 +71,20 @@ def test_typed_error_becomes_agent_error_kind():
     assert fake.requests[0]["params"] == {"name": "vdz", "timeout_s": 1}
 
 
+def test_internal_error_is_an_agent_bug_not_a_driver_outcome():
+    from vblk_ci.errors import AgentBug, InfraError
+
+    fake = FakeAgent(lambda req: [{"event": "warning", "job": 1, "message": "job 1: engine progress line is "
+                                   "not a JSON object: 'x'"},
+                                  {"id": req["id"], "error": {"type": "InternalError", "message": "KeyError: 'k'"}}])
+    client = fake.client()
+    with pytest.raises(AgentBug) as info:
+        client.disks()
+    assert isinstance(info.value, InfraError) and not isinstance(info.value, AgentError)
+    assert str(info.value) == "guest agent bug in disks: KeyError: 'k' (see agent.log)"
+    assert client.warnings == ["job 1: engine progress line is not a JSON object: 'x'"]
+
+
 def test_stale_replies_and_events_are_set_aside():
     def handler(req):
         return [{"event": "ready", "boot_ns": 5}, {"id": 999, "result": "stale"}, {"id": req["id"], "result": {"ok": 1}}]

@@ -24,7 +24,7 @@ def test_full_argv_tcg():
         "qemu-system-x86_64",
         "-accel", "tcg",
         "-M", "q35", "-smp", "2", "-m", "1024",
-        "-cpu", "max",
+        "-cpu", "max,la57=off",
         "-nodefaults", "-no-reboot", "-display", "none", "-nic", "none",
         "-kernel", "/k/bzImage", "-initrd", "/k/initrd.gz",
         "-append", CMDLINE + " virtio_blk.poll_queues=1",

@@ -324,3 +324,33 @@ def test_fio_verdicts_in_the_table():
     assert "agrees)" in text and "**DISAGREES**" in text
     fair_fio = [c for c in rec["comparisons"] if c["name"] == "qd8b4-fair-null"][0]["fio"][0]
     assert "--ioengine=io_uring" in fair_fio["argv"] and "--direct=1" in fair_fio["argv"]
+
+
+def test_pair_order_is_abba_and_balanced_for_even_counts():
+    from vblk_ci.bench.runner import pair_order
+
+    firsts = [pair_order(i)[0] for i in range(8)]
+    assert firsts == ["passthru", "block", "block", "passthru"] * 2
+    for pairs in (2, 4, 6):
+        assert [pair_order(i)[0] for i in range(pairs)].count("passthru") == pairs // 2
+
+
+def test_path_geomeans_divide_to_the_paired_ratio(recorded):
+    # The table prints per-path geometric means beside the ratio: they must agree, which the
+    # medians did not (11,268 / 8,914 beside a ratio of 1.000 in one recorded run).
+    again = summarize({k: v for k, v in recorded.items() if k != "method"})
+    for comp in again["comparisons"]:
+        s = comp["summary"]
+        quotient = s["paths"]["passthru"]["iops_geomean"]["estimate"] / s["paths"]["block"]["iops_geomean"]["estimate"]
+        assert quotient == pytest.approx(s["iops_ratio"]["estimate"], rel=1e-9)
+        assert s["informative"] == (s["pairs"] >= 3)
+        order = s["order_effect"]
+        assert order["passthru_first"]["pairs"] + order["block_first"]["pairs"] == s["pairs"]
+
+
+def test_fewer_than_three_pairs_is_marked_uninformative(tmp_path):
+    two = json.loads((DATA / "quick-tcg-2pairs.json").read_text())
+    text = R.to_markdown(summarize({k: v for k, v in two.items() if k != "method"}))
+    assert "*uninformative: 2 pairs*" in text and "IOPS (geo. mean)" in text
+    three = json.loads((DATA / "seed-icount-tcg-3pairs.json").read_text())
+    assert "*uninformative" not in R.to_markdown(summarize({k: v for k, v in three.items() if k != "method"}))

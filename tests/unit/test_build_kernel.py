@@ -261,13 +261,13 @@ def test_tree_tracks_what_the_series_touches_and_applies_incrementally(tmp_path:
     tb = _fake_tarball(tmp_path)
     opts = K.KernelBuildOptions(source_tarball=str(tb), cache_dir=str(tmp_path / "cache"))
     cache = tmp_path / "cache"
-    tree, objdir, state_path = cache / "trees" / "default", cache / "trees" / "default-build", cache / "trees" / "s.json"
+    tree, state_path = cache / "trees" / "default", cache / "trees" / "s.json"
     ident = "tarball:" + K._cache.sha256_file(tb)
     msgs: list[str] = []
     p1 = _make_patch(tmp_path, tb, "one", "int virtblk_one;\n")
     patch1 = [K.Patch(p1.name, p1, K._cache.sha256_file(p1))]
     assert K.series_paths(patch1) == ["drivers/block/virtio_blk.c"]
-    state = K._prepare_tree(opts, tree, objdir, state_path, ident, msgs.append, patch1)
+    state = K._prepare_tree(opts, tree, state_path, ident, msgs.append, patch1)
     # Only what the series touches is committed (the rest of a real tree is ~87,000 files).
     files = subprocess.run(["git", "ls-files"], cwd=tree, capture_output=True, text=True, check=True).stdout.split()
     assert files == ["drivers/block/virtio_blk.c"] and (tree / "README").is_file()
@@ -314,7 +314,7 @@ def test_patch_that_does_not_apply_names_the_patch(tmp_path: Path) -> None:
     opts = K.KernelBuildOptions(source_tarball=str(tb))
     cache = tmp_path / "cache"
     tree, state_path = cache / "trees" / "default", cache / "trees" / "s.json"
-    state = K._prepare_tree(opts, tree, cache / "trees" / "default-build", state_path, "tarball:x", None)
+    state = K._prepare_tree(opts, tree, state_path, "tarball:x", None)
     p1 = _make_patch(tmp_path, tb, "one", "int virtblk_one;\n")
     p2 = _make_patch(tmp_path, tb, "two", "int virtblk_two;\n")  # also against base: conflicts after p1
     patches = [K.Patch("0001-one.patch", p1, "a"), K.Patch("0002-two.patch", p2, "b")]
@@ -352,7 +352,7 @@ def test_publish_coverage_ships_gcno_source_and_the_series_lines(tmp_path: Path)
     cache = tmp_path / "cache"
     tree, objdir = cache / "trees" / "coverage", cache / "trees" / "coverage-build"
     state_path = cache / "trees" / "coverage.json"
-    state = K._prepare_tree(opts, tree, objdir, state_path, "tarball:" + K._cache.sha256_file(tb), None)
+    state = K._prepare_tree(opts, tree, state_path, "tarball:" + K._cache.sha256_file(tb), None)
     p = _make_patch(tmp_path, tb, "more", "int virtblk;\n/* new */\nint virtblk_two;\n")
     K._apply_series(tree, state, state_path, [K.Patch(p.name, p, K._cache.sha256_file(p))], None)
     stage = tmp_path / "stage"
@@ -370,3 +370,195 @@ def test_publish_coverage_ships_gcno_source_and_the_series_lines(tmp_path: Path)
     assert entry["added_line_count"] == 2 and "added_lines" not in entry
     assert (stage / "virtio_blk.c").read_text() == "int virtblk;\n/* new */\nint virtblk_two;\n"
     assert (stage / "virtio_blk.gcno").read_bytes() == b"oncg"
+
+
+def test_fragments_that_ask_for_a_modular_virtio_blk_build_the_module(tmp_path):
+    """kernel-config/coverage.config sets CONFIG_VIRTIO_BLK=m: the build then makes and ships the .ko
+    as --virtio-blk-module does; a later fragment's =y wins over an earlier =m."""
+    from vblk_ci.build import kernel as K
+
+    repo_cfg = Path(__file__).resolve().parents[2] / "kernel-config"
+    assert K.fragments_want_module([repo_cfg / "base.config", repo_cfg / "coverage.config"])
+    assert not K.fragments_want_module([repo_cfg / "base.config"])
+    assert not K.fragments_want_module([repo_cfg / "base.config", repo_cfg / "debug.config"])
+    m, y = tmp_path / "m.config", tmp_path / "y.config"
+    m.write_text("CONFIG_VIRTIO_BLK=m\n")
+    y.write_text("CONFIG_VIRTIO_BLK=y\n")
+    assert K.fragments_want_module([y, m]) and not K.fragments_want_module([m, y])
+
+
+# --------------------------------------------------------------------------- bases and the public API
+
+
+def test_the_base_picks_tarball_series_and_fragments_unless_given(tmp_path: Path) -> None:
+    o73 = K.KernelBuildOptions(base="7.3")
+    assert K.resolve_tarball(o73) == "/usr/src/linux-source-7.3.tar.xz"
+    assert K.resolve_tarball(K.KernelBuildOptions(base="6.12")) == "/usr/src/linux-source-6.12.tar.xz"
+    assert K.resolve_series_dir(o73) == str(K.repo_root() / "driver")
+    assert [f.name for f in K.resolve_fragments(o73)] == ["base.config", "linux-7.3.config"]
+    assert [f.name for f in K.resolve_fragments(K.KernelBuildOptions(base="7.3", variant="debug"))] == [
+        "base.config", "debug.config", "linux-7.3.config"]
+    given = K.KernelBuildOptions(base="7.3", source_tarball="/x.tar.xz", series_dir=str(tmp_path))
+    assert (K.resolve_tarball(given), K.resolve_series_dir(given)) == ("/x.tar.xz", str(tmp_path))
+    assert K.resolve_patches(K.KernelBuildOptions(base="7.3", apply_series=False)) == []
+
+
+def test_default_options_build_what_the_image_built_before_bases() -> None:
+    # The image's default kernel (no KERNEL_BASE) must keep its cache key: 6.12, driver/, base.config.
+    opts = K.KernelBuildOptions()
+    assert opts.base == "6.12" == K.DEFAULT_TARBALL.split("-")[-1].removesuffix(".tar.xz")
+    assert K.resolve_tarball(opts) == "/usr/src/linux-source-6.12.tar.xz"
+    assert K.resolve_series_dir(opts) == str(K.repo_root() / "driver")
+    assert [f.name for f in K.resolve_fragments(opts)] == ["base.config"]
+
+
+def test_unknown_base_is_a_usage_error(tmp_path: Path) -> None:
+    opts = K.KernelBuildOptions(base="7.4", cache_dir=str(tmp_path))
+    for call in (K.kernel_base, K.resolve_tarball, K.resolve_series_dir, K.kernel_key, K.build_kernel):
+        with pytest.raises(K.UsageError, match=r"^unknown kernel base '7.4' \(known: 7.3, 6.12\)$") as e:
+            call(opts)
+        assert e.value.exit_code == 2
+
+
+def test_missing_base_tarball_says_which_package(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setattr(K._bases.KernelBase, "tarball", property(lambda b: str(tmp_path / f"{b.package}.tar.xz")))
+    with pytest.raises(BuildError, match=r"linux-source-7.3.tar.xz \(apt-get install linux-source-7.3\)"):
+        K.kernel_key(K.KernelBuildOptions(base="7.3", cache_dir=str(tmp_path / "c")))
+
+
+def test_cli_bad_base_is_one_line_and_exit_2(capsys) -> None:
+    assert K.main(["--base", "7.4", "--print-key"]) == 2
+    assert capsys.readouterr().err == "vblk-ci kernel build: unknown kernel base '7.4' (known: 7.3, 6.12)\n"
+
+
+def test_cli_options_carry_the_base(tmp_path: Path) -> None:
+    a = K._parser().parse_args(["--base", "7.3", "--no-series", "--cache-dir", str(tmp_path)])
+    opts = K.options_from_args(a)
+    assert (opts.base, opts.source_tarball, opts.series_dir, opts.apply_series) == ("7.3", None, None, False)
+    assert K.options_from_args(K._parser().parse_args([])).base == K._bases.DEFAULT_BASE
+
+
+def _fake_73_tarball(tmp_path: Path) -> Path:
+    src = tmp_path / "src73" / "linux-source-7.3"
+    (src / "drivers" / "block").mkdir(parents=True)
+    (src / "Makefile").write_text("VERSION = 7\nPATCHLEVEL = 3\nSUBLEVEL = 4\nEXTRAVERSION =\n")
+    (src / "drivers" / "block" / "virtio_blk.c").write_text("int virtblk73;\n")
+    (src / ".gitignore").write_text("/*\n!/debian/\n")
+    tb = tmp_path / "linux-source-7.3.tar.xz"
+    with tarfile.open(tb, "w:xz") as t:
+        t.add(src, arcname="linux-source-7.3")
+    return tb
+
+
+@needs_git
+def test_source_tree_with_an_empty_series_and_one_tree_per_base(tmp_path: Path) -> None:
+    cache = tmp_path / "cache"
+    empty = tmp_path / "empty-series"
+    empty.mkdir()
+    (empty / "series").write_text("# nothing yet\n")
+    o73 = K.KernelBuildOptions(base="7.3", source_tarball=str(_fake_73_tarball(tmp_path)), series_dir=str(empty),
+                               cache_dir=str(cache))
+    msgs: list[str] = []
+    with K.source_tree(o73, "default", msgs.append) as src:
+        assert src.path == cache / "trees" / "7.3" / "default" and src.patches == []
+        assert src.objdir() == cache / "trees" / "7.3" / "default-build"
+        # The base commit tracks nothing (no patch touches anything), the files are all there.
+        files = subprocess.run(["git", "ls-files"], cwd=src.path, capture_output=True, text=True, check=True).stdout
+        assert files == "" and (src.path / "drivers/block/virtio_blk.c").read_text() == "int virtblk73;\n"
+        assert src.state["version"] == "7.3.4"
+        src.objdir().mkdir()
+    assert "apply series: 0 patch(es)" in msgs
+
+    # A 6.12 tree in the same cache lives beside it: switching bases re-extracts neither.
+    o612 = K.KernelBuildOptions(base="6.12", source_tarball=str(_fake_tarball(tmp_path)), apply_series=False,
+                                cache_dir=str(cache))
+    with K.source_tree(o612, "default") as src612:
+        assert src612.path == cache / "trees" / "6.12" / "default" and src612.state["version"] == "6.12.117"
+    msgs.clear()
+    with K.source_tree(o73, "default", msgs.append) as src:
+        assert (src.objdir() / ".").is_dir()  # kept: same base
+    assert not any(m.startswith("extract") for m in msgs)
+
+    # A different tarball for the same base: a fresh tree, and the objects built from the old one go.
+    (tmp_path / "src73" / "linux-source-7.3" / "README").write_text("new\n")
+    tb2 = tmp_path / "other" / "linux-source-7.3.tar.xz"
+    tb2.parent.mkdir()
+    with tarfile.open(tb2, "w:xz") as t:
+        t.add(tmp_path / "src73" / "linux-source-7.3", arcname="linux-source-7.3")
+    o73b = K.KernelBuildOptions(**{**o73.__dict__, "source_tarball": str(tb2)})
+    with K.source_tree(o73b, "default", msgs.append) as src:
+        assert (src.path / "README").is_file() and not src.objdir().exists()
+    assert any(m.startswith("extract") for m in msgs)
+
+
+@needs_git
+def test_source_tree_applies_the_series_and_names_a_patch_that_does_not(tmp_path: Path) -> None:
+    tb = _fake_tarball(tmp_path)
+    p1 = _make_patch(tmp_path, tb, "one", "int virtblk_one;\n")
+    p2 = _make_patch(tmp_path, tb, "two", "int virtblk_two;\n")
+    series = _series(tmp_path / "driver", ["0001-one.patch"], {"0001-one.patch": p1.read_text()})
+    opts = K.KernelBuildOptions(base="6.12", source_tarball=str(tb), series_dir=str(series),
+                                cache_dir=str(tmp_path / "cache"))
+    with K.source_tree(opts, "quality") as src:
+        assert (src.path / "drivers/block/virtio_blk.c").read_text() == "int virtblk_one;\n"
+        assert [p.name for p in src.patches] == ["0001-one.patch"]
+    _series(series, ["0001-one.patch", "0002-two.patch"], {"0002-two.patch": p2.read_text()})
+    with pytest.raises(BuildError, match=r"patch 2/2 0002-two.patch does not apply"):
+        with K.source_tree(opts, "quality"):
+            pass
+    with pytest.raises(BuildError, match="bad tree slot"):
+        with K.source_tree(opts, "../x"):
+            pass
+
+
+def test_run_and_make_return_output_and_raise_with_the_tail(tmp_path: Path) -> None:
+    assert K.run(["sh", "-c", "echo hi; echo err >&2"]) == "hi\nerr\n"
+    assert K.run(["sh", "-c", "echo found; exit 1"], check=False) == "found\n"
+    with pytest.raises(BuildError, match=r"^step failed \(exit 3\):\nlast$"):
+        K.run(["sh", "-c", "echo last; exit 3"], what="step")
+    # the build environment: fixed identity and stamps, whatever the caller's
+    assert K.run(["sh", "-c", "echo $KBUILD_BUILD_USER $GIT_AUTHOR_NAME"]) == "vblk-ci vblk-ci\n"
+    (tmp_path / "Makefile").write_text("all:\n\t@echo O=$(O) $(X)\n")
+    assert K.make(tmp_path, tmp_path / "o", "X=1") == f"O={tmp_path / 'o'} 1\n"
+
+
+def test_quality_uses_only_the_builders_public_api() -> None:
+    import ast
+
+    from vblk_ci.build import quality
+
+    tree = ast.parse(Path(quality.__file__).read_text())
+    private = sorted({n.attr for n in ast.walk(tree)
+                      if isinstance(n, ast.Attribute) and isinstance(n.value, ast.Name) and n.value.id == "K"
+                      and n.attr.startswith("_")})
+    assert private == []
+    assert not hasattr(quality, "_which") and not hasattr(quality, "_make")
+
+
+def test_7_3_fragments_ask_for_sysctl_by_its_new_name() -> None:
+    # Seen on the first 7.3 build: "CONFIG_PROC_SYSCTL: requested y, got not set" (7.3 has only SYSCTL).
+    config73 = "CONFIG_PROC_FS=y\nCONFIG_SYSCTL=y\n"
+    base_only = K.requested_options([K.variant_fragments("default")[0].read_text()])
+    assert "CONFIG_PROC_SYSCTL: requested y, got not set" in K.verify_config(base_only, config73)
+    req = K.requested_options([f.read_text() for f in K.resolve_fragments(K.KernelBuildOptions(base="7.3"))])
+    assert (req["CONFIG_SYSCTL"], req["CONFIG_PROC_SYSCTL"]) == ("y", "n")
+    assert not [p for p in K.verify_config(req, config73) if "SYSCTL" in p]
+
+
+def test_a_flat_cache_tree_of_the_same_base_is_adopted_by_symlinks(tmp_path: Path) -> None:
+    """Caches from before kernel bases: trees/<slot> becomes trees/<base>/<slot> without a rebuild."""
+    import json as _json
+
+    flat = tmp_path / "trees"
+    (flat / "default" / ".git").mkdir(parents=True)
+    (flat / "default-build").mkdir()
+    (flat / "default-build" / "vmlinux.o").write_bytes(b"obj")
+    (flat / "default.json").write_text(_json.dumps({"base_identity": "tarball:abc", "base_commit": "c0"}))
+    trees = flat / "6.12"
+    assert not K.adopt_flat_layout(trees, "default", "tarball:other")  # another base's source: not ours
+    assert not trees.exists()
+    assert K.adopt_flat_layout(trees, "default", "tarball:abc")
+    assert (trees / "default").resolve() == (flat / "default").resolve()
+    assert (trees / "default-build" / "vmlinux.o").read_bytes() == b"obj"
+    assert _json.loads((trees / "default.json").read_text())["base_commit"] == "c0"
+    assert not K.adopt_flat_layout(trees, "default", "tarball:abc")  # once

@@ -34,6 +34,7 @@ def one_line(capsys) -> str:
 @pytest.mark.parametrize("argv", [
     [], ["bogus"], ["run", "--smp", "zero"], ["run", "--smp", "0"], ["run", "--accel", "hvf"],
     ["run", "--no-such-flag"], ["build"], ["build", "rootfs"], ["build", "kernel", "--jobs", "x"],
+    ["build", "kernel", "--base", "7.4"],
 ])
 def test_bad_arguments_exit_2_with_one_line(argv, capsys):
     assert cli.main(argv) == 2
@@ -83,7 +84,7 @@ def _fake_run(status: str = "pass", exc: BaseException | None = None, seen: list
     return run
 
 
-@pytest.mark.parametrize("status, code", [("pass", 0), ("fail", 1), ("error", 3)])
+@pytest.mark.parametrize("status, code", [("pass", 0), ("fail", 1), ("error", 125)])
 def test_run_maps_verdict_to_exit_code(status, code, artifacts, monkeypatch, tmp_path):
     seen: list = []
     monkeypatch.setattr("vblk_ci.runner.run", _fake_run(status, seen=seen))
@@ -103,7 +104,7 @@ def test_infra_error_is_one_line_exit_3_with_detail_in_run_dir(artifacts, monkey
     out.mkdir()
     monkeypatch.setattr("vblk_ci.runner.run", _fake_run(exc=failure))
     kernel, initrd = artifacts
-    assert cli.main(["run", "--kernel", str(kernel), "--initramfs", str(initrd), "--out", str(out)]) == 3
+    assert cli.main(["run", "--kernel", str(kernel), "--initramfs", str(initrd), "--out", str(out)]) == 125
     assert one_line(capsys) == "vblk-ci: infrastructure error: QEMU exited during start-up (exit code 1)"
     assert "qemu: bad option" in (out / "run.log").read_text()
 
@@ -111,7 +112,7 @@ def test_infra_error_is_one_line_exit_3_with_detail_in_run_dir(artifacts, monkey
 def test_generic_infra_error(artifacts, monkeypatch, capsys):
     monkeypatch.setattr("vblk_ci.runner.run", _fake_run(exc=InfraError("docker daemon gone\ntrace")))
     kernel, initrd = artifacts
-    assert cli.main(["run", "--kernel", str(kernel), "--initramfs", str(initrd)]) == 3
+    assert cli.main(["run", "--kernel", str(kernel), "--initramfs", str(initrd)]) == 125
     assert one_line(capsys) == "vblk-ci: infrastructure error: docker daemon gone"
 
 
@@ -141,6 +142,28 @@ def test_build_kernel_passes_only_given_options(monkeypatch, capsys, tmp_path):
     assert "configure" in out.err
 
 
+def test_build_kernel_bad_base_fails_before_building(monkeypatch, capsys):
+    from vblk_ci.build import kernel as K
+
+    monkeypatch.setattr(K, "build_kernel", lambda *a, **k: pytest.fail("built with a bad base"))
+    assert cli.main(["build", "kernel", "--base", "6.1", "--no-series"]) == 2
+    assert one_line(capsys) == "vblk-ci: error: unknown kernel base '6.1' (known: 7.3, 6.12)"
+
+
+def test_build_kernel_base(monkeypatch, capsys, tmp_path):
+    from vblk_ci.build import kernel as K
+
+    seen = []
+    monkeypatch.setattr(K, "build_kernel", lambda opts, progress=None: seen.append(opts) or K.KernelArtifact(
+        bzimage=tmp_path / "bzImage", config=tmp_path / ".config", manifest=tmp_path / "m.json", key="k73",
+        built=True, seconds=1.0))
+    assert cli.main(["build", "kernel", "--base", "7.3", "--no-series"]) == 0
+    assert cli.main(["build", "kernel"]) == 0
+    assert (seen[0].base, seen[0].apply_series, seen[0].series_dir) == ("7.3", False, None)
+    assert seen[1].base == K.KernelBuildOptions().base
+    capsys.readouterr()
+
+
 def test_build_initramfs(monkeypatch, capsys, tmp_path):
     from vblk_ci.build import initramfs as I
 
@@ -154,3 +177,56 @@ def test_build_initramfs(monkeypatch, capsys, tmp_path):
     assert cli.main(["build", "initramfs", "--no-smoke-test", "--compress-level", "1"]) == 0
     assert (seen[0].smoke_test, seen[0].compress_level) == (False, 1)
     assert json.loads(capsys.readouterr().out)["key"] == "i1"
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["run", "--scenario", "no-such"], "unknown scenario 'no-such'"),
+    (["run", "--suite", "driver", "--scenario", "smoke"], "give either --suite or --scenario, not both"),
+    (["run", "--scenario", "smoke", "--check", " "], "--check needs a non-empty glob"),
+    (["run", "--matrix", "m.toml", "--scenario", "smoke"], "--suite, --scenario and --check do not apply"),
+])
+def test_scenario_and_check_usage_errors_before_a_boot(argv, message, artifacts, monkeypatch, capsys):
+    kernel, initrd = artifacts
+    monkeypatch.setenv("VBLK_CI_KERNEL", str(kernel))
+    monkeypatch.setenv("VBLK_CI_INITRAMFS", str(initrd))
+    monkeypatch.setattr("vblk_ci.runner.run", lambda plan, emit: pytest.fail("booted"))
+    assert cli.main(argv) == 2
+    assert message in one_line(capsys)
+
+
+def test_scenario_and_check_reach_the_plan(artifacts, monkeypatch, tmp_path):
+    seen: list = []
+    monkeypatch.setattr("vblk_ci.runner.run", _fake_run(seen=seen))
+    kernel, initrd = artifacts
+    monkeypatch.setenv("VBLK_CI_KERNEL", str(kernel))
+    monkeypatch.setenv("VBLK_CI_INITRAMFS", str(initrd))
+    assert cli.main(["run", "--scenario", "driver-bounds", "--scenario", "driver-ioprio",
+                     "--check", "*wraps", "--out", str(tmp_path / "o")]) == 0
+    plan = seen[0]
+    assert plan.scenarios == ("driver-bounds", "driver-ioprio") and plan.checks == ("*wraps",)
+    assert plan.label == "driver-bounds,driver-ioprio"
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["run", "--tree", "/nonexistent-tree", "--kernel", "k"], "give either --kernel or --tree, not both"),
+    (["build", "kernel", "--tree", "/x", "--base", "7.3"], "--tree builds the tree as it is: --base do not apply"),
+    (["bisect", "--tree", "/x", "--good", "a", "--bad", "b", "--suite", "nope"], "unknown suite 'nope'"),
+    (["bisect", "--tree", "/x", "--good", "a", "--bad", "b", "--bundle", "/no/bundle"], "no such bundle"),
+    (["bisect", "--tree", "/x", "--good", "a", "--bad", "b", "--suite", "smoke", "--scenario", "smoke"],
+     "not allowed with argument"),
+])
+def test_tree_and_bisect_usage_errors_are_one_line_exit_2(argv, message, artifacts, monkeypatch, capsys):
+    kernel, initrd = artifacts
+    monkeypatch.setenv("VBLK_CI_INITRAMFS", str(initrd))
+    assert cli.main(argv) == 2
+    assert message in one_line(capsys)
+
+
+def test_run_tree_builds_then_runs_that_kernel(artifacts, monkeypatch, tmp_path):
+    seen: list = []
+    kernel, initrd = artifacts
+    monkeypatch.setenv("VBLK_CI_INITRAMFS", str(initrd))
+    monkeypatch.setattr("vblk_ci.runner.run", _fake_run(seen=seen))
+    monkeypatch.setattr(cli, "tree_kernel", lambda tree: kernel if tree == "/my/linux" else pytest.fail(tree))
+    assert cli.main(["run", "--tree", "/my/linux", "--scenario", "smoke", "--out", str(tmp_path / "o")]) == 0
+    assert seen[0].kernel == kernel

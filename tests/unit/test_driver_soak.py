@@ -91,3 +91,19 @@ def test_duration_is_validated(monkeypatch):
     with pytest.raises(UsageError, match="between 1 and 86400"):
         soak_seconds()
     assert mix_args("/dev/vdbc0", "/dev/vdb", 600.0, 7)[-4:] == ["--runtime", "600", "--seed", "7"]
+
+
+def test_an_unplug_the_guest_never_acknowledges_fails_the_check(tmp_path, monkeypatch):
+    # The same path as every other scenario (issue 14): an UnplugTimeout is a failed check,
+    # where driver-soak used to let a MachineTimeout escape as an infrastructure error.
+    from vblk_ci.errors import UnplugTimeout
+
+    class Stuck(FakeMachine):
+        def unplug(self, disk_id):
+            raise UnplugTimeout(f"unplug {disk_id}: no QMP event DEVICE_DELETED within 30.0s")
+
+    monkeypatch.setenv("VBLK_CI_SOAK_SECONDS", "3")
+    ctx = ScenarioContext("driver-soak", Stuck([CLEAN, CLEAN]), tmp_path, E.Recorder(), set())
+    DriverSoak().run(ctx)
+    unplug = {c.name: c for c in ctx.checks}["unplug"]
+    assert unplug.status == "fail" and "DEVICE_DELETED" in unplug.detail

@@ -38,7 +38,7 @@ def make_result(**changes) -> RunResult:
     return RunResult(**base)
 
 
-@pytest.mark.parametrize("status, code", [("pass", 0), ("fail", 1), ("error", 3), ("config-mismatch", 4)])
+@pytest.mark.parametrize("status, code", [("pass", 0), ("fail", 1), ("error", 125), ("config-mismatch", 4)])
 def test_exit_codes(status, code):
     assert make_result(status=status).exit_code == code
 

@@ -6,6 +6,7 @@ repro.c, and the figures must add up; a replay of the shrunk program must find i
 """
 
 import json
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -13,8 +14,8 @@ import pytest
 
 from vblk_ci.fuzz import runner as R
 from vblk_ci.machine.accel import Accel
-from vblk_ci.fuzz.program import T_GET_ID, T_IN, parse
-from vblk_ci.fuzz.table import U64, Caller, DiskConfig, data_bytes, effects, expect
+from vblk_ci.fuzz.program import T_DISCARD, T_GET_ID, T_IN, T_OUT, parse
+from vblk_ci.fuzz.table import U64, DiskConfig, data_bytes, effects, expect
 
 
 class FakeConsole:
@@ -33,6 +34,11 @@ CONFIGS = {"fz0": DiskConfig("fz0", "fuzz-d0", 16 << 20), "fz1": DiskConfig("fz1
            "fz2": DiskConfig("fz2", "fuzz-ro", 4 << 20, read_only=True)}
 DEVS = {"/dev/vdac0": "fz0", "/dev/vdbc0": "fz1", "/dev/vdcc0": "fz2"}
 QMP_CALLS: list[str] = []
+GUEST_SH: list[str] = []
+EXECUTED: list[tuple[str, object]] = []  # (executor, program) per run
+ENGINE32_RUNS = True
+UNPLUGGED: set[str] = set()  # disks device_del took away (until plugged again)
+ARMED: dict[str, str] = {}  # disk id -> the blkdebug iotype its requests fail with (EIO)
 DATA: dict[str, dict[int, int]] = {}  # disk -> sector -> tag, kept across boots like the image files
 
 
@@ -43,10 +49,14 @@ def fake_driver(text: str, dev: str) -> str:
     out, broken = [], set()
     chain_of = {i: n for n, c in enumerate(prog.chains()) for i in c}
     for i, step in enumerate(prog.steps):
-        exp = expect(step, prog, disk, Caller())
+        exp = expect(step, prog, disk)  # as the program's caller
         res = -125 if chain_of[i] in broken else (0 if 0 in exp.accepted else max(exp.accepted))
         if "sector + length wraps past 2^64" in exp.rules and chain_of[i] not in broken:
             res = 1  # the planted bug: the wrap is not caught, the device refuses
+        if disk.name in UNPLUGGED and i >= len(prog.steps) // 2 and chain_of[i] not in broken:
+            res = -19  # the device went away half-way through: -ENODEV from then on
+        if res == 0 and {"read": T_IN, "write": T_OUT, "discard": T_DISCARD}.get(ARMED.get(disk.name)) == step.type:
+            res = 1  # blkdebug: the device fails it (VIRTIO_BLK_S_IOERR)
         line = {"i": i, "res": res}
         if res == 0 and step.type == T_IN and data_bytes(step):
             n = data_bytes(step) // 512
@@ -79,8 +89,15 @@ class FakeAgent:
                 "device/features": "".join(feats)}
 
     def exec(self, argv=None, cmd=None, stdin=None, timeout_s=30.0):
+        if cmd is not None:  # the campaign hands the nodes to the user
+            GUEST_SH.append(cmd)
+            return {"rc": 0, "stdout": "", "stderr": ""}
+        if argv[2] == "/dev/null":  # the vblk-engine32 probe
+            assert argv[0] == R.EXECUTOR32
+            return {"rc": 0 if ENGINE32_RUNS else 126, "stdout": "", "stderr": "" if ENGINE32_RUNS else "exec format"}
         self.runs += 1
-        assert argv[:3] == [R.EXECUTOR, "--program", "-"]
+        assert argv[:3] == [R.EXECUTOR32 if "# abi i386" in stdin else R.EXECUTOR, "--program", "-"]
+        EXECUTED.append((argv[0], parse(stdin)))
         return {"rc": 0, "stdout": fake_driver(stdin, argv[4]), "stderr": ""}
 
 
@@ -116,8 +133,20 @@ class FakeMachine:
 
     def qmp(self, cmd, args=None, timeout=None):
         QMP_CALLS.append(cmd)
+        if cmd == "blockdev-add" and args.get("driver") == "blkdebug":
+            ARMED[args["image"].split("-")[0]] = args["inject-error"][0]["iotype"]
+        if cmd == "blockdev-del":
+            ARMED.clear()
+
+    def unplug(self, disk_id, timeout=None):
+        UNPLUGGED.add(disk_id)
+        QMP_CALLS.append("device_del")
+        return 0.5
 
     def hotplug(self, disk, slot, chardev=True):
+        if disk.id in UNPLUGGED:
+            UNPLUGGED.discard(disk.id)
+            QMP_CALLS.append("device_add")
         name = "vd" + "abc"[slot]
         return Plugged(name, f"/dev/{name}c0")
 
@@ -125,6 +154,10 @@ class FakeMachine:
 @pytest.fixture
 def fake(monkeypatch, tmp_path):
     DATA.clear()
+    GUEST_SH.clear()
+    EXECUTED.clear()
+    ARMED.clear()
+    UNPLUGGED.clear()
     monkeypatch.setattr(R, "Machine", FakeMachine)
     monkeypatch.setattr(R, "resolve_binary", lambda q: "/usr/bin/qemu-system-x86_64")
     monkeypatch.setattr(R, "probe_caps", lambda q: None)
@@ -143,7 +176,8 @@ def test_campaign_finds_the_planted_wrap_bug_and_writes_it_out(fake, tmp_path, m
     out = tmp_path / "out"
     rec = R.run_campaign(R.FuzzPlan(kernel=kernel, initramfs=initrd, out=out, seed=3, budget_s=20.0))
     sigs = {f["signature"] for f in rec["findings"]}
-    assert sigs and all("wraps past 2^64" in s and s.endswith("dev-status-1") for s in sigs), sigs
+    assert sigs and all("wraps past 2^64" in s and s.removesuffix("|i386").endswith("dev-status-1")
+                       for s in sigs), sigs
     assert rec["programs"] > 5 and rec["commands"] > rec["programs"]
     assert sum(rec["classes"].values()) == rec["commands"]
     assert rec["boots"] == 1 and "partial" not in json.loads((out / "fuzz.json").read_text())
@@ -172,3 +206,100 @@ def test_stop_cont_faults_pause_a_fifth_of_the_programs(fake, tmp_path, monkeypa
     assert len(QMP_CALLS) >= 2 * rec["programs_with_fault"]
     assert QMP_CALLS == ["stop", "cont"] * (len(QMP_CALLS) // 2)
     assert 0.1 < rec["programs_with_fault"] / rec["programs"] < 0.35
+
+
+def test_max_programs_stops_the_campaign_at_a_fixed_amount_of_work(fake, tmp_path, monkeypatch):
+    kernel, initrd = fake
+    ticks = iter(range(0, 10**6))
+    monkeypatch.setattr(R.time, "monotonic", lambda: next(ticks) * 0.01)
+    monkeypatch.setattr(R.time, "sleep", lambda s: None)
+    runs = []
+    for n in (1, 2):
+        DATA.clear()  # a new --out: new, empty disk images
+        rec = R.run_campaign(R.FuzzPlan(kernel=kernel, initramfs=initrd, out=tmp_path / f"o{n}", seed=3,
+                                        budget_s=1e6, max_programs=12))
+        runs.append(rec)
+        assert rec["programs"] == 12 and rec["stopped"] == "max-programs" and rec["max_programs"] == 12
+    # the same programs: the same figures and findings, whatever the wall time
+    assert runs[0]["commands"] == runs[1]["commands"] and runs[0]["classes"] == runs[1]["classes"]
+    assert [f["signature"] for f in runs[0]["findings"]] == [f["signature"] for f in runs[1]["findings"]]
+    short = R.run_campaign(R.FuzzPlan(kernel=kernel, initramfs=initrd, out=tmp_path / "o3", seed=3, budget_s=0.5,
+                                      max_programs=10**6))
+    assert short["stopped"] == "budget" and short["programs"] < 10**6
+
+
+@pytest.mark.parametrize("engine32", [True, False])
+def test_user_and_i386_programs_run_as_drawn_or_as_x86_64_without_engine32(fake, tmp_path, monkeypatch, engine32):
+    kernel, initrd = fake
+    monkeypatch.setattr(R.time, "sleep", lambda s: None)
+    monkeypatch.setattr(sys.modules[__name__], "ENGINE32_RUNS", engine32)
+    rec = R.run_campaign(R.FuzzPlan(kernel=kernel, initramfs=initrd, out=tmp_path / "o", seed=3, budget_s=1e6,
+                                    max_programs=60))
+    assert GUEST_SH == [f"chown 1000:1000 /dev/vd{x}c0 && chmod 0600 /dev/vd{x}c0" for x in "abc"]
+    abis = {prog.abi for exe, prog in EXECUTED}
+    assert all((exe == R.EXECUTOR32) == (prog.abi == "i386") for exe, prog in EXECUTED)
+    assert abis == ({"x86_64", "i386"} if engine32 else {"x86_64"})
+    assert (rec["engine32"] == "ok") == engine32
+    assert sum(rec["callers"].values()) == 60 and rec["callers"].get("uid x86_64", 0) > 0
+    users = [prog for _, prog in EXECUTED if prog.user is not None]
+    assert users and all(prog.user == 1000 for prog in users)
+    # the planted bug found from a 32-bit caller is its own signature
+    sigs = {f["signature"] for f in rec["findings"]}
+    assert any(s.endswith("|i386") for s in sigs) == engine32, sigs
+
+
+def test_blkdebug_eio_fails_one_request_type_around_a_fifth_of_the_programs(fake, tmp_path, monkeypatch):
+    kernel, initrd = fake
+    QMP_CALLS.clear()
+    monkeypatch.setattr(R.time, "sleep", lambda s: None)
+    rec = R.run_campaign(R.FuzzPlan(kernel=kernel, initramfs=initrd, out=tmp_path / "o", seed=3, budget_s=1e6,
+                                    max_programs=150, faults=("blkdebug-eio",)))
+    # each armed program: blkdebug node added, format re-pointed, ... re-pointed back, node deleted
+    assert QMP_CALLS == ["blockdev-add", "blockdev-reopen", "blockdev-reopen", "blockdev-del"] * (len(QMP_CALLS) // 4)
+    armed = len(QMP_CALLS) // 4
+    assert rec["programs_with_fault"] == armed and 0.1 < armed / 150 < 0.3
+    # the device's IOERR under the fault is no finding: only the planted wrap bug is
+    sigs = {f["signature"] for f in rec["findings"]}
+    assert sigs and all("wraps past 2^64" in s for s in sigs), sigs
+    assert rec["rules"]["the device fails it (blkdebug)"] > 0
+
+
+def test_unplug_takes_the_disk_away_mid_program_and_plugs_it_back(fake, tmp_path, monkeypatch):
+    kernel, initrd = fake
+    QMP_CALLS.clear()
+    monkeypatch.setattr(R.time, "sleep", lambda s: None)
+    monkeypatch.setattr(R.Unplug, "start", lambda self: self.run())  # gone before the fake executor runs
+    monkeypatch.setattr(R.Unplug, "join", lambda self, timeout=None: None)
+    rec = R.run_campaign(R.FuzzPlan(kernel=kernel, initramfs=initrd, out=tmp_path / "o", seed=3, budget_s=1e6,
+                                    max_programs=150, faults=("unplug",)))
+    assert QMP_CALLS == ["device_del", "device_add"] * (len(QMP_CALLS) // 2) and QMP_CALLS
+    assert rec["programs_with_fault"] == len(QMP_CALLS) // 2 and 0.03 < rec["programs_with_fault"] / 150 < 0.2
+    assert not UNPLUGGED and rec["boots"] == 1
+    # -ENODEV after the unplug is no finding; the node is handed to the user again on each plug
+    assert rec["rules"]["the disk was unplugged"] > 0 and rec["classes"].get("read -ENODEV", 0) > 0
+    sigs = {f["signature"] for f in rec["findings"]}
+    assert all("wraps past 2^64" in s and not s.endswith("|unplug") for s in sigs), sigs
+    assert len(GUEST_SH) == 3 + rec["programs_with_fault"]
+
+
+def test_a_program_is_never_both_under_blkdebug_and_unplugged(fake, tmp_path, monkeypatch):
+    kernel, initrd = fake
+    monkeypatch.setattr(R.time, "sleep", lambda s: None)
+    fuzzer = R.Fuzzer(R.FuzzPlan(kernel=kernel, initramfs=initrd, out=tmp_path / "o", seed=3,
+                                 faults=("blkdebug-eio", "unplug", "stop-cont")), lambda e: None)
+    fuzzer.boot()
+    kinds = [{type(f).__name__ for f in fuzzer.faults_for(R.generate(3, i, list(fuzzer.configs.values())))}
+             for i in range(400)]
+    assert not any({"BlkdebugEio", "Unplug"} <= k for k in kinds)
+    assert all(any(n in k for k in kinds) for n in ("BlkdebugEio", "Unplug", "StopCont"))
+
+
+def test_unplug_iopoll_unplugs_only_polled_programs_about_half(fake, tmp_path):
+    kernel, initrd = fake
+    fuzzer = R.Fuzzer(R.FuzzPlan(kernel=kernel, initramfs=initrd, out=tmp_path / "o", seed=3,
+                                 faults=("unplug-iopoll",)), lambda e: None)
+    fuzzer.boot()
+    progs = [R.generate(3, i, list(fuzzer.configs.values())) for i in range(400)]
+    hit = [p for p in progs if fuzzer.faults_for(p)]
+    assert hit and all(p.iopoll for p in hit)
+    assert 0.35 < len(hit) / sum(p.iopoll for p in progs) < 0.65

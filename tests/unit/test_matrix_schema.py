@@ -170,20 +170,22 @@ def test_cli_k_without_matrix_exit_2(capsys):
 def test_disks_from_flags(tmp_path):
     from vblk_ci.matrix.schema import matrix_from_flags
 
-    m = matrix_from_flags(["id=a,num_queues=4,iothread=shared,poll_max_ns=0", "id=b,backend=file,aio=io_uring,cache=none,"
-                           "logical_block_size=4096,read_only=true"], tmp_path, vcpus=4, group=True)
+    # shell's spellings work here too: size with a unit, '-' in keys, a bare boolean.
+    m = matrix_from_flags(["id=a,num_queues=4,iothread=shared,poll_max_ns=0,size=32M", "id=b,backend=file,aio=io_uring,"
+                           "cache=none,logical-block-size=4096,read-only"], tmp_path, vcpus=4, group=True)
     by = {c.name: c for c in m.combinations}
     assert list(by) == ["a/qd1", "b/qd1", "all/qd1"] and by["a/qd1"].vcpus == 4
     a, b = by["a/qd1"].disks[0], by["b/qd1"].disks[0]
-    assert (a.num_queues, a.iothread, a.poll_max_ns) == (4, "shared", 0)
+    assert (a.num_queues, a.iothread, a.poll_max_ns, a.size_bytes) == (4, "shared", 0, 32 << 20)
     assert (b.aio, b.cache, b.logical_block_size, b.read_only, b.path) == ("io_uring", "none", 4096, True,
                                                                             tmp_path / "b.raw")
 
 
 @pytest.mark.parametrize("flag, message", [
-    ("id=a,queues=2", r"<--disk flags>: \[disk.a\] queues: unknown key"),
-    ("id=a,num_queues=two", r"\[disk.a\] num_queues: must be an integer, not str"),
-    ("id=a,num_queues", r"every item must be KEY=VALUE"),
+    # The same rules as vblk-ci shell --disk (disks/flags.py), then the matrix's own checks.
+    ("id=a,queues=2", r"--disk 'id=a,queues=2': unknown key 'queues'"),
+    ("id=a,num_queues=two", r"num_queues is not a number: 'two'"),
+    ("id=a,num_queues", r"num_queues needs a value"),
     ("id=a,aio=io_uring", r"aio: is only valid with the file backend"),
 ])
 def test_bad_disk_flags(tmp_path, flag, message):

@@ -148,10 +148,11 @@ def test_member_outside_the_bundle_dir_is_refused(tmp_path):
 
 
 @pytest.mark.parametrize("content", [b"", b"not a tarball at all", b"\x1f\x8b\x08\x00garbage"])
-def test_cli_bad_bundle_is_one_line_and_exit_2(tmp_path, capsys, content):
+def test_cli_bad_bundle_is_one_line_and_cannot_judge(tmp_path, capsys, content):
+    # 125: git bisect run skips a commit it cannot judge instead of calling it bad.
     path = tmp_path / "b.tar.gz"
     path.write_bytes(content)
-    assert cli.main(["repro", str(path), "--out", str(tmp_path / "o")]) == 2
+    assert cli.main(["repro", str(path), "--out", str(tmp_path / "o")]) == 125
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and err.startswith("vblk-ci: error: ") and str(path) in err
 
@@ -241,7 +242,7 @@ def test_replay_exit_codes(run, tmp_path):
     assert (never.reproduced, never.exit_code) == (0, 0)
     infra = replay(bundle, ReplayOptions(repeat=2), tmp_path / "o2",
                    FakeRuns([RunResult(status="error", reason="QEMU died")] * 2), Plan)
-    assert (infra.reproduced, infra.exit_code) == (0, 3)
+    assert (infra.reproduced, infra.exit_code) == (0, 125)
 
 
 def test_replay_overrides(run, tmp_path):

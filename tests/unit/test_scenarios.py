@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import pytest
 
@@ -216,3 +217,128 @@ def test_check_failed_and_agent_error_are_failures(tmp_path):
     assert ctx.checks[0].data == {"seen": 1}
     assert ctx.check("b", agent_fails).detail == "Timeout: slow"
     assert ctx.check("c", lambda rec: None).status == "pass"
+
+
+# -- run --check: the chosen check and its set-up ----------------------------------------------
+
+def _ran(select: tuple[str, ...]) -> tuple[list[str], list[str]]:
+    """Run five checks through a context with ``select``; return (bodies run, checks recorded)."""
+    ctx = ScenarioContext("demo", FakeMachine(FakeAgent()), Path("/nonexistent"), E.discard, set(), select=select)
+    ran: list[str] = []
+    for name in ("hotplug", "write", "read-verify", "discard", "unplug"):
+        ctx.check(name, lambda rec, n=name: ran.append(n))
+    return ran, [c.name for c in ctx.checks]
+
+
+def test_check_selection_runs_the_prefix_then_only_matches():
+    ran, recorded = _ran(("read-*",))
+    assert ran == recorded == ["hotplug", "write", "read-verify"]
+    ran, recorded = _ran(("demo/write", "demo/discard"))
+    assert ran == ["hotplug", "write", "discard"]
+
+
+def test_check_selection_empty_runs_everything_and_a_miss_runs_all():
+    assert _ran(())[0] == ["hotplug", "write", "read-verify", "discard", "unplug"]
+    # A glob that matches nothing leaves every check as possible set-up; the runner then
+    # reports the run as unjudged ("matched no check").
+    assert _ran(("nothing",))[0] == ["hotplug", "write", "read-verify", "discard", "unplug"]
+
+
+def test_check_selection_skips_scenarios_a_scoped_glob_does_not_name():
+    from vblk_ci.scenarios.base import CheckSelection
+
+    sel = CheckSelection(("driver-bounds/*wraps",))
+    assert sel.wants_scenario("driver-bounds") and not sel.wants_scenario("driver-ioprio")
+    assert CheckSelection(("wraps",)).wants_scenario("driver-ioprio")
+    assert CheckSelection(()).wants_scenario("anything")
+    assert CheckSelection(("driver-*/x",)).wants_scenario("driver-links")
+
+
+def test_a_check_glob_that_matched_nothing_is_an_error_not_a_pass(tmp_path):
+    from vblk_ci.result import CheckResult, RunResult, ScenarioResult
+    from vblk_ci.runner import Plan, judge_selection
+
+    def result_with(*names):
+        r = RunResult(status="pass", suite="x", run_dir=str(tmp_path))
+        r.scenarios.append(ScenarioResult("demo", "d", checks=[CheckResult("demo", n, "pass") for n in names]))
+        return r
+
+    plan = Plan(kernel=tmp_path, initramfs=tmp_path, run_dir=tmp_path, scenarios=("demo",), checks=("verify",))
+    missed = result_with("hotplug", "write")
+    judge_selection(missed, plan)
+    assert missed.status == "error" and missed.reason == "--check verify matched no check of demo"
+    hit = result_with("hotplug", "verify")
+    judge_selection(hit, plan)
+    assert hit.status == "pass"
+
+
+def test_a_check_result_points_at_its_ctx_check_call(tmp_path):
+    @register
+    class Pointing(Scenario):
+        name = "test-pointing"
+        description = "x"
+
+        def run(self, ctx):
+            ctx.check("fails", _fails_elsewhere)  # the line the result must name
+
+    ctx = ScenarioContext("test-pointing", FakeMachine(FakeAgent()), tmp_path, E.discard, set())
+    Pointing().run(ctx)
+    import inspect
+    lines, first = inspect.getsourcelines(Pointing.run)
+    want = first + next(i for i, text in enumerate(lines) if "ctx.check(" in text)
+    assert ctx.checks[0].status == "fail"
+    assert ctx.checks[0].source == f"{Path(__file__).resolve()}:{want}"  # outside host/: absolute
+
+
+def _fails_elsewhere(rec):
+    raise CheckFailed("no")
+
+
+def test_a_packaged_scenario_names_its_file_relative_to_the_repository(tmp_path):
+    class ExecAgent(FakeAgent):
+        def exec(self, **kw):
+            return {"exit_code": 0, "stdout": "6.12.0\n", "stderr": ""}
+
+    ctx = ScenarioContext("meta-failing-check", FakeMachine(ExecAgent()), tmp_path, E.discard, set())
+    from vblk_ci.scenarios.meta import FailingCheck
+    FailingCheck().run(ctx)
+    assert ctx.checks[0].status == "fail"
+    path, line = ctx.checks[0].source.rsplit(":", 1)
+    assert path == "host/vblk_ci/scenarios/meta.py" and int(line) > 0
+
+
+def test_machine_unplug_turns_a_missing_device_deleted_into_an_unplug_timeout(monkeypatch):
+    """Machine._await_deleted: the one place an unplug wait becomes UnplugTimeout (a verdict)."""
+    from vblk_ci.errors import UnplugTimeout
+    from vblk_ci.machine.machine import Machine
+
+    class Disk:
+        id, node_name = "d0", "n0"
+
+    m = Machine.__new__(Machine)
+    m.timeouts = Timeouts()
+
+    def never(name, match, timeout):
+        raise MachineTimeout(f"no QMP event {name} matching {match} within {timeout:.1f}s")
+
+    m.events_wait = never
+    with pytest.raises(UnplugTimeout, match="unplug d0: no QMP event DEVICE_DELETED") as info:
+        m._await_deleted(Disk(), 0.0, 1.0)
+    assert isinstance(info.value, MachineTimeout) and info.value.exit_code == 1
+
+
+def test_a_config_mismatch_raised_in_a_check_is_recorded_as_such(tmp_path):
+    """The matrix's config check goes through ctx.check like every other (no private bookkeeping)."""
+    from vblk_ci.errors import ConfigMismatch
+
+    rec = E.Recorder()
+    ctx = ScenarioContext("matrix-x", FakeMachine(FakeAgent()), tmp_path, rec, set())
+
+    def config(r):
+        r["disks"] = {"d0": {}}
+        raise ConfigMismatch("d0 num_queues: spec 4, guest 2")
+
+    result = ctx.check("config", config)
+    assert (result.status, result.detail, result.data) == ("config-mismatch", "d0 num_queues: spec 4, guest 2",
+                                                          {"disks": {"d0": {}}})
+    assert ctx.checks == [result] and rec.of(E.CheckEnd)[-1].passed is False

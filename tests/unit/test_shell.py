@@ -41,8 +41,11 @@ def test_parse_disk_defaults_and_sizes(tmp_path):
 
 @pytest.mark.parametrize("spec, message", [
     ("colour=blue", "unknown key 'colour'"),
-    ("size=lots", "size_bytes: not a number"),
-    ("read-only=perhaps", "read_only: not a boolean"),
+    ("size=lots", "size_bytes is not a number: 'lots'"),
+    ("read-only=perhaps", "read_only is not a boolean: 'perhaps'"),
+    ("num-queues", r"num_queues needs a value \(num_queues=...\)"),
+    ("size=1M,size=2M", "'size' given twice"),
+    ("id=a b", "id must use letters"),
 ])
 def test_parse_disk_errors(spec, message):
     with pytest.raises(UsageError, match=message):
@@ -55,7 +58,7 @@ def test_cli_shell_bad_disk_is_one_line_exit_2(tmp_path, capsys):
     i.write_bytes(b"i")
     assert cli.main(["shell", "--kernel", str(k), "--initramfs", str(i), "--disk", "colour=blue"]) == 2
     err = capsys.readouterr().err
-    assert err.count("\n") == 1 and err.startswith("vblk-ci: error: --disk: unknown key 'colour'")
+    assert err.count("\n") == 1 and err.startswith("vblk-ci: error: --disk 'colour=blue': unknown key 'colour'")
 
 
 class StandInMachine:

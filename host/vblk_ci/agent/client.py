@@ -10,6 +10,11 @@ Errors come back as ``AgentError(kind, message)``: the agent's own error types
 - ``Protocol``     a line that is not a JSON object
 - ``NotReady``     the readiness handshake ran out of time
 - ``GuestGone``    the handshake stopped because the VM is gone (circuit breaker)
+
+except ``InternalError`` (a handler of the agent's raised something it did not expect),
+which is ``AgentBug``: an infrastructure error, never a verdict on the driver. The
+agent's ``warning`` events (e.g. an engine progress line that is not JSON) are kept in
+``warnings`` for the run to report.
 """
 
 from __future__ import annotations
@@ -25,7 +30,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable, TextIO
 
-from ..errors import AgentError
+from ..errors import AgentBug, AgentError
 
 # Host deadline = guest-side timeout + this margin (the guest answers Timeout itself).
 CALL_MARGIN_S = 10.0
@@ -42,6 +47,7 @@ class AgentClient:
         self._own_log = isinstance(log, (str, Path))
         self._log: TextIO | None = open(log, "a", encoding="utf-8") if self._own_log else log  # type: ignore[arg-type]
         self.events: list[dict] = []  # unsolicited messages, e.g. {"event": "ready"}
+        self.warnings: list[str] = []  # the agent's {"event": "warning"} messages, for the run's report
         self.progress: dict[int, dict] = {}  # job -> its latest {"event": "progress"} (kept apart: many)
         self.closed = False
 
@@ -119,6 +125,8 @@ class AgentClient:
     def _note_event(self, msg: dict) -> None:
         if msg.get("event") == "progress" and isinstance(msg.get("job"), int):
             self.progress[msg["job"]] = msg
+        elif msg.get("event") == "warning":
+            self.warnings.append(str(msg.get("message", msg)))
         else:
             self.events.append(msg)
 
@@ -133,6 +141,8 @@ class AgentClient:
             raise AgentError("HostTimeout", f"{method}: no reply within {timeout:.1f}s")
         if "error" in msg:
             err = msg["error"] or {}
+            if err.get("type") == "InternalError":  # the agent's own bug, not a driver outcome
+                raise AgentBug(method, str(err.get("message", "")))
             raise AgentError(str(err.get("type", "Unknown")), str(err.get("message", "")), err.get("data"))
         if "result" not in msg:
             raise AgentError("Protocol", f"{method}: reply has neither result nor error: {msg!r}")

@@ -10,6 +10,7 @@ from typing import Mapping
 
 from . import stats as S
 from .job import PATHS
+from .summary import pair_ratios
 
 STEP_SUMMARY_ENV = "GITHUB_STEP_SUMMARY"
 
@@ -24,11 +25,17 @@ def _f(v: float | None, fmt: str = "{:.0f}") -> str:
     return "–" if v is None else fmt.format(v)
 
 
-def _ratio(iv: Mapping) -> str:
+def _ratio(iv: Mapping, informative: bool = True) -> str:
     ci = iv.get("ci95")
     if not ci:
         return f"{iv['estimate']:.3f} (no CI: 1 pair)"
-    return f"{iv['estimate']:.3f} [{ci[0]:.3f}, {ci[1]:.3f}]"
+    text = f"{iv['estimate']:.3f} [{ci[0]:.3f}, {ci[1]:.3f}]"
+    return text if informative else f"{text} *uninformative: {iv.get('n')} pairs*"
+
+
+def _geomean_iops(p: Mapping) -> float:
+    # bench.json files recorded before geometric means carry only the median
+    return p["iops_geomean"]["estimate"] if "iops_geomean" in p else p["iops_median"]
 
 
 def _us(ns: float | None) -> str:
@@ -59,7 +66,7 @@ def table_lines(record: dict) -> list[str]:
     icount = record.get("icount") is not None
     cpu_label = "instr/IO" if icount else "cpu ns/IO"
     lines = [
-        f"| comparison | backend | path | job | IOPS (median) | ratio p/b [95% CI] | slat p50/p99 µs | "
+        f"| comparison | backend | path | job | IOPS (geo. mean) | ratio p/b [95% CI] | slat p50/p99 µs | "
         f"clat p50/p90/p99/p99.9 µs | syscalls/IO | {cpu_label} | req/kick | req/irq | fio (block) |",
         "|---|---|---|---|---:|---|---|---|---:|---:|---:|---:|---|",
     ]
@@ -77,10 +84,10 @@ def table_lines(record: dict) -> list[str]:
                     fio_cell = "not run: " + (fio.get("reason") or "").splitlines()[0].replace("|", "/")
             else:
                 fio_cell = ""
-            ratio = _ratio(s["iops_ratio"]) if path == "passthru" else ""
+            ratio = _ratio(s["iops_ratio"], s.get("informative", True)) if path == "passthru" else ""
             lines.append(
                 f"| {comp['name']} | {comp['backend']} | {path} | {comp['describe'][path]} | "
-                f"{p['iops_median']:.0f} | {ratio} | {_us(p['slat']['p50'])}/{_us(p['slat']['p99'])} | "
+                f"{_geomean_iops(p):.0f} | {ratio} | {_us(p['slat']['p50'])}/{_us(p['slat']['p99'])} | "
                 f"{_us(p['clat']['p50'])}/{_us(p['clat']['p90'])}/{_us(p['clat']['p99'])}/{_us(p['clat']['p999'])} | "
                 f"{p['syscalls_per_io_median']:.3f} | {p['cpu_ns_per_io_median']:.0f} | "
                 f"{_f(k.get('reqs_per_kick'), '{:.2f}')} | {_f(k.get('reqs_per_interrupt'), '{:.2f}')} | {fio_cell} |")
@@ -92,9 +99,15 @@ def notes_lines(record: dict) -> list[str]:
     lines = []
     for comp in record.get("comparisons", []):
         s = comp["summary"]
+        order = s.get("order_effect") or {}
+        pf, bf = order.get("passthru_first") or {}, order.get("block_first") or {}
+        order_text = ""
+        if pf.get("mean_log_ratio") is not None and bf.get("mean_log_ratio") is not None:
+            order_text = (f"; mean ln(p/b) {pf['mean_log_ratio']:+.2f} with passthru first ({pf['pairs']} pairs), "
+                          f"{bf['mean_log_ratio']:+.2f} with block first ({bf['pairs']})")
         lines.append(f"- `{comp['name']}` ({comp['style']}): {comp.get('note', '')}; "
                      f"{'instructions' if record.get('icount') is not None else 'cpu ns'} per I/O "
-                     f"passthru/block {_ratio(s['cpu_ns_per_io_ratio'])}")
+                     f"passthru/block {_ratio(s['cpu_ns_per_io_ratio'], s.get('informative', True))}{order_text}")
     if not record.get("kicks_counted"):
         lines.append("- kicks not counted (--no-kicks)")
     return lines + [""]
@@ -150,25 +163,30 @@ def write_plots(record: dict, out_dir: Path) -> list[Path]:
         files.append(f)
     icount = record.get("icount") is not None
     if comps:
+        # The paired figure: per comparison the geometric-mean ratio passthru/block with its
+        # paired 95% interval, and each pair's own ratio as a dot (filled: passthru ran first).
+        key = "cpu_ns_per_io" if icount else "iops"  # under icount, elapsed virtual time skips idle
         fig, ax = plt.subplots(figsize=(max(6, 1.3 * len(comps) + 2), 4.5))
-        width = 0.38
-        for j, path in enumerate(PATHS):
-            xs, hs, lo, hi = [], [], [], []
-            for i, comp in enumerate(comps):
-                p = comp["summary"]["paths"][path]
-                # under icount, elapsed virtual time skips idle: instructions per I/O are the figure
-                iv = S.mean_ci(p["cpu_ns_per_io"]).to_json() if icount else p["iops_mean_ci95"]
-                ci = iv["ci95"]
-                est = iv["estimate"]
-                xs.append(i + (j - 0.5) * width)
-                hs.append(est)
-                lo.append(est - ci[0] if ci else 0)
-                hi.append(ci[1] - est if ci else 0)
-            ax.bar(xs, hs, width, yerr=[lo, hi], capsize=3, label=path)
+        for i, comp in enumerate(comps):
+            s = comp["summary"]
+            iv = s[f"{key}_ratio"]
+            ci = iv["ci95"]
+            err = [[iv["estimate"] - ci[0]], [ci[1] - iv["estimate"]]] if ci else None
+            ax.errorbar([i], [iv["estimate"]], yerr=err, fmt="s", color="black", capsize=4,
+                        label="geo. mean, 95% CI (paired)" if i == 0 else None)
+            for pair, ratio, first in pair_ratios(comp["runs"], key):
+                ax.plot(i + 0.15, ratio, "o", mfc="C0" if first else "white", mec="C0",
+                        label=None)
+            if not s.get("informative", True):
+                ax.annotate("uninformative (<3 pairs)", (i, iv["estimate"]), fontsize=7, xytext=(5, 8),
+                            textcoords="offset points")
+        ax.axhline(1.0, color="grey", lw=0.8, ls="--")
+        ax.set_yscale("log")
         ax.set_xticks(range(len(comps)))
         ax.set_xticklabels([c["name"] for c in comps], rotation=30, ha="right", fontsize=8)
-        ax.set_ylabel("guest instructions per I/O (mean, 95% CI)" if icount else "IOPS (mean, 95% CI)")
-        ax.set_title(f"{'instructions per I/O (icount)' if icount else 'IOPS'} per path{tag}", fontsize=10)
+        what = "instructions per I/O" if icount else "IOPS"
+        ax.set_ylabel(f"passthru / block {what} (log)")
+        ax.set_title(f"{what}: paired ratio per comparison (dots: pairs, filled = passthru first){tag}", fontsize=9)
         ax.legend(fontsize=8)
         fig.tight_layout()
         f = out_dir / ("instructions.png" if icount else "iops.png")

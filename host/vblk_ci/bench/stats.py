@@ -82,6 +82,20 @@ def paired_ratio(a: Sequence[float], b: Sequence[float]) -> Interval:
     return Interval(math.exp(iv.estimate), math.exp(iv.low), math.exp(iv.high), iv.n)
 
 
+def geomean(values: Sequence[float]) -> Interval:
+    """Geometric mean with a 95% t-interval computed on the logs (None bounds for one value).
+
+    Per path, the quotient of the two geometric means over the same pairs is exactly the
+    geometric mean of the per-pair ratios: the table's path columns and its ratio agree.
+    """
+    if not values or any(v <= 0 for v in values):
+        raise ValueError("geomean needs positive values")
+    iv = mean_ci([math.log(v) for v in values])
+    if iv.low is None:
+        return Interval(math.exp(iv.estimate), None, None, iv.n)
+    return Interval(math.exp(iv.estimate), math.exp(iv.low), math.exp(iv.high), iv.n)
+
+
 def cv(values: Sequence[float]) -> float:
     """Coefficient of variation (sd / mean); 0 for one value."""
     m, sd = mean_sd(values)

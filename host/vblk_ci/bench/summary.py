@@ -7,12 +7,15 @@ unit tests work from recorded data alone.
 
 from __future__ import annotations
 
+import math
+
 from . import stats as S
 from .job import PATHS
 
-METHOD = ("median over pairs per path; ratio = geometric mean of per-pair passthru/block ratios, "
-          "95% CI = Student-t interval on the paired log-ratios, exponentiated; path order alternates "
-          "between pairs")
+METHOD = ("per path the geometric mean over pairs (their quotient is the ratio); ratio = geometric mean "
+          "of per-pair passthru/block ratios, 95% CI = Student-t interval on the paired log-ratios, "
+          "exponentiated; path order ABBA over pairs (AB, BA, BA, AB, ...); fewer than 3 pairs is uninformative")
+MIN_PAIRS = 3  # t975(1) = 12.7: two pairs give an interval that says nothing
 FIO_TOLERANCE = 0.10
 PCTS = (("p50", 0.50), ("p90", 0.90), ("p99", 0.99), ("p999", 0.999))
 
@@ -29,12 +32,14 @@ def _path_summary(runs: list[dict]) -> dict:
     out: dict = {
         "runs": len(runs),
         "iops": iops,
+        "iops_geomean": S.geomean(iops).to_json(),
         "iops_median": S.median(iops),
         "iops_mean_ci95": S.mean_ci(iops).to_json(),
         "iops_cv": S.cv(iops),
         "bw_bytes_s_median": S.median([b["bw_bytes_s"] for b in benches]),
         "syscalls_per_io_median": S.median([b["syscalls_per_io"] for b in benches]),
         "cpu_ns_per_io": cpu,
+        "cpu_ns_per_io_geomean": S.geomean(cpu).estimate,
         "cpu_ns_per_io_median": S.median(cpu),
         "cpu_ns_per_io_cv": S.cv(cpu),
         "elapsed_ns_per_io_median": _median_or_none(vns),
@@ -91,10 +96,36 @@ def summarize_comparison(comp: dict) -> dict:
 
     return {**comp, "summary": {
         "paths": paths,
+        "pairs": len(pairs),
+        "informative": len(pairs) >= MIN_PAIRS,
         "iops_ratio": paired("iops"),
         "cpu_ns_per_io_ratio": paired("cpu_ns_per_io"),
+        "order_effect": order_effect(comp["runs"]),
         "fio": _fio_summary(comp, paths["block"]),
     }}
+
+
+def pair_ratios(runs: list[dict], key: str = "iops") -> list[tuple[int, float, bool]]:
+    """(pair, passthru/block of ``key``, passthru ran first) for every complete pair, in order."""
+    by_pair: dict[int, dict[str, dict]] = {}
+    for r in runs:
+        by_pair.setdefault(r["pair"], {})[r["path"]] = r
+    out = []
+    for pair, both in sorted(by_pair.items()):
+        if set(both) == set(PATHS):
+            a, b = both["passthru"]["engine"]["bench"][key], both["block"]["engine"]["bench"][key]
+            if a > 0 and b > 0:
+                out.append((pair, a / b, both["passthru"]["position"] == 0))
+    return out
+
+
+def order_effect(runs: list[dict]) -> dict:
+    """Mean ln(passthru/block IOPS) over the pairs where passthru ran first, and over those where
+    block ran first: a gap between them is an order effect the ABBA order is there to cancel."""
+    first: dict[str, list[float]] = {"passthru_first": [], "block_first": []}
+    for _pair, ratio, passthru_first in pair_ratios(runs):
+        first["passthru_first" if passthru_first else "block_first"].append(math.log(ratio))
+    return {k: {"pairs": len(v), "mean_log_ratio": sum(v) / len(v) if v else None} for k, v in first.items()}
 
 
 def summarize(record: dict) -> dict:

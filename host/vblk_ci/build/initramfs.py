@@ -15,7 +15,14 @@ Contents (see images/README.md):
   optionally fio, /init (images/init), /dev/console and /dev/null.
 
 The archive is newc cpio written here (every entry 0:0, mtime 0, sorted),
-gzip'd with mtime 0: the same inputs give the same bytes.  Cached under
+gzip'd with mtime 0: the same inputs give the same bytes.  Why not a tool:
+GNU ``cpio -H newc`` archives a tree on disk, so /dev/console and /dev/null
+would need mknod (root) and every mtime and owner a rewrite first; the
+kernel's ``usr/gen_init_cpio`` takes a spec like ours and does device nodes
+without root (``-t`` fixes the mtime), but it is built from a kernel tree,
+which the initramfs stage (and a host-side ``vblk-ci build initramfs``) does
+not have.  The writer is ~50 lines; tests/unit/test_initramfs.py checks its
+archives against GNU cpio's reading of them.  Cached under
 ``<cache>/initramfs/<key>/`` like the kernel.
 
 CLI: ``python3 -m vblk_ci.build.initramfs --help``.
@@ -42,7 +49,7 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import BinaryIO, Callable, Iterable
 
-from vblk_ci.build import BuildError, repo_root
+from vblk_ci.build import BuildError, UsageError, add_builder_args, repo_root, run_builder_cli
 from vblk_ci.build import cache as _cache
 
 #: Bump when the procedure changes what ends up in the archive.
@@ -934,11 +941,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--compress-level", type=int, default=d.compress_level, help="gzip level, 0 = none (default 6)")
     p.add_argument("--stdlib-sources", action="store_true", help="ship the stdlib .py files too")
     p.add_argument("--no-smoke-test", action="store_true", help="skip the chroot import check")
-    p.add_argument("--cache-dir", help="cache root (default $VBLK_CI_CACHE or ~/.cache/vblk-ci)")
-    p.add_argument("--print-key", action="store_true", help="print the cache key and exit")
-    p.add_argument("--output-dir", help="also copy initramfs.cpio.gz and initramfs-manifest.json here")
-    p.add_argument("--json", action="store_true", help="print the artifact as JSON")
-    p.add_argument("-q", "--quiet", action="store_true")
+    add_builder_args(p, "initramfs.cpio.gz and initramfs-manifest.json")
     return p
 
 
@@ -947,7 +950,7 @@ def options_from_args(a: argparse.Namespace) -> InitramfsBuildOptions:
     for item in a.extra_file:
         guest, sep, host = item.partition("=")
         if not sep:
-            raise SystemExit(f"--extra-file wants GUEST=HOST, not {item!r}")
+            raise UsageError(f"--extra-file wants GUEST=HOST, not {item!r}")
         extra[guest] = host
     return InitramfsBuildOptions(
         python=a.python, busybox=a.busybox, agent=a.agent,
@@ -958,32 +961,15 @@ def options_from_args(a: argparse.Namespace) -> InitramfsBuildOptions:
         cache_dir=a.cache_dir)
 
 
+def publish(art: InitramfsArtifact, od: Path) -> None:
+    """Copy the archive and its manifest to *od* (what the image's stages COPY --from)."""
+    shutil.copy2(art.path, od / art.path.name)
+    shutil.copy2(art.manifest, od / "initramfs-manifest.json")
+
+
 def main(argv: list[str] | None = None) -> int:
-    a = _parser().parse_args(argv)
-    opts = options_from_args(a)
-    t0 = time.monotonic()
-
-    def progress(msg: str) -> None:
-        print(f"[initramfs {time.monotonic() - t0:5.1f}s] {msg}", file=sys.stderr, flush=True)
-
-    try:
-        if a.print_key:
-            print(initramfs_key(opts))
-            return 0
-        art = build_initramfs(opts, None if a.quiet else progress)
-        if a.output_dir:
-            od = Path(a.output_dir)
-            od.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(art.path, od / art.path.name)
-            shutil.copy2(art.manifest, od / "initramfs-manifest.json")
-    except BuildError as e:
-        print(f"vblk-ci initramfs build: {e}", file=sys.stderr)
-        return 3
-    if a.json:
-        print(json.dumps(art.to_json(), indent=2))
-    else:
-        print(art.path)
-    return 0
+    return run_builder_cli("initramfs", _parser().parse_args(argv), options_from_args, initramfs_key,
+                           build_initramfs, publish, lambda art: art.path)
 
 
 if __name__ == "__main__":

@@ -1,18 +1,18 @@
-"""Build the guest kernel: Debian's 6.12 source + the driver series + config fragments.
+"""Build the guest kernel: a Debian kernel source (a base of bases.py) + the driver series + config fragments.
 
 Stdlib only (runs in a bare Docker build stage too).  Flow:
 
 1. key = sha256(base source, patches in series order, fragments, gcc, variant,
    module flag, extra make args).  ``<cache>/kernels/<key>/bzImage`` exists ->
    return it at once.
-2. One persistent source tree per variant, ``<cache>/trees/<variant>/``: the
+2. One persistent source tree per base and variant, ``<cache>/trees/<base>/<variant>/``: the
    tarball extracted once into a git repository whose base commit tracks only
    the files the series touches (adding all ~87,000 files costs 100-220 s of a
    cold build; a later series that touches more files adds them to a new base
    commit first).  A series is applied with ``git reset --hard <base>; git am``
    each patch, which rewrites only files that differ, so their mtimes drive an
    incremental make.  Files no commit tracks are never touched (no ``git clean``).
-3. Objects live in ``<cache>/trees/<variant>-build/`` (``make O=``): tinyconfig +
+3. Objects live in ``<cache>/trees/<base>/<variant>-build/`` (``make O=``): tinyconfig +
    kvm_guest.config + fragments via merge_config.sh, olddefconfig, then every
    option the fragments ask for is checked in the final .config.
 4. ``make bzImage`` [``modules``]; bzImage, kernel.config, manifest.json
@@ -20,6 +20,12 @@ Stdlib only (runs in a bare Docker build stage too).  Flow:
    A kernel built with CONFIG_GCOV_KERNEL (the ``coverage`` variant) also
    publishes what ``vblk-ci coverage`` reads: virtio_blk.gcno, virtio_blk.c as
    built, the series' diff of it and series-lines.json (its added lines).
+
+Public API (what ``quality.py`` and the CLI use): ``KernelBuildOptions``,
+``build_kernel``, ``kernel_key``, ``kernel_base`` and ``resolve_*`` (what the
+options come to), ``parse_series``, ``source_tree`` (a locked tree of the base +
+series), ``configure``, ``compile_kernel``, ``make``, ``run``, ``locked``, ``say``,
+``artifact_from_dir`` (build/tree.py builds a user's own tree with them).
 
 CLI: ``python3 -m vblk_ci.build.kernel --help``.
 """
@@ -42,12 +48,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator
 
-from vblk_ci.build import BuildError, repo_root
+from vblk_ci.build import BuildError, UsageError, add_builder_args, repo_root, run_builder_cli
+from vblk_ci.build import bases as _bases
 from vblk_ci.build import cache as _cache
 
 #: Bump when the build procedure changes in a way that changes its output.
 BUILDER_VERSION = "1"
-DEFAULT_TARBALL = "/usr/src/linux-source-6.12.tar.xz"
+DEFAULT_TARBALL = _bases.get_base(None).tarball
 KVM_GUEST_FRAGMENT = "kernel/configs/kvm_guest.config"
 BZIMAGE_REL = "arch/x86/boot/bzImage"
 MODULE_REL = "drivers/block/virtio_blk.ko"
@@ -89,22 +96,24 @@ _CONFIG_UNSET_RE = re.compile(r"^# (CONFIG_[A-Za-z0-9_]+) is not set$")
 Progress = Callable[[str], None]
 
 
-def _default_series_dir() -> str:
-    return str(repo_root() / "driver")
-
-
 @dataclass
 class KernelBuildOptions:
     """What to build.  Every field has a default that builds the appliance's kernel."""
 
-    source_tarball: str | None = DEFAULT_TARBALL
+    #: A name in bases.BASES ("7.3", "6.12"); it picks the tarball, the series and extra
+    #: fragments that are not given explicitly, and the tree's place in the cache.
+    base: str = _bases.DEFAULT_BASE
+    #: None = the base's tarball (/usr/src/linux-source-<base>.tar.xz).
+    source_tarball: str | None = None
     #: An already-extracted tree to use instead of the tarball (copied into the cache once).
     source_dir: str | None = None
     #: Directory with a quilt-style ``series`` file; missing/empty series = no patches.
-    series_dir: str | None = field(default_factory=_default_series_dir)
+    #: None = the base's (bases.KernelBase.series_dir).
+    series_dir: str | None = None
     #: False builds the unpatched base (the Docker stage's first, cacheable build).
     apply_series: bool = True
-    #: Config fragments merged after tinyconfig + kvm_guest.config; None = the variant's defaults.
+    #: Config fragments merged after tinyconfig + kvm_guest.config; None = the variant's defaults
+    #: followed by the base's own (bases.KernelBase.fragments).
     fragments: list[str] | None = None
     variant: str = "default"
     cache_dir: str | None = None
@@ -140,6 +149,29 @@ class Patch:
 
 
 # --------------------------------------------------------------------------- inputs
+
+
+def kernel_base(opts: KernelBuildOptions) -> _bases.KernelBase:
+    """The base *opts* names; an unknown name is a UsageError (one line, exit 2)."""
+    try:
+        return _bases.get_base(opts.base)
+    except _bases.UnknownBase as e:
+        raise UsageError(str(e)) from None
+
+
+def resolve_series_dir(opts: KernelBuildOptions) -> str:
+    """The series directory: the one given, else the base's."""
+    return opts.series_dir or str(kernel_base(opts).series_dir(repo_root()))
+
+
+def resolve_tarball(opts: KernelBuildOptions) -> str:
+    """The source tarball: the one given, else the base's."""
+    return opts.source_tarball or kernel_base(opts).tarball
+
+
+def resolve_patches(opts: KernelBuildOptions) -> list[Patch]:
+    """The series *opts* applies (none with ``apply_series=False``)."""
+    return parse_series(resolve_series_dir(opts)) if opts.apply_series else []
 
 
 def parse_series(series_dir: str | os.PathLike[str] | None) -> list[Patch]:
@@ -184,7 +216,12 @@ def variant_fragments(variant: str, config_dir: str | os.PathLike[str] | None = 
 
 
 def resolve_fragments(opts: KernelBuildOptions) -> list[Path]:
-    frags = [Path(f) for f in opts.fragments] if opts.fragments else variant_fragments(opts.variant)
+    """The fragments given, else the variant's followed by the base's extras (kernel-config/)."""
+    if opts.fragments:
+        frags = [Path(f) for f in opts.fragments]
+    else:
+        cdir = repo_root() / "kernel-config"
+        frags = variant_fragments(opts.variant, cdir) + [cdir / f for f in kernel_base(opts).fragments]
     missing = [str(f) for f in frags if not f.is_file()]
     if missing:
         raise BuildError(f"config fragment(s) not found: {', '.join(missing)}")
@@ -192,6 +229,16 @@ def resolve_fragments(opts: KernelBuildOptions) -> list[Path]:
 
 
 MODULE_FRAGMENT = "# vblk-ci: virtio_blk as a module\nCONFIG_VIRTIO_BLK=m\n"
+
+
+def fragments_want_module(fragments: list[Path]) -> bool:
+    """True when the fragments themselves ask for CONFIG_VIRTIO_BLK=m (the coverage variant).
+
+    The build then also makes ``modules`` and ships virtio_blk.ko, as with
+    ``--virtio-blk-module``; otherwise the .ko would be built and thrown away.
+    """
+    texts = [Path(f).read_text(encoding="utf-8") for f in fragments]
+    return requested_options(texts).get("CONFIG_VIRTIO_BLK") == "m"
 
 
 def parse_config_lines(text: str) -> dict[str, str]:
@@ -290,11 +337,10 @@ def _base_identity(opts: KernelBuildOptions, cache: Path) -> str:
         if not (src / "Makefile").is_file():
             raise BuildError(f"{src} is not a kernel source tree (no Makefile)")
         return "tree:" + _cache.hash_tree_stat(src)
-    if not opts.source_tarball:
-        raise BuildError("neither source_tarball nor source_dir is set")
-    tb = Path(opts.source_tarball)
+    tb = Path(resolve_tarball(opts))
     if not tb.is_file():
-        raise BuildError(f"kernel source tarball not found: {tb} (apt-get install linux-source-6.12)")
+        hint = f"apt-get install {kernel_base(opts).package}" if opts.source_tarball is None else "--tarball"
+        raise BuildError(f"kernel source tarball not found: {tb} ({hint})")
     return "tarball:" + _cache.sha256_file(tb, memo_dir=cache)
 
 
@@ -334,8 +380,13 @@ def _env(extra: dict[str, str] | None = None) -> dict[str, str]:
     return env
 
 
-def _run(cmd: list[str], cwd: Path | None = None, what: str | None = None, log: Path | None = None) -> str:
-    """Run *cmd*; its combined output is returned (and appended to *log*); BuildError on failure."""
+def run(cmd: list[str], cwd: Path | None = None, what: str | None = None, log: Path | None = None,
+        check: bool = True) -> str:
+    """Run *cmd* in the build environment (fixed git identity and kbuild stamps).
+
+    Its combined output is returned (and appended to *log*).  A failure is a
+    BuildError with the last lines of output, unless *check* is False.
+    """
     try:
         proc = subprocess.run(
             cmd, cwd=cwd, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, errors="replace"
@@ -345,18 +396,28 @@ def _run(cmd: list[str], cwd: Path | None = None, what: str | None = None, log: 
     if log is not None:
         with open(log, "a", encoding="utf-8") as f:
             f.write(f"$ {' '.join(cmd)}\n{proc.stdout}")
-    if proc.returncode != 0:
+    if check and proc.returncode != 0:
         tail = "\n".join(proc.stdout.splitlines()[-LOG_TAIL_LINES:])
         raise BuildError(f"{what or ' '.join(cmd)} failed (exit {proc.returncode}):\n{tail}")
     return proc.stdout
 
 
+def make(tree: Path, objdir: Path, *args: str, log: Path | None = None) -> str:
+    """``make O=<objdir> ARGS`` in *tree*; its output, or a BuildError with the tail."""
+    return run(["make", f"O={objdir}", *args], cwd=tree, log=log)
+
+
+def default_jobs() -> int:
+    """make -j: the CPUs this process may run on."""
+    return len(os.sched_getaffinity(0)) or 1
+
+
 def _git(tree: Path, *args: str, what: str | None = None) -> str:
-    return _run(["git", *args], cwd=tree, what=what or f"git {args[0]}")
+    return run(["git", *args], cwd=tree, what=what or f"git {args[0]}")
 
 
 @contextlib.contextmanager
-def _locked(path: Path) -> Iterator[None]:
+def locked(path: Path) -> Iterator[None]:
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "w") as f:
         fcntl.flock(f, fcntl.LOCK_EX)
@@ -366,7 +427,7 @@ def _locked(path: Path) -> Iterator[None]:
             fcntl.flock(f, fcntl.LOCK_UN)
 
 
-def _say(progress: Progress | None, msg: str) -> None:
+def say(progress: Progress | None, msg: str) -> None:
     if progress is not None:
         progress(msg)
 
@@ -412,10 +473,11 @@ def _track(tree: Path, paths: list[str], message: str) -> str:
 
 
 
-def _prepare_tree(opts: KernelBuildOptions, tree: Path, objdir: Path, state_path: Path,
+def _prepare_tree(opts: KernelBuildOptions, tree: Path, state_path: Path,
                   base_identity: str, progress: Progress | None, patches: list[Patch] | None = None) -> dict:
     """Make sure *tree* is a git repo of the base source whose base commit tracks what
-    *patches* touch; returns its state dict."""
+    *patches* touch; returns its state dict.  A new tree also drops the objects
+    dirs beside it (``<tree>-*``), which were built from the old one."""
     state = _cache.read_json(state_path)
     ok = (
         state.get("base_identity") == base_identity
@@ -425,8 +487,11 @@ def _prepare_tree(opts: KernelBuildOptions, tree: Path, objdir: Path, state_path
     )
     if ok:
         return state
-    for d in (tree, objdir):
-        if d.exists():
+    objdirs = [d for d in tree.parent.glob(f"{tree.name}-*") if d.is_dir()] if tree.parent.is_dir() else []
+    for d in [tree, *objdirs]:
+        if d.is_symlink():  # an adopted flat-layout tree (adopt_flat_layout): drop the link only
+            d.unlink()
+        elif d.exists():
             shutil.rmtree(d)
     tree.parent.mkdir(parents=True, exist_ok=True)
     tmp = tree.parent / f".{tree.name}.extracting"
@@ -435,17 +500,18 @@ def _prepare_tree(opts: KernelBuildOptions, tree: Path, objdir: Path, state_path
     tmp.mkdir()
     t0 = time.monotonic()
     if opts.source_dir:
-        _say(progress, f"copy source tree {opts.source_dir}")
-        _run(["cp", "-a", f"{opts.source_dir}/.", str(tmp)], what="copy source tree")
+        say(progress, f"copy source tree {opts.source_dir}")
+        run(["cp", "-a", f"{opts.source_dir}/.", str(tmp)], what="copy source tree")
         shutil.rmtree(tmp / ".git", ignore_errors=True)
     else:
-        _say(progress, f"extract {opts.source_tarball}")
-        _run(["tar", "-xf", str(opts.source_tarball), "--strip-components=1", "-C", str(tmp)],
+        tarball = resolve_tarball(opts)
+        say(progress, f"extract {tarball}")
+        run(["tar", "-xf", tarball, "--strip-components=1", "-C", str(tmp)],
              what="extract kernel source")
     if not (tmp / "Makefile").is_file():
         raise BuildError(f"{tmp}: no Makefile after extracting the kernel source")
     version = _tree_version(tmp)
-    _say(progress, f"git init base {version} ({time.monotonic() - t0:.0f}s so far)")
+    say(progress, f"git init base {version} ({time.monotonic() - t0:.0f}s so far)")
     _git(tmp, "init", "-q")
     for k, v in (("core.checkStat", "minimal"), ("core.trustctime", "false"), ("gc.auto", "0"),
                  ("core.autocrlf", "false"), ("user.name", "vblk-ci"), ("user.email", "vblk-ci@localhost")):
@@ -456,7 +522,7 @@ def _prepare_tree(opts: KernelBuildOptions, tree: Path, objdir: Path, state_path
     state = {"base_identity": base_identity, "base_commit": base, "version": version, "applied": None, "head": None,
              "tracked": tracked}
     _cache.write_json_atomic(state_path, state)
-    _say(progress, f"base tree ready in {time.monotonic() - t0:.0f}s")
+    say(progress, f"base tree ready in {time.monotonic() - t0:.0f}s")
     return state
 
 
@@ -469,9 +535,9 @@ def _apply_series(tree: Path, state: dict, state_path: Path, patches: list[Patch
     if state.get("applied") == want and state.get("head") == head:
         dirty = _git(tree, "status", "--porcelain", "--untracked-files=no").strip()
         if not dirty:
-            _say(progress, f"series of {len(patches)} patch(es) already applied")
+            say(progress, f"series of {len(patches)} patch(es) already applied")
             return
-    _say(progress, f"apply series: {len(patches)} patch(es)")
+    say(progress, f"apply series: {len(patches)} patch(es)")
     state["applied"] = None
     _cache.write_json_atomic(state_path, state)
     _git(tree, "reset", "-q", "--hard", state["base_commit"], what="git reset to base")
@@ -479,7 +545,7 @@ def _apply_series(tree: Path, state: dict, state_path: Path, patches: list[Patch
     tracked = set(state.get("tracked", series_paths(patches)))
     missing = [p for p in series_paths(patches) if p not in tracked]
     if missing:
-        _say(progress, f"track {len(missing)} more file(s) of the base")
+        say(progress, f"track {len(missing)} more file(s) of the base")
         state["base_commit"] = _track(tree, missing, f"base: {len(missing)} more file(s)")
         state["tracked"] = sorted(tracked | set(missing))
     for i, p in enumerate(patches, 1):
@@ -494,12 +560,84 @@ def _apply_series(tree: Path, state: dict, state_path: Path, patches: list[Patch
     _cache.write_json_atomic(state_path, state)
 
 
+@dataclass
+class SourceTree:
+    """A kernel tree at the base commit with the series applied, held under its lock (source_tree())."""
+
+    path: Path
+    slot: str
+    base_identity: str
+    patches: list[Patch]
+    state: dict
+
+    def objdir(self, suffix: str = "build") -> Path:
+        """``<tree>-<suffix>``: an objects dir (``make O=``) beside the tree, dropped with it."""
+        return self.path.parent / f"{self.slot}-{suffix}"
+
+
+def _trees_dir(opts: KernelBuildOptions) -> Path:
+    """``<cache>/trees/<base>/``: each base keeps its own trees, so switching does not re-extract."""
+    return _cache.cache_root(opts.cache_dir) / "trees" / kernel_base(opts).name
+
+
+@contextlib.contextmanager
+def source_tree(opts: KernelBuildOptions, slot: str, progress: Progress | None = None) -> Iterator[SourceTree]:
+    """Lock ``<cache>/trees/<base>/<slot>``, make it the base source + *opts*' series, yield it.
+
+    The tree is extracted (or copied from ``source_dir``) only when its base
+    changed; the series is re-applied only when it changed.  A patch that does
+    not apply is a BuildError.  Use a slot of your own (the builder uses the
+    variant's name), and ``SourceTree.objdir()`` for objects.
+    """
+    if not _VARIANT_RE.match(slot):
+        raise BuildError(f"bad tree slot name {slot!r}")
+    cache = _cache.cache_root(opts.cache_dir)
+    patches = resolve_patches(opts)
+    base_identity = _base_identity(opts, cache)
+    trees = _trees_dir(opts)
+    with locked(trees / f"{slot}.lock"):
+        yield _checkout(opts, trees, slot, base_identity, patches, progress)
+
+
+def adopt_flat_layout(trees: Path, slot: str, base_identity: str) -> bool:
+    """A cache written before there were bases kept ``trees/<slot>`` and its objects
+    ``trees/<slot>-*``. When that tree is of this base's source, link it into
+    ``trees/<base>/`` instead of extracting and compiling again (a cold kernel is 10 min on
+    2 idle cores, up to an hour under load): the kernel's Makefile takes ``realpath`` of the
+    source and object dirs, so the objects' recorded paths stay the same and make stays
+    incremental. True when adopted."""
+    flat = trees.parent
+    old_tree, old_state = flat / slot, flat / f"{slot}.json"
+    if (trees / slot).exists() or (trees / slot).is_symlink() or not old_tree.is_dir() or not old_state.is_file():
+        return False
+    if _cache.read_json(old_state).get("base_identity") != base_identity:
+        return False
+    trees.mkdir(parents=True, exist_ok=True)
+    for d in [old_tree, *sorted(p for p in flat.glob(f"{slot}-*") if p.is_dir() and not p.is_symlink())]:
+        if not (trees / d.name).exists():
+            (trees / d.name).symlink_to(d)
+    shutil.copy2(old_state, trees / f"{slot}.json")
+    return True
+
+
+def _checkout(opts: KernelBuildOptions, trees: Path, slot: str, base_identity: str, patches: list[Patch],
+              progress: Progress | None) -> SourceTree:
+    tree, state_path = trees / slot, trees / f"{slot}.json"
+    if adopt_flat_layout(trees, slot, base_identity):
+        say(progress, f"adopted {trees.parent / slot} (cache layout before kernel bases) as {tree}")
+    state = _prepare_tree(opts, tree, state_path, base_identity, progress, patches)
+    _apply_series(tree, state, state_path, patches, progress)
+    return SourceTree(tree, slot, base_identity, patches, state)
+
+
 # --------------------------------------------------------------------------- configure + compile
 
 
-def _configure(tree: Path, objdir: Path, fragments: list[Path], module: bool, log: Path,
-               progress: Progress | None) -> None:
-    _say(progress, f"configure: tinyconfig + kvm_guest.config + {', '.join(f.name for f in fragments)}"
+def configure(tree: Path, objdir: Path, fragments: list[Path], module: bool, log: Path,
+              progress: Progress | None = None) -> None:
+    """tinyconfig + kvm_guest.config + *fragments* [+ virtio_blk=m] into *objdir*/.config, then
+    check that every option the fragments ask for landed (BuildError naming those that did not)."""
+    say(progress, f"configure: tinyconfig + kvm_guest.config + {', '.join(f.name for f in fragments)}"
          + (" + virtio_blk=m" if module else ""))
     objdir.mkdir(parents=True, exist_ok=True)
     cfg = objdir / ".config"
@@ -515,10 +653,10 @@ def _configure(tree: Path, objdir: Path, fragments: list[Path], module: bool, lo
         frag_paths.append(mod)
         texts.append(MODULE_FRAGMENT)
     o = f"O={objdir}"
-    _run(["make", "-s", o, "tinyconfig"], cwd=tree, what="make tinyconfig", log=log)
-    _run(["bash", "scripts/kconfig/merge_config.sh", "-m", "-O", str(objdir), str(cfg),
+    run(["make", "-s", o, "tinyconfig"], cwd=tree, what="make tinyconfig", log=log)
+    run(["bash", "scripts/kconfig/merge_config.sh", "-m", "-O", str(objdir), str(cfg),
           KVM_GUEST_FRAGMENT, *map(str, frag_paths)], cwd=tree, what="merge_config.sh", log=log)
-    _run(["make", "-s", o, "olddefconfig"], cwd=tree, what="make olddefconfig", log=log)
+    run(["make", "-s", o, "olddefconfig"], cwd=tree, what="make olddefconfig", log=log)
     new_text = cfg.read_text(encoding="utf-8")
     problems = verify_config(requested_options(texts), new_text)
     if problems:
@@ -530,10 +668,10 @@ def _configure(tree: Path, objdir: Path, fragments: list[Path], module: bool, lo
         os.utime(cfg, ns=(old[1], old[2]))
 
 
-def _compile(tree: Path, objdir: Path, jobs: int, targets: list[str], make_args: list[str], log: Path,
+def compile_kernel(tree: Path, objdir: Path, jobs: int, targets: list[str], make_args: list[str], log: Path,
              progress: Progress | None) -> None:
     cmd = ["make", f"O={objdir}", f"-j{jobs}", *make_args, *targets]
-    _say(progress, f"compile: make -j{jobs} {' '.join([*make_args, *targets])} (log: {log})")
+    say(progress, f"compile: make -j{jobs} {' '.join([*make_args, *targets])} (log: {log})")
     t0 = time.monotonic()
     last_report = t0
     steps = 0
@@ -555,7 +693,7 @@ def _compile(tree: Path, objdir: Path, jobs: int, targets: list[str], make_args:
             now = time.monotonic()
             if now - last_report >= PROGRESS_INTERVAL_S:
                 last_report = now
-                _say(progress, f"compile: {steps} steps, {now - t0:.0f}s ({line.strip()[:60]})")
+                say(progress, f"compile: {steps} steps, {now - t0:.0f}s ({line.strip()[:60]})")
         rc = proc.wait()
     if rc != 0:
         raise BuildError(f"make {' '.join(targets)} failed (exit {rc}); last {LOG_TAIL_LINES} lines of {log}:\n"
@@ -597,7 +735,7 @@ def _publish_coverage(tree: Path, objdir: Path, state: dict, stage: Path) -> dic
 # --------------------------------------------------------------------------- entry point
 
 
-def _artifact_from_dir(d: Path, key: str, built: bool, seconds: float) -> KernelArtifact:
+def artifact_from_dir(d: Path, key: str, built: bool, seconds: float) -> KernelArtifact:
     manifest = _cache.read_json(d / "manifest.json")
     mod = d / "virtio_blk.ko"
     log = d / "build.log"
@@ -610,9 +748,11 @@ def _artifact_from_dir(d: Path, key: str, built: bool, seconds: float) -> Kernel
 def kernel_key(opts: KernelBuildOptions) -> str:
     """The cache key *opts* would build (reads inputs, builds nothing)."""
     cache = _cache.cache_root(opts.cache_dir)
-    patches = parse_series(opts.series_dir) if opts.apply_series else []
-    return compute_key(opts, base_identity=_base_identity(opts, cache), patches=patches,
-                       fragments=resolve_fragments(opts), compiler=gcc_version())
+    fragments = resolve_fragments(opts)
+    if not opts.virtio_blk_module and fragments_want_module(fragments):
+        opts = dataclasses.replace(opts, virtio_blk_module=True)
+    return compute_key(opts, base_identity=_base_identity(opts, cache), patches=resolve_patches(opts),
+                       fragments=fragments, compiler=gcc_version())
 
 
 def build_kernel(opts: KernelBuildOptions | None = None, progress: Progress | None = None) -> KernelArtifact:
@@ -621,41 +761,41 @@ def build_kernel(opts: KernelBuildOptions | None = None, progress: Progress | No
     t0 = time.monotonic()
     if not _VARIANT_RE.match(opts.variant):
         raise BuildError(f"bad variant name {opts.variant!r}")
+    base = kernel_base(opts)
     cache = _cache.cache_root(opts.cache_dir)
     cache.mkdir(parents=True, exist_ok=True)
-    patches = parse_series(opts.series_dir) if opts.apply_series else []
+    patches = resolve_patches(opts)
     fragments = resolve_fragments(opts)
+    if not opts.virtio_blk_module and fragments_want_module(fragments):
+        opts = dataclasses.replace(opts, virtio_blk_module=True)
     compiler = gcc_version()
     base_identity = _base_identity(opts, cache)
     key = compute_key(opts, base_identity=base_identity, patches=patches, fragments=fragments, compiler=compiler)
     out = cache / "kernels" / key
     if (out / "bzImage").is_file() and (out / "manifest.json").is_file():
         secs = time.monotonic() - t0
-        _say(progress, f"kernel {key[:12]} cached ({out})")
-        return _artifact_from_dir(out, key, built=False, seconds=secs)
+        say(progress, f"kernel {key[:12]} cached ({out})")
+        return artifact_from_dir(out, key, built=False, seconds=secs)
 
-    trees = cache / "trees"
-    tree = trees / opts.variant
-    slot = opts.variant + "-build"
+    trees = _trees_dir(opts)
+    suffix = "build"
     make_args = [*VARIANT_MAKE_ARGS.get(opts.variant, []), *opts.make_args]
     if opts.make_args:  # different flags would recompile everything: keep their objects apart
-        slot += "-" + _cache.sha256_bytes(json.dumps(list(opts.make_args)).encode())[:8]
-    objdir = trees / slot
-    state_path = trees / f"{opts.variant}.json"
-    jobs = opts.jobs or len(os.sched_getaffinity(0)) or 1
+        suffix += "-" + _cache.sha256_bytes(json.dumps(list(opts.make_args)).encode())[:8]
+    jobs = opts.jobs or default_jobs()
 
-    with _locked(trees / f"{opts.variant}.lock"):
+    with locked(trees / f"{opts.variant}.lock"):
         if (out / "bzImage").is_file() and (out / "manifest.json").is_file():  # built while we waited
-            return _artifact_from_dir(out, key, built=False, seconds=time.monotonic() - t0)
-        state = _prepare_tree(opts, tree, objdir, state_path, base_identity, progress, patches)
-        _apply_series(tree, state, state_path, patches, progress)
+            return artifact_from_dir(out, key, built=False, seconds=time.monotonic() - t0)
+        src = _checkout(opts, trees, opts.variant, base_identity, patches, progress)
+        tree, state, objdir = src.path, src.state, src.objdir(suffix)
         objdir.mkdir(parents=True, exist_ok=True)
         log = objdir / "build.log"
         log.write_text(f"vblk-ci kernel build {key}\n", encoding="utf-8")
-        _configure(tree, objdir, fragments, opts.virtio_blk_module, log, progress)
+        configure(tree, objdir, fragments, opts.virtio_blk_module, log, progress)
         targets = ["bzImage"] + (["modules"] if opts.virtio_blk_module else [])
         t_make = time.monotonic()
-        _compile(tree, objdir, jobs, targets, make_args, log, progress)
+        compile_kernel(tree, objdir, jobs, targets, make_args, log, progress)
         make_secs = time.monotonic() - t_make
         release_file = objdir / "include" / "config" / "kernel.release"
         release = release_file.read_text().strip() if release_file.is_file() else ""
@@ -678,6 +818,7 @@ def build_kernel(opts: KernelBuildOptions | None = None, progress: Progress | No
                 "key": key,
                 "kernel_release": release,
                 "variant": opts.variant,
+                "kernel_base": base.name,
                 "virtio_blk_module": opts.virtio_blk_module,
                 "make_args": list(opts.make_args),
                 "compiler": compiler,
@@ -699,8 +840,8 @@ def build_kernel(opts: KernelBuildOptions | None = None, progress: Progress | No
             shutil.rmtree(stage, ignore_errors=True)
             raise
         _cache.publish_dir(stage, out)
-    _say(progress, f"kernel {release} {key[:12]} built in {seconds:.0f}s")
-    return _artifact_from_dir(out, key, built=True, seconds=seconds)
+    say(progress, f"kernel {release} {key[:12]} built in {seconds:.0f}s")
+    return artifact_from_dir(out, key, built=True, seconds=seconds)
 
 
 # --------------------------------------------------------------------------- CLI
@@ -708,31 +849,32 @@ def build_kernel(opts: KernelBuildOptions | None = None, progress: Progress | No
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python3 -m vblk_ci.build.kernel", description=__doc__.split("\n\n")[0])
+    p.add_argument("--base", default=_bases.DEFAULT_BASE,
+                   help=f"kernel base: {', '.join(_bases.BASES)} (default %(default)s); picks the tarball, "
+                        "the series and extra fragments not given explicitly")
     src = p.add_mutually_exclusive_group()
-    src.add_argument("--tarball", default=DEFAULT_TARBALL, help="kernel source tarball (default %(default)s)")
+    src.add_argument("--tarball", help="kernel source tarball (default the base's, /usr/src/linux-source-BASE.tar.xz)")
     src.add_argument("--source-dir", help="an already-extracted kernel tree to use instead of the tarball")
     ser = p.add_mutually_exclusive_group()
-    ser.add_argument("--series-dir", help="directory with the quilt 'series' file (default <repo>/driver)")
+    ser.add_argument("--series-dir", help="directory with the quilt 'series' file (default the base's)")
     ser.add_argument("--no-series", action="store_true", help="build the unpatched base tree")
     p.add_argument("--fragment", action="append", dest="fragments", metavar="FILE",
                    help="config fragment (repeatable; default kernel-config/base.config [+ <variant>.config])")
     p.add_argument("--variant", default="default", help="build variant (default %(default)s)")
-    p.add_argument("--cache-dir", help="cache root (default $VBLK_CI_CACHE or ~/.cache/vblk-ci)")
     p.add_argument("-j", "--jobs", type=int, help="make -j (default: number of CPUs)")
     p.add_argument("--virtio-blk-module", action="store_true", help="CONFIG_VIRTIO_BLK=m, ship virtio_blk.ko")
     p.add_argument("--make-arg", action="append", dest="make_args", default=[], metavar="ARG",
                    help="extra make argument, e.g. --make-arg C=1 (repeatable)")
-    p.add_argument("--print-key", action="store_true", help="print the cache key and exit")
-    p.add_argument("--output-dir", help="also copy bzImage, kernel.config, kernel-manifest.json [virtio_blk.ko] here")
-    p.add_argument("--json", action="store_true", help="print the artifact as JSON")
-    p.add_argument("-q", "--quiet", action="store_true", help="no progress lines")
+    add_builder_args(p, "bzImage, kernel.config, kernel-manifest.json [virtio_blk.ko]")
     return p
 
 
 def options_from_args(a: argparse.Namespace) -> KernelBuildOptions:
     opts = KernelBuildOptions(
-        source_tarball=None if a.source_dir else a.tarball,
+        base=a.base,
+        source_tarball=a.tarball,
         source_dir=a.source_dir,
+        series_dir=a.series_dir,
         apply_series=not a.no_series,
         fragments=a.fragments,
         variant=a.variant,
@@ -741,43 +883,25 @@ def options_from_args(a: argparse.Namespace) -> KernelBuildOptions:
         virtio_blk_module=a.virtio_blk_module,
         make_args=list(a.make_args),
     )
-    if a.series_dir:
-        opts.series_dir = a.series_dir
+    kernel_base(opts)  # an unknown --base is a usage error before anything runs
     return opts
 
 
+def publish(art: KernelArtifact, od: Path) -> None:
+    """Copy a kernel's files to *od* (what the image's stages COPY --from)."""
+    shutil.copy2(art.bzimage, od / "bzImage")
+    shutil.copy2(art.config, od / "kernel.config")
+    shutil.copy2(art.manifest, od / "kernel-manifest.json")
+    if art.module:
+        shutil.copy2(art.module, od / "virtio_blk.ko")
+    for name in COVERAGE_FILES:  # a gcov kernel's extras
+        if (art.bzimage.parent / name).is_file():
+            shutil.copy2(art.bzimage.parent / name, od / name)
+
+
 def main(argv: list[str] | None = None) -> int:
-    a = _parser().parse_args(argv)
-    opts = options_from_args(a)
-    t0 = time.monotonic()
-
-    def progress(msg: str) -> None:
-        print(f"[kernel {time.monotonic() - t0:6.1f}s] {msg}", file=sys.stderr, flush=True)
-
-    try:
-        if a.print_key:
-            print(kernel_key(opts))
-            return 0
-        art = build_kernel(opts, None if a.quiet else progress)
-        if a.output_dir:
-            od = Path(a.output_dir)
-            od.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(art.bzimage, od / "bzImage")
-            shutil.copy2(art.config, od / "kernel.config")
-            shutil.copy2(art.manifest, od / "kernel-manifest.json")
-            if art.module:
-                shutil.copy2(art.module, od / "virtio_blk.ko")
-            for name in COVERAGE_FILES:  # a gcov kernel's extras
-                if (art.bzimage.parent / name).is_file():
-                    shutil.copy2(art.bzimage.parent / name, od / name)
-    except BuildError as e:
-        print(f"vblk-ci kernel build: {e}", file=sys.stderr)
-        return 3
-    if a.json:
-        print(json.dumps(art.to_json(), indent=2))
-    else:
-        print(art.bzimage)
-    return 0
+    return run_builder_cli("kernel", _parser().parse_args(argv), options_from_args, kernel_key, build_kernel,
+                           publish, lambda art: art.bzimage)
 
 
 if __name__ == "__main__":

@@ -5,24 +5,25 @@ For the pinned base tree: every patch applies with ``git am``; every patch is
 drivers/block/virtio_blk.c; the driver compiles built in (``=y``) and as a
 module (``=m``, compiled with -DMODULE in an objects dir of its own).
 
-Stdlib only, like the rest of build/. Runs as ``python3 -m vblk_ci.build.quality``
-and from ``vblk-ci check series``; the project's tests assert on its report.
+Stdlib only, like the rest of build/. Runs as ``python3 -m vblk_ci.build.quality
+[--base 7.3|6.12]`` (tests/kernel/ runs it on the series); the project's tests
+assert on its report.  It uses the kernel builder's public API: a tree of its own
+(``source_tree``), ``configure`` and ``make``.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
 import re
-import subprocess
+import shutil
 import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from vblk_ci.build import BuildError
-from vblk_ci.build import cache as _cache
+from vblk_ci.build import BuildError, UsageError
+from vblk_ci.build import bases as _bases
 from vblk_ci.build import kernel as K
 from vblk_ci.errors import MissingPrerequisite
 
@@ -91,17 +92,6 @@ def sparse_only(diagnostics: list[str]) -> list[str]:
     return [d for d in diagnostics if not re.search(r"\[-W[^\]]+\]$", d)]
 
 
-def _make(tree: Path, objdir: Path, *args: str) -> str:
-    """Run make, return its combined output; a failed build is a BuildError with the tail."""
-    cmd = ["make", f"O={objdir}", *args]
-    proc = subprocess.run(cmd, cwd=tree, env=K._env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                          text=True, errors="replace")
-    if proc.returncode != 0:
-        tail = "\n".join(proc.stdout.splitlines()[-K.LOG_TAIL_LINES:])
-        raise BuildError(f"{' '.join(cmd)} failed (exit {proc.returncode}):\n{tail}")
-    return proc.stdout
-
-
 def _require_step(output: str, step: str, target: str) -> str:
     """A gate that did not run must not read as clean: kbuild prints '  STEP  target'."""
     if not re.search(rf"^\s+{re.escape(step)}\s+\S*{re.escape(target)}$", output, re.M):
@@ -110,52 +100,49 @@ def _require_step(output: str, step: str, target: str) -> str:
 
 
 def _checkpatch(tree: Path, patch: K.Patch) -> PatchCheck:
-    proc = subprocess.run(["perl", "scripts/checkpatch.pl", "--strict", str(patch.path.resolve())],
-                          cwd=tree, env=K._env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                          text=True, errors="replace")
-    errors, warnings, checks = parse_checkpatch(proc.stdout)
-    return PatchCheck(patch.name, errors, warnings, checks, proc.stdout if (errors or warnings or checks) else "")
+    # checkpatch exits non-zero when it finds something: its total line is the verdict.
+    out = K.run(["perl", "scripts/checkpatch.pl", "--strict", str(patch.path.resolve())], cwd=tree,
+                what="checkpatch.pl", check=False)
+    errors, warnings, checks = parse_checkpatch(out)
+    return PatchCheck(patch.name, errors, warnings, checks, out if (errors or warnings or checks) else "")
 
 
 def check_series(opts: K.KernelBuildOptions | None = None, progress: K.Progress | None = None) -> QualityReport:
     """Apply the series to a clean base tree and run every gate on it."""
     opts = opts or K.KernelBuildOptions()
-    if not _which("sparse"):
+    if shutil.which("sparse") is None:
         raise MissingPrerequisite("sparse is not installed (apt-get install sparse)")
     t0 = time.monotonic()
-    cache = _cache.cache_root(opts.cache_dir)
-    patches = K.parse_series(opts.series_dir)
+    patches = K.resolve_patches(opts)
     if not patches:
-        raise BuildError(f"no patches listed in {opts.series_dir}/series")
-    trees = cache / "trees"
-    variant = "quality"
-    tree = trees / variant
-    objdir = trees / f"{variant}-build"
-    modobj = trees / f"{variant}-module"
-    base_identity = K._base_identity(opts, cache)
-    report = QualityReport(base=base_identity)
-    with K._locked(trees / f"{variant}.lock"):
-        state = K._prepare_tree(opts, tree, objdir, trees / f"{variant}.json", base_identity, progress, patches)
-        K._apply_series(tree, state, trees / f"{variant}.json", patches, progress)
-        report.applies = True
-        K._say(progress, "checkpatch --strict on each patch")
+        raise BuildError(f"no patches listed in {K.resolve_series_dir(opts)}/series")
+
+    def say(msg: str) -> None:
+        if progress is not None:
+            progress(msg)
+
+    jobs = f"-j{opts.jobs or K.default_jobs()}"
+    with K.source_tree(opts, "quality", progress) as src:
+        tree = src.path
+        report = QualityReport(base=src.base_identity, applies=True)
+        say("checkpatch --strict on each patch")
         report.patches = [_checkpatch(tree, p) for p in patches]
 
         fragments = K.resolve_fragments(opts)
-        for module, obj in ((False, objdir), (True, modobj)):
+        for module, obj in ((False, src.objdir("build")), (True, src.objdir("module"))):
             log = obj / "quality.log"
             obj.mkdir(parents=True, exist_ok=True)
-            K._configure(tree, obj, fragments, module, log, progress)
-            K._say(progress, f"prepare objects dir ({'virtio_blk=m' if module else 'virtio_blk=y'})")
-            _make(tree, obj, f"-j{opts.jobs or os.cpu_count() or 1}", "prepare")
+            K.configure(tree, obj, fragments, module, log, progress)
+            say(f"prepare objects dir ({'virtio_blk=m' if module else 'virtio_blk=y'})")
+            K.make(tree, obj, jobs, "prepare")
             if not module:
-                K._say(progress, "sparse (C=2) on " + DRIVER_SOURCE)
-                out = _make(tree, obj, "C=2", DRIVER_OBJECT)
+                say("sparse (C=2) on " + DRIVER_SOURCE)
+                out = K.make(tree, obj, "C=2", DRIVER_OBJECT)
                 report.sparse = sparse_only(diagnostics_for(_require_step(out, "CHECK", DRIVER_SOURCE)))
-            K._say(progress, f"W=1 build of {DRIVER_OBJECT} ({'=m' if module else '=y'})")
+            say(f"W=1 build of {DRIVER_OBJECT} ({'=m' if module else '=y'})")
             # An up-to-date object would compile silently: force the compiler to run.
             (obj / DRIVER_OBJECT).unlink(missing_ok=True)
-            out = _make(tree, obj, "W=1", DRIVER_OBJECT)
+            out = K.make(tree, obj, "W=1", DRIVER_OBJECT)
             found = diagnostics_for(_require_step(out, "CC [M]" if module else "CC", DRIVER_OBJECT))
             if module:
                 report.module_w1 = found
@@ -165,22 +152,19 @@ def check_series(opts: K.KernelBuildOptions | None = None, progress: K.Progress 
     return report
 
 
-def _which(name: str) -> bool:
-    return any(os.access(os.path.join(d, name), os.X_OK) for d in os.environ.get("PATH", "").split(os.pathsep))
-
-
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python3 -m vblk_ci.build.quality", description=__doc__.split("\n\n")[0])
-    p.add_argument("--series-dir", help="directory with the quilt 'series' file (default <repo>/driver)")
+    p.add_argument("--base", default=_bases.DEFAULT_BASE,
+                   help=f"kernel base: {', '.join(_bases.BASES)} (default %(default)s)")
+    p.add_argument("--series-dir", help="directory with the quilt 'series' file (default the base's)")
     p.add_argument("--cache-dir", help="cache root (default $VBLK_CI_CACHE or ~/.cache/vblk-ci)")
     p.add_argument("--json", action="store_true", help="print the whole report as JSON")
     a = p.parse_args(argv)
-    opts = K.KernelBuildOptions(cache_dir=a.cache_dir)
-    if a.series_dir:
-        opts.series_dir = a.series_dir
+    opts = K.KernelBuildOptions(base=a.base, series_dir=a.series_dir, cache_dir=a.cache_dir)
     try:
+        K.kernel_base(opts)
         report = check_series(opts, progress=lambda m: print(f"[quality] {m}", file=sys.stderr, flush=True))
-    except (BuildError, MissingPrerequisite) as e:
+    except (BuildError, MissingPrerequisite, UsageError) as e:
         print(f"vblk-ci: quality: {e}", file=sys.stderr)
         return e.exit_code
     if a.json:

@@ -22,6 +22,9 @@ from .table import ID_BYTES, DiskConfig
 
 MUTATE = 0.35
 SCRIBBLE = 0.3  # programs whose executor overwrites SQ slots right after submit
+USER = 0.25  # programs run as an unprivileged user (no CAP_SYS_ADMIN)
+USER_ID = 1000  # its uid and gid (the campaign hands each disk's node to it)
+I386 = 0.2  # programs run by vblk-engine32: a 32-bit caller (compat syscalls)
 HOT_SECTORS = 2048  # 1 MiB at the start of the disk: where most commands go
 MAX_BLOCKS = 16
 OPS = ((T_IN, 30), (T_OUT, 30), (T_FLUSH, 8), (T_GET_ID, 5), (T_DISCARD, 9), (T_WRITE_ZEROES, 9), (None, 4))
@@ -129,6 +132,14 @@ def mutations(step: Step, disk: DiskConfig) -> list[str]:
     return out
 
 
+MUTATION_NAMES = (
+    "cmd-op", "flag", "type", "ioprio-bad", "ioprio-valid", "beyond", "wrap", "zero-len", "len-misaligned", "unmapped",
+    "huge-len", "sector-misaligned", "too-many-iov", "fixed-vec", "vec-count", "fixed-oob", "as-vec", "flush-sector",
+    "flush-len", "id-len", "id-sector", "ranges-many", "range-flags", "range-zero", "range-beyond", "range-wrap",
+    "ranges-len", "ranges-fixed", "range-misaligned",
+)
+
+
 def mutate(rng: random.Random, step: Step, disk: DiskConfig, what: str) -> Step:
     lbs_s = disk.lbs_sectors
     n = _nbytes(step)
@@ -209,10 +220,12 @@ def mutate(rng: random.Random, step: Step, disk: DiskConfig, what: str) -> Step:
 
 
 def generate(seed: int, index: int, disks: list[DiskConfig], max_steps: int = 24,
-             disabled: frozenset[str] = frozenset()) -> Program:
+             disabled: frozenset[str] = frozenset(), abis: tuple[str, ...] = ("x86_64", "i386")) -> Program:
     """Program ``index`` of the campaign ``seed`` over one of ``disks``; ``disabled``
     mutations are never drawn (a campaign disables the one behind a crash it already
-    recorded, so it does not spend the rest of its budget rebooting)."""
+    recorded, so it does not spend the rest of its budget rebooting). ``abis``: the
+    executors the guest can run; an i386 draw without ``vblk-engine32`` runs as x86_64
+    (the steps are the same either way)."""
     pseed = program_seed(seed, index)
     rng = random.Random(pseed)
     disk = rng.choice(disks)
@@ -240,9 +253,11 @@ def generate(seed: int, index: int, disks: list[DiskConfig], max_steps: int = 24
         step = replace(step, link=rng.random() < 0.2, async_=rng.random() < 0.15)
         steps.append(step)
         muts.append(what)
-    # drawn last, so the rest of a program does not depend on it
+    # drawn last, so the rest of a program does not depend on them (nor on what came later)
     scribble = rng.random() < SCRIBBLE
+    user = USER_ID if rng.random() < USER else None
+    abi = "i386" if rng.random() < I386 and "i386" in abis else "x86_64"
     prog = Program(disk=disk.name, sqe=sqe, iopoll=iopoll, sqpoll=sqpoll, scribble=scribble, mode=mode,
-                   seed=pseed).with_steps(steps)
+                   seed=pseed, user=user, abi=abi).with_steps(steps)
     prog.meta["mutations"] = muts
     return prog

@@ -55,8 +55,18 @@ def _mismatch_class(got: int) -> str:
 
 
 def judge(program: Program, results: list[dict], disk: DiskConfig, model: DiskModel,
-          caller: Caller = Caller()) -> Verdict:
-    """``results``: the executor's JSON lines (``{"i", "res", ...}``), in step order."""
+          caller: Caller | None = None, device_errors: frozenset[int] = frozenset(),
+          unplugged: bool = False) -> Verdict:
+    """``results``: the executor's JSON lines (``{"i", "res", ...}``), in step order. ``caller``:
+    by default who the program runs as (``Caller.of``). A finding of a 32-bit program has the
+    abi at the end of its signature: a bug only 32-bit callers meet is its own finding.
+    ``device_errors``: step types the host made the device fail (a blkdebug fault): a command of
+    one the kernel lets through may come back with a device status; what it wrote is unknown.
+    ``unplugged``: the disk was hot-unplugged during the program: any failure is accepted (which
+    commands ran before it is not known), a command that failed may have written part of its
+    data, and a finding's signature ends in ``|unplug`` (a read that succeeded must still hold
+    the right data; a command must still complete)."""
+    caller = caller or Caller.of(program)
     v = Verdict()
     by_index = {r.get("i"): r for r in results if isinstance(r, dict)}
     chain_of = {i: n for n, chain in enumerate(program.chains()) for i in chain}
@@ -80,6 +90,10 @@ def judge(program: Program, results: list[dict], disk: DiskConfig, model: DiskMo
             exp = Expect(exp.accepted, exp.rules, exp.notes + (late,))
         if chain_of[i] in broken:
             exp = Expect(frozenset({-ECANCELED}), ("linked to a failed command",))
+        if unplugged and res != 0 and res not in exp.accepted:
+            exp = Expect(exp.accepted | {res}, exp.rules + ("the disk was unplugged",), exp.notes)
+        if res > 0 and step.type in device_errors and 0 in exp.accepted:
+            exp = Expect(exp.accepted | {res}, exp.rules + ("the device fails it (blkdebug)",), exp.notes)
         v.rules.update(exp.rules)
         v.outcomes.append((step.name, errno_name(res)))
         if res not in exp.accepted:
@@ -107,9 +121,16 @@ def judge(program: Program, results: list[dict], disk: DiskConfig, model: DiskMo
         for kind, sector, count, seed in effects(step, disk):
             if res == 0:
                 model.apply(kind, sector, count, seed)
-            elif res > 0:  # the device failed it: part of it may have happened
+            elif res > 0 or unplugged:  # the device failed it, or went away: part of it may have happened
                 model.forget(sector, count)
+    for f in v.findings:
+        f.signature = abi_signature(f.signature, program) + ("|unplug" if unplugged else "")
     return v
+
+
+def abi_signature(signature: str, program: Program) -> str:
+    """``signature`` of a finding of ``program``: ``|i386`` appended for a 32-bit caller."""
+    return signature if program.abi == "x86_64" else f"{signature}|{program.abi}"
 
 
 def _issued_late(program: Program, i: int, chain_of: dict[int, int]) -> str:

@@ -22,6 +22,7 @@ TYPE_NAMES = {T_IN: "read", T_OUT: "write", T_FLUSH: "flush", T_GET_ID: "get-id"
 WRITE_TYPES = frozenset({T_OUT, T_FLUSH, T_DISCARD, T_WRITE_ZEROES})
 BUF_KINDS = ("aligned", "misaligned", "unmapped", "null", "fixed", "fixed-oob")
 MODES = ("rw", "ro", "wo")
+ABIS = ("x86_64", "i386")  # which executor runs the program: vblk-engine or vblk-engine32 (compat syscalls)
 MAX_CHAIN = 8  # the executor's longest linked chain
 STEP_BYTES = 256 << 10  # the executor's data slot per step
 RANGE_BYTES = 16  # struct virtio_blk_discard_write_zeroes
@@ -110,6 +111,8 @@ class Program:
     scribble: bool = False  # the executor overwrites each SQE once the kernel has consumed it
     mode: str = "rw"
     seed: int | None = None  # the generator seed it came from, if any
+    user: int | None = None  # run as this uid (= gid, no groups, no capabilities); None: root
+    abi: str = "x86_64"  # x86_64 (vblk-engine) or i386 (vblk-engine32, a 32-bit caller)
     meta: dict = field(default_factory=dict, compare=False)
 
     def with_steps(self, steps) -> "Program":
@@ -135,6 +138,10 @@ class Program:
         lines = [HEADER, f"# disk {self.disk}"]
         if self.seed is not None:
             lines.append(f"# seed {self.seed}")
+        if self.abi != "x86_64":
+            lines.append(f"# abi {self.abi}")
+        if self.user is not None:  # before the ring and the fd: both belong to the user
+            lines.append(f"user uid={self.user} gid={self.user}")
         scribble = " scribble=1" if self.scribble else ""
         lines.append(f"ring sqe={self.sqe} iopoll={int(self.iopoll)} sqpoll={int(self.sqpoll)}{scribble} entries=16")
         lines.append(f"open mode={self.mode}")
@@ -203,6 +210,7 @@ def parse(text: str, source: str = "program") -> Program:
     meta: dict[str, str] = {}
     ring: dict[str, str] = {}
     mode = "rw"
+    user: int | None = None
     steps: list[Step] = []
     for n, raw in enumerate(text.splitlines(), 1):
         where = f"{source}:{n}"
@@ -211,7 +219,7 @@ def parse(text: str, source: str = "program") -> Program:
             continue
         if line.startswith("#"):
             key, _, value = line[1:].strip().partition(" ")
-            if key in ("disk", "seed"):
+            if key in ("disk", "seed", "abi"):
                 meta[key] = value.strip()
             continue
         word, *rest = line.split()
@@ -223,8 +231,15 @@ def parse(text: str, source: str = "program") -> Program:
                 raise UsageError(f"{where}: open mode must be one of {', '.join(MODES)}")
         elif word == "step":
             steps.append(_parse_step(rest, where))
+        elif word == "user":
+            ids = _fields(rest, where)
+            if set(ids) != {"uid", "gid"} or ids["uid"] != ids["gid"]:
+                raise UsageError(f"{where}: a user line is 'user uid=N gid=N' (the same number)")
+            user = _num(ids["uid"], where)
         else:
             raise UsageError(f"{where}: unknown directive {word!r}")
+    if meta.get("abi", "x86_64") not in ABIS:
+        raise UsageError(f"{source}: # abi must be one of {', '.join(ABIS)}")
     if "disk" not in meta:
         raise UsageError(f"{source}: no '# disk NAME' line (which disk the program runs on)")
     return Program(
@@ -232,4 +247,5 @@ def parse(text: str, source: str = "program") -> Program:
         iopoll=ring.get("iopoll", "0") != "0", sqpoll=ring.get("sqpoll", "0") != "0",
         scribble=ring.get("scribble", "0") != "0", mode=mode,
         seed=_num(meta["seed"], source) if "seed" in meta else None,
+        user=user, abi=meta.get("abi", "x86_64"),
     )

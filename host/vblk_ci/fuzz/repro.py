@@ -32,7 +32,8 @@ class Planned:
     tags: tuple[tuple[int, int], ...] | None  # per sector (tag, alternative) for reads, or None
 
 
-def expected_plan(program: Program, disk: DiskConfig, caller: Caller = Caller()) -> list[Planned]:
+def expected_plan(program: Program, disk: DiskConfig, caller: Caller | None = None) -> list[Planned]:
+    caller = caller or Caller.of(program)
     model = DiskModel(disk.capacity, initial_known=False)
     chain_of = {i: n for n, chain in enumerate(program.chains()) for i in chain}
     broken: set[int] = set()
@@ -93,7 +94,7 @@ def _step_c(i: int, step: Step, p: Planned) -> tuple[str, str]:
     return "\n".join(arrays), init
 
 
-def write_repro_c(program: Program, disk: DiskConfig, title: str, caller: Caller = Caller()) -> str:
+def write_repro_c(program: Program, disk: DiskConfig, title: str, caller: Caller | None = None) -> str:
     plan = expected_plan(program, disk, caller)
     arrays, inits = [], []
     for i, (step, p) in enumerate(zip(program.steps, plan)):
@@ -109,6 +110,8 @@ def write_repro_c(program: Program, disk: DiskConfig, title: str, caller: Caller
             .replace("@SQPOLL@", str(int(program.sqpoll)))
             .replace("@SCRIBBLE@", str(int(program.scribble)))
             .replace("@MODE@", {"rw": "O_RDWR", "ro": "O_RDONLY", "wo": "O_WRONLY"}[program.mode])
+            .replace("@USER@", "-1" if program.user is None else str(program.user))
+            .replace("@M32@", " -m32" if program.abi == "i386" else "")
             .replace("@ARRAYS@", "\n".join(arrays))
             .replace("@STEPS@", "\n".join(inits)))
 
@@ -118,9 +121,10 @@ _TEMPLATE = r"""// SPDX-License-Identifier: GPL-2.0-only
  * Reproducer written by `vblk-ci fuzz` for:
  *   @TITLE@
  *
- * Build: gcc -O2 -Wall -o repro repro.c -luring      (add -static for the guest)
+ * Build: gcc@M32@ -O2 -Wall -o repro repro.c -luring      (add -static for the guest)
  * Run:   ./repro /dev/vdXc0 [REPEAT]   (as root, in a guest with the driver; the program runs
- *        up to REPEAT times, default 20, until a round differs)
+ *        up to REPEAT times, default 20, until a round differs; with USER_ID >= 0 it
+ *        becomes that user, no groups, before it opens anything: the node must be theirs)
  * Exit:  1 if any step's cqe->res or read data differs from the errno table
  *        (the v3 contract), 0 if every step got what the table says.
  *
@@ -130,6 +134,7 @@ _TEMPLATE = r"""// SPDX-License-Identifier: GPL-2.0-only
 #define _GNU_SOURCE
 #include <errno.h>
 #include <fcntl.h>
+#include <grp.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -148,6 +153,7 @@ _TEMPLATE = r"""// SPDX-License-Identifier: GPL-2.0-only
 #define SQPOLL		@SQPOLL@
 #define SCRIBBLE	@SCRIBBLE@	/* overwrite the SQ slots once the kernel consumed them */
 #define OPEN_MODE	@MODE@
+#define USER_ID		@USER@		/* run as this uid = gid (no capabilities); -1: as started */
 #define MAX_CHAIN	8
 #define STEP_BYTES	(256U << 10)
 #define SLOT_BYTES	(STEP_BYTES + 8192U)
@@ -380,6 +386,10 @@ int main(int argc, char **argv)
 	}
 	if (argc == 3)
 		repeat = (unsigned int)strtoul(argv[2], NULL, 0);
+	if (USER_ID >= 0 && (setgroups(0, NULL) || setgid(USER_ID) || setuid(USER_ID))) {
+		perror("setuid");
+		return 2;
+	}
 	fd = open(argv[1], OPEN_MODE | O_CLOEXEC);
 	if (fd < 0) {
 		perror(argv[1]);

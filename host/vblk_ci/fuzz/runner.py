@@ -27,22 +27,26 @@ from .. import __version__
 from .. import events as E
 from ..disks.spec import DiskSpec, create_sparse_file
 from ..errors import AgentError, BootError, InfraError, MissingPrerequisite, QmpError
+from ..faults import make_fault
 from ..machine.accel import choose
 from ..machine.argv import BASE_CMDLINE, MachineSpec
 from ..machine.machine import Machine, Timeouts
 from ..machine.qemuinfo import DEFAULT_QEMU, probe_caps, resolve_binary
-from .generator import generate
-from .judge import Finding, Verdict, judge
+from .generator import USER_ID, generate
+from .judge import Finding, Verdict, abi_signature, judge
 from .model import DiskModel
-from .program import Program, parse
+from .program import T_DISCARD, T_IN, T_OUT, Program, parse
 from .repro import write_repro_c
 from .shrink import shrink
 from .table import SYSFS_PATHS, DiskConfig
 
 EXECUTOR = "/usr/bin/vblk-engine"
+EXECUTOR32 = "/usr/bin/vblk-engine32"  # the same executor built for i386: programs with "# abi i386"
 CHAIN_TIMEOUT_MS = 20000  # the executor's own limit for one chain to complete
 PROGRAM_TIMEOUT_S = 90.0  # the agent's limit for one program (TCG; scaled)
 PAUSE_S = 0.3  # --faults stop-cont: how long the VM stays stopped
+FAULT_KINDS = ("stop-cont", "blkdebug-eio", "unplug", "unplug-iopoll")
+BLKDEBUG_OPS = {"read": frozenset({T_IN}), "write": frozenset({T_OUT}), "discard": frozenset({T_DISCARD})}
 OOM = re.compile(r"\S+ invoked oom-killer: [^\n]*")
 
 
@@ -66,6 +70,7 @@ class FuzzPlan:
     out: Path
     seed: int = 1
     budget_s: float = 300.0
+    max_programs: int | None = None  # stop after this many programs (CI: a fixed amount of work)
     qemu: str = DEFAULT_QEMU
     accel: str = "auto"
     smp: int = 2
@@ -73,7 +78,8 @@ class FuzzPlan:
     max_steps: int = 24
     shrink_runs: int = 30
     replay: Path | None = None
-    faults: tuple[str, ...] = ()  # host faults interleaved with programs: "stop-cont"
+    faults: tuple[str, ...] = ()  # host faults interleaved with programs: FAULT_KINDS
+    disable: tuple[str, ...] = ()  # mutations never drawn (a known crash that would cost a reboot per hit)
 
 
 class StopCont(threading.Thread):
@@ -99,6 +105,53 @@ class StopCont(threading.Thread):
                 self.error = self.error or str(exc)
 
 
+class BlkdebugEio:
+    """--faults blkdebug-eio: for the whole program, QEMU fails the disk's requests of one
+    type (read, write or discard) with EIO (blkdebug, as the faults suite's blkdebug-error):
+    those commands may complete with the device's IOERR status, and what a failed write or
+    discard left on the disk is unknown to the model."""
+
+    def __init__(self, machine: Machine, disk: DiskSpec, op: str):
+        self.machine = machine
+        self.op = op
+        self.fault = make_fault("blkdebug-error", disk, {"op": op, "errno": 5})
+        self.error: str | None = None
+
+    @property
+    def device_errors(self) -> frozenset[int]:
+        return BLKDEBUG_OPS[self.op]
+
+    def start(self) -> None:
+        self.fault.arm(self.machine)
+
+    def join(self) -> None:
+        try:
+            self.fault.disarm(self.machine)
+        except (QmpError, InfraError, OSError) as exc:
+            self.error = str(exc)
+
+
+class Unplug(threading.Thread):
+    """--faults unplug: ``delay`` seconds into the program, hot-unplug its disk (device_del,
+    DEVICE_DELETED, blockdev-del) with the executor's fd open and commands in flight; the
+    campaign plugs it back after the program."""
+
+    def __init__(self, machine: Machine, disk_id: str, delay: float):
+        super().__init__(name="fuzz-unplug", daemon=True)
+        self.machine = machine
+        self.disk_id = disk_id
+        self.delay = delay
+        self.error: str | None = None
+        self.seconds: float | None = None
+
+    def run(self) -> None:
+        time.sleep(self.delay)
+        try:
+            self.seconds = self.machine.unplug(self.disk_id)
+        except (QmpError, InfraError, OSError, ValueError) as exc:
+            self.error = str(exc)
+
+
 @dataclass
 class RunOutcome:
     """One program's run: the executor's lines, and what went wrong outside the judge."""
@@ -107,6 +160,8 @@ class RunOutcome:
     seconds: float
     status: str = "ok"  # ok | hang | splat | executor
     finding: Finding | None = None
+    device_errors: frozenset[int] = frozenset()  # step types a blkdebug fault may fail (IOERR)
+    unplugged: bool = False  # the disk was hot-unplugged during the program
 
 
 @dataclass
@@ -120,6 +175,7 @@ class Stats:
     classes: Counter = field(default_factory=Counter)
     rules: Counter = field(default_factory=Counter)
     hits: Counter = field(default_factory=Counter)  # finding signature -> programs that hit it
+    callers: Counter = field(default_factory=Counter)  # "root x86_64", "uid i386", ... -> programs
 
 
 def _slug(text: str) -> str:
@@ -138,8 +194,12 @@ class Fuzzer:
         self.configs: dict[str, DiskConfig] = {}
         self.models: dict[str, DiskModel] = {}
         self.stats = Stats()
-        self.disabled: dict[str, str] = {}  # mutation -> the crash finding that disabled it
+        # mutation -> the crash finding that disabled it (or --disable)
+        self.disabled: dict[str, str] = {m: "--disable" for m in plan.disable}
         self.boot_seconds: list[float] = []
+        self.stopped = "budget"  # what ended the campaign: budget | max-programs
+        self.engine32: str | None = None  # why vblk-engine32 cannot run (None: it can, or not probed yet)
+        self.abis: tuple[str, ...] = ("x86_64", "i386")
         self.qemu = resolve_binary(plan.qemu)
         self.caps = probe_caps(self.qemu)
         self.accel = choose(self.qemu, Path(plan.kernel), plan.accel)
@@ -163,17 +223,48 @@ class Fuzzer:
         for slot, disk in enumerate(self.specs):
             if not disk.path.exists():
                 create_sparse_file(disk.path, disk.size_bytes)
-            plugged = self.machine.hotplug(disk, slot, chardev=True)
-            self.emit(E.DiskPlugged(disk.id, disk.serial, plugged.seconds_to_visible, plugged.guest_name,
-                                    plugged.chardev))
-            self.chardev[disk.id] = plugged.chardev
-            values = self.machine.agent.call("sysfs", {"name": plugged.guest_name, "paths": list(SYSFS_PATHS)})
-            config = DiskConfig.from_sysfs(disk.id, disk.serial, values)
-            if disk.id in self.configs and self.configs[disk.id] != config:
-                raise InfraError(f"{disk.id}: the guest shows a different configuration after a reboot: "
-                                 f"{self.configs[disk.id]} then {config}")
-            self.configs[disk.id] = config
-            self.models.setdefault(disk.id, DiskModel(config.capacity, initial_known=True))
+            self.plug(disk, slot)
+        if self.stats.boots == 1:
+            self._probe_engine32()
+
+    def plug(self, disk: DiskSpec, slot: int) -> None:
+        """Hot-plug ``disk`` (at boot, or again after an unplug fault): its char device, its
+        configuration as the guest sees it (the same every time), its node handed to USER_ID."""
+        plugged = self.machine.hotplug(disk, slot, chardev=True)
+        self.emit(E.DiskPlugged(disk.id, disk.serial, plugged.seconds_to_visible, plugged.guest_name,
+                                plugged.chardev))
+        self.chardev[disk.id] = plugged.chardev
+        values = self.machine.agent.call("sysfs", {"name": plugged.guest_name, "paths": list(SYSFS_PATHS)})
+        config = DiskConfig.from_sysfs(disk.id, disk.serial, values)
+        if disk.id in self.configs and self.configs[disk.id] != config:
+            raise InfraError(f"{disk.id}: the guest shows a different configuration after a re-plug: "
+                             f"{self.configs[disk.id]} then {config}")
+        self.configs[disk.id] = config
+        self.models.setdefault(disk.id, DiskModel(config.capacity, initial_known=True))
+        # programs with a user line run as USER_ID: the node is theirs (mode 0600), as
+        # driver-access does it, so the open mode and the missing capability decide
+        self._guest_sh(f"chown {USER_ID}:{USER_ID} {plugged.chardev} && chmod 0600 {plugged.chardev}")
+
+    def _guest_sh(self, cmd: str) -> str:
+        res = self.machine.agent.exec(cmd=cmd, timeout_s=self.timeouts(30.0))
+        if res.get("rc") != 0:
+            raise InfraError(f"guest: {cmd!r} exited {res.get('rc')}: {(res.get('stderr') or '').strip()[-300:]}")
+        return res.get("stdout", "")
+
+    def _probe_engine32(self) -> None:
+        """Can the guest run vblk-engine32 (in the initramfs, kernel with IA32_EMULATION)? If
+        not, i386 draws run as x86_64 and fuzz.json says why."""
+        try:
+            res = self.machine.agent.exec(argv=[EXECUTOR32, "--program", "/dev/null", "--dev", "/dev/null"],
+                                          timeout_s=self.timeouts(30.0))
+            ok = res.get("rc") == 0
+            why = f"exit {res.get('rc')}: {(res.get('stderr') or '').strip()[-200:]}"
+        except AgentError as exc:
+            ok, why = False, str(exc)
+        if not ok:
+            self.engine32 = f"{EXECUTOR32} does not run in the guest ({why}): i386 programs run as x86_64"
+            self.abis = ("x86_64",)
+            self.emit(E.Note(f"fuzz: {self.engine32}"))
 
     def stop(self) -> None:
         if self.machine is not None:
@@ -194,23 +285,29 @@ class Fuzzer:
         m = self.machine
         mark = m.console.mark()
         started = time.monotonic()
-        argv = [EXECUTOR, "--program", "-", "--dev", self.chardev[program.disk],
+        executor = EXECUTOR32 if program.abi == "i386" else EXECUTOR
+        argv = [executor, "--program", "-", "--dev", self.chardev[program.disk],
                 "--timeout-ms", str(int(CHAIN_TIMEOUT_MS * self.timeouts.scale))]
         error: str | None = None
         rc = None
         stdout = ""
-        fault = self.fault_for(program)
+        faults = self.faults_for(program)
+        started_faults: list = []
         try:
-            if fault is not None:
+            for fault in faults:
                 fault.start()
+                started_faults.append(fault)
             res = m.agent.exec(argv=argv, stdin=program.text(), timeout_s=self.timeouts(PROGRAM_TIMEOUT_S))
             rc, stdout = res.get("rc"), res.get("stdout", "")
             if rc not in (0, 4):
                 error = f"executor exited {rc}: {(res.get('stderr') or '').strip()[-300:]}"
         except (AgentError, QmpError, OSError) as exc:
+            if len(started_faults) < len(faults):  # QEMU refused the fault: no program ran
+                raise InfraError(f"cannot arm {type(faults[len(started_faults)]).__name__} on "
+                                 f"{program.disk}: {exc}") from exc
             error = f"the guest agent did not answer: {exc}"
         finally:
-            if fault is not None:
+            for fault in started_faults:
                 fault.join()
         seconds = time.monotonic() - started
         results = []
@@ -220,6 +317,15 @@ class Fuzzer:
             except ValueError:
                 continue
         outcome = RunOutcome(results, seconds)
+        unplug = None
+        for fault in faults:
+            if isinstance(fault, BlkdebugEio):
+                outcome.device_errors |= fault.device_errors
+                if fault.error:  # the disk still fails its requests: every later result would lie
+                    raise InfraError(f"cannot take the blkdebug fault off {program.disk}: {fault.error}")
+            if isinstance(fault, Unplug):
+                unplug = fault
+                outcome.unplugged = True
         time.sleep(0.1)  # a splat printed as the program ended
         findings = m.console.findings(mark)
         oom = OOM.search(m.console.text_since(mark))
@@ -239,28 +345,59 @@ class Fuzzer:
             step = len(results)
             outcome.finding = Finding("hang", f"hang|agent|sqe{program.sqe}{'-iopoll' if program.iopoll else ''}",
                                       f"{error}; {step} of {len(program.steps)} steps had completed", step)
-        elif error:
+        elif error and not (unplug is not None and rc == 3):  # 3: the node was gone before the open
             outcome.status = "executor"
             outcome.finding = Finding("executor", "executor|" + error.split(":")[0], error)
+        elif unplug is not None and unplug.error:
+            # device_del never completed: the guest kept the device (the command that held it
+            # is the bug); only a reboot gets the disk back
+            outcome.status = "hang"
+            outcome.finding = Finding("hang", "hang|unplug|DEVICE_DELETED never came",
+                                      f"unplug of {program.disk} {unplug.delay:.2f} s into the program: {unplug.error}",
+                                      len(results))
         if outcome.status == "ok" and any(r.get("hang") for r in results):
             outcome.status = "hang"  # the executor gave up on a command: judge() reports it
         if outcome.status in ("splat", "hang"):
             # what the program was writing when the guest went down is unknown now
             self._forget(program)
             self.stop()
+        elif unplug is not None:
+            self.plug(next(d for d in self.specs if d.id == program.disk),
+                      [d.id for d in self.specs].index(program.disk))
         return outcome
 
-    def fault_for(self, program: Program) -> "StopCont | None":
-        """--faults stop-cont: a fifth of the programs (drawn from the program's seed) get the
-        VM paused (QMP stop, 0.3 s, cont) at a random point early in their run. A pause must
-        change no result: the judge is the same."""
-        if "stop-cont" not in self.plan.faults:
-            return None
-        rng = random.Random(program.seed if program.seed is not None else 0)
-        if rng.random() >= 0.2:
-            return None
-        self.stats.faults += 1
-        return StopCont(self.machine, rng.uniform(0.0, 0.3))
+    def faults_for(self, program: Program) -> list:
+        """The host faults of ``program``, drawn from its seed (so a shrunk or replayed program
+        gets the same ones):
+        - stop-cont: a fifth of the programs get the VM paused (QMP stop, 0.3 s, cont) at a
+          random point early in their run. A pause must change no result.
+        - blkdebug-eio: a fifth of the programs on a writable disk run with QEMU failing one
+          type of request (read, write, or discard where negotiated) with EIO.
+        - unplug: a tenth of the programs (not those under blkdebug-eio) get their disk
+          hot-unplugged 0-0.2 s into their run, and plugged back after it; unplug-iopoll: half
+          of the programs on IOPOLL rings (review #8: unplug racing a polled command)."""
+        out: list = []
+        seed = program.seed if program.seed is not None else 0
+        if "stop-cont" in self.plan.faults:
+            rng = random.Random(seed)
+            if rng.random() < 0.2:
+                out.append(StopCont(self.machine, rng.uniform(0.0, 0.3)))
+        disk = next(d for d in self.specs if d.id == program.disk)
+        if "blkdebug-eio" in self.plan.faults and not disk.read_only:
+            rng = random.Random(seed ^ 0xB10CDEB6)
+            if rng.random() < 0.2:
+                ops = ["read", "write"] + (["discard"] if self.configs[disk.id].discard else [])
+                out.append(BlkdebugEio(self.machine, disk, rng.choice(ops)))
+        if not any(isinstance(f, BlkdebugEio) for f in out):
+            # not under a blkdebug fault: the unplug deletes the nodes its disarm re-points
+            rng = random.Random(seed ^ 0x0DE1DE1)
+            draw = rng.random()
+            if ("unplug" in self.plan.faults and draw < 0.1) or \
+                    ("unplug-iopoll" in self.plan.faults and program.iopoll and draw < 0.5):
+                out.append(Unplug(self.machine, program.disk, rng.uniform(0.0, 0.2)))
+        if out:
+            self.stats.faults += 1
+        return out
 
     def _forget(self, program: Program) -> None:
         model = self.models[program.disk]
@@ -277,10 +414,13 @@ class Fuzzer:
         replay), while still updating the campaign model."""
         outcome = self.execute(program)
         config = self.configs[program.disk]
-        verdict = judge(program, outcome.results, config, self.models[program.disk])
+        verdict = judge(program, outcome.results, config, self.models[program.disk],
+                        device_errors=outcome.device_errors, unplugged=outcome.unplugged)
         if standalone:
-            verdict = judge(program, outcome.results, config, DiskModel(config.capacity, initial_known=False))
+            verdict = judge(program, outcome.results, config, DiskModel(config.capacity, initial_known=False),
+                            device_errors=outcome.device_errors, unplugged=outcome.unplugged)
         if outcome.finding is not None:
+            outcome.finding.signature = abi_signature(outcome.finding.signature, program)
             verdict.findings.insert(0, outcome.finding)
         return outcome, verdict
 
@@ -346,13 +486,17 @@ class Fuzzer:
         index = 0
         try:
             while time.monotonic() < deadline:
-                program = generate(plan.seed, index, configs, plan.max_steps, frozenset(self.disabled))
+                if plan.max_programs is not None and index >= plan.max_programs:
+                    self.stopped = "max-programs"
+                    break
+                program = generate(plan.seed, index, configs, plan.max_steps, frozenset(self.disabled), self.abis)
                 outcome, verdict = self.run_and_judge(program)
                 self.stats.programs += 1
                 self.stats.commands += verdict.completed
                 self.stats.exec_seconds += outcome.seconds
                 self.stats.classes.update(f"{op} {res}" for op, res in verdict.outcomes)
                 self.stats.rules.update(verdict.rules)
+                self.stats.callers[f"{'root' if program.user is None else 'uid'} {program.abi}"] += 1
                 sigs = sorted(verdict.signatures())
                 self.stats.hits.update(sigs)
                 log.write(json.dumps({"index": index, "seed": program.seed, "disabled": sorted(self.disabled),
@@ -399,7 +543,8 @@ class Fuzzer:
         return {
             "tool": "vblk-ci fuzz", "version": __version__,
             "started_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-            "seed": self.plan.seed, "budget_s": self.plan.budget_s, "wall_s": round(wall, 1),
+            "seed": self.plan.seed, "budget_s": self.plan.budget_s, "max_programs": self.plan.max_programs,
+            "stopped": self.stopped, "wall_s": round(wall, 1),
             "accel": self.accel.name, "kernel": str(self.plan.kernel), "initramfs": str(self.plan.initramfs),
             "kernel_cmdline": " ".join(BASE_CMDLINE), "boots": s.boots,
             "boot_seconds": [round(b, 1) for b in self.boot_seconds],
@@ -410,6 +555,7 @@ class Fuzzer:
             "faults": list(self.plan.faults), "programs_with_fault": s.faults,
             "disks": {k: vars(v) for k, v in self.configs.items()},
             "disabled_mutations": dict(self.disabled),
+            "callers": dict(sorted(s.callers.items())), "user_id": USER_ID, "engine32": self.engine32 or "ok",
             "classes": dict(sorted(s.classes.items())), "rules": dict(sorted(s.rules.items())),
             "findings": findings,
         }
@@ -437,10 +583,12 @@ DISK_LINE = re.compile(r"^ \* # disk (\S+)$", re.M)
 def build_repro(source: Path, out: Path) -> Path:
     """``gcc -static`` a repro.c on the host (the guest has no compiler); the binary path."""
     binary = out / (source.stem + ".static")
-    proc = subprocess.run(["gcc", "-O2", "-static", "-o", str(binary), str(source), "-luring"],
+    m32 = ["-m32"] if re.search(r"^ \* # abi i386$", source.read_text(encoding="utf-8"), re.M) else []
+    proc = subprocess.run(["gcc", *m32, "-O2", "-static", "-o", str(binary), str(source), "-luring"],
                           capture_output=True, text=True, timeout=300)
     if proc.returncode != 0:
-        raise MissingPrerequisite(f"cannot build {source} (gcc -static ... -luring; needs liburing-dev): "
+        raise MissingPrerequisite(f"cannot build {source} (gcc {' '.join(m32)} -static ... -luring; needs "
+                                  f"liburing-dev{', i386' if m32 else ''}): "
                                   f"{proc.stderr.strip()[-400:]}")
     return binary
 

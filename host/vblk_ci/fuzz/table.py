@@ -10,10 +10,13 @@ The same table, as prose, is in guest-agent/PROTOCOL.md ("Fuzz programs: the err
 table"). Everything the table needs about the disk is in ``DiskConfig``, read from
 the guest's sysfs (``DiskConfig.from_sysfs``).
 
-Caller: the executor runs as root (CAP_SYS_ADMIN), so the open mode refuses nothing:
-as NVMe's ``nvme_cmd_allowed`` does, an administrator passes whatever the open mode
-(review-v2.md #5). A caller without it would need FMODE_READ for reads and
-FMODE_WRITE for anything that changes the disk, else -EACCES (rows kept for that).
+Caller (``Caller.of(program)``): the executor runs as root (CAP_SYS_ADMIN) or, for a
+program with a ``user`` line, as that uid without capabilities; as NVMe's
+``nvme_cmd_allowed`` decides (review-v2.md #5), an administrator passes whatever the
+open mode; anyone else may READ, GET_ID and FLUSH on any fd and needs FMODE_WRITE for
+the commands that change the disk (OUT, DISCARD, WRITE_ZEROES), else -EACCES. A
+read-only disk refuses those changes with -EROFS; FLUSH on it is left open (review #11).
+32-bit callers (``abi i386``) get the same table.
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ ID_BYTES = 20  # VIRTIO_BLK_ID_BYTES
 KNOWN_TYPES = frozenset({T_IN, T_OUT, T_FLUSH, T_GET_ID, T_DISCARD, T_WRITE_ZEROES})
 BLOCK_TYPES = frozenset({T_IN, T_OUT})
 RANGE_TYPES = frozenset({T_DISCARD, T_WRITE_ZEROES})
+CHANGE_TYPES = frozenset({T_OUT, T_DISCARD, T_WRITE_ZEROES})  # need FMODE_WRITE unless CAP_SYS_ADMIN
 WZ_FLAG_UNMAP = 1
 # virtio feature bits (negotiated features, /sys/bus/virtio/devices/*/features)
 F_RO, F_FLUSH, F_DISCARD, F_WRITE_ZEROES = 5, 9, 13, 14
@@ -104,6 +108,15 @@ SYSFS_PATHS = ("size", "ro", "queue/logical_block_size", "queue/max_segments", "
 @dataclass(frozen=True)
 class Caller:
     root: bool = True  # CAP_SYS_ADMIN
+    uid: int = 0
+
+    @classmethod
+    def of(cls, program: Program) -> "Caller":
+        return cls() if program.user is None else cls(root=False, uid=program.user)
+
+    @property
+    def name(self) -> str:
+        return "root" if self.root else f"uid {self.uid}"
 
 
 @dataclass(frozen=True)
@@ -112,7 +125,7 @@ class Expect:
 
     accepted: frozenset[int]
     rules: tuple[str, ...]  # rows that applied ("valid" when none)
-    notes: tuple[str, ...] = ()  # conditions that must NOT change the answer (e.g. root on an O_RDONLY fd)
+    notes: tuple[str, ...] = ()  # the fd's open mode where v2 refuses by it (a permission errno is then one bug)
 
     @property
     def ok(self) -> bool:
@@ -150,6 +163,9 @@ def unmapped(step: Step) -> bool:
 
 def fixed(step: Step) -> bool:
     return step.buf in ("fixed", "fixed-oob")
+
+
+IOPRIO_CLASS_RT = 1
 
 
 def ioprio_bad(ioprio: int) -> bool:
@@ -199,13 +215,14 @@ ROWS: tuple[Rule, ...] = (
     ("flag != 0", EINVAL, lambda s, p, d, c: s.flag != 0),
     ("unknown or disallowed type", EINVAL, lambda s, p, d, c: s.type not in KNOWN_TYPES),
     # Who may do it.
-    ("no read permission (not root)", EACCES,
-     lambda s, p, d, c: not c.root and _read_type(s) and p.mode == "wo"),
     ("no write permission (not root)", EACCES,
-     lambda s, p, d, c: not c.root and s.type in WRITE_TYPES and p.mode == "ro"),
-    ("write-type on a read-only disk", EROFS, lambda s, p, d, c: s.type in WRITE_TYPES and d.read_only),
+     lambda s, p, d, c: not c.root and s.type in CHANGE_TYPES and p.mode == "ro"),
+    ("write-type on a read-only disk", EROFS, lambda s, p, d, c: s.type in CHANGE_TYPES and d.read_only),
     ("fixed buffer with an iovec array", EINVAL, lambda s, p, d, c: is_vec(s) and fixed(s)),
     ("ioprio invalid", EINVAL, lambda s, p, d, c: ioprio_bad(s.ioprio)),
+    # ioprio_check_cap(): the real-time class needs CAP_SYS_ADMIN or CAP_SYS_NICE.
+    ("ioprio real-time class without CAP_SYS_NICE", EPERM,
+     lambda s, p, d, c: not c.root and (s.ioprio >> 13) & 7 == IOPRIO_CLASS_RT),
     # READ / WRITE.
     ("zero length", EINVAL, lambda s, p, d, c: _blocks(s) and (s.cmd_data_len == 0 or data_bytes(s) == 0)),
     ("sector not logical-block aligned", EINVAL, lambda s, p, d, c: _blocks(s) and s.sector % d.lbs_sectors != 0),
@@ -253,13 +270,17 @@ LENIENT: tuple[Rule, ...] = (
     ("cmd_op 2 or a fixed buffer on a type without data", EINVAL,
      lambda s, p, d, c: s.type == T_FLUSH and (is_vec(s) or fixed(s))),
     ("ioprio bits above 16", EINVAL, lambda s, p, d, c: s.ioprio >= 1 << 16),
+    # Stricter than fsync(2), but v2 does it and the contract leaves it open (review-v2.md #11).
+    ("flush on a read-only disk", EROFS, lambda s, p, d, c: s.type == T_FLUSH and d.read_only),
 )
 
 ROW_NAMES = tuple(r[0] for r in ROWS + LENIENT)
 
 
-def expect(step: Step, program: Program, disk: DiskConfig, caller: Caller = Caller()) -> Expect:
-    """The accepted cqe->res values for ``step`` run by ``program`` on ``disk``."""
+def expect(step: Step, program: Program, disk: DiskConfig, caller: Caller | None = None) -> Expect:
+    """The accepted cqe->res values for ``step`` run by ``program`` on ``disk`` (by ``caller``,
+    default: who the program runs as)."""
+    caller = caller or Caller.of(program)
     assert step.buf in BUF_KINDS, step.buf
     # A 64-byte SQE ring carries only 16 bytes of the command: nothing else is judged.
     if program.sqe != 128:
@@ -267,9 +288,10 @@ def expect(step: Step, program: Program, disk: DiskConfig, caller: Caller = Call
     fired = [(name, err) for name, err, pred in ROWS if pred(step, program, disk, caller)]
     lenient = [(name, err) for name, err, pred in LENIENT if pred(step, program, disk, caller)]
     notes = []
-    if caller.root and ((_read_type(step) and program.mode == "wo") or
-                        (step.type in WRITE_TYPES and program.mode == "ro")):
-        notes.append(f"root on an O_{ {'ro': 'RDONLY', 'wo': 'WRONLY'}[program.mode]} fd")
+    # The fd's open mode where v2 refuses by it (reads on O_WRONLY, write-types on O_RDONLY): the
+    # contract lets root through and answers others -EACCES only for changes on an O_RDONLY fd.
+    if (_read_type(step) and program.mode == "wo") or (step.type in WRITE_TYPES and program.mode == "ro"):
+        notes.append(f"{caller.name} on an O_{ {'ro': 'RDONLY', 'wo': 'WRONLY'}[program.mode]} fd")
     if not fired and not lenient:
         return Expect(frozenset({0}), ("valid",), tuple(notes))
     accepted = {-err for _, err in fired + lenient}

@@ -38,7 +38,7 @@ from qemu.qmp import ExecuteError, QMPClient
 from ..agent.client import AgentClient
 from ..console.drain import Console
 from ..disks.spec import DiskSpec
-from ..errors import AgentError, BootError, LaunchFailure, MachineTimeout, QmpError
+from ..errors import AgentError, BootError, LaunchFailure, MachineTimeout, QmpError, UnplugTimeout
 from ..events import DiskPlugged
 from . import argv as A
 from .qemuinfo import probe_caps
@@ -448,7 +448,12 @@ class Machine:
     def _await_deleted(self, disk: DiskSpec, started: float, timeout: float | None) -> float:
         # DEVICE_DELETED comes twice: for .../virtio-backend, then with data.device == id.
         wait = timeout if timeout is not None else self.timeouts(self.timeouts.unplug)
-        self.events_wait("DEVICE_DELETED", {"data": {"device": disk.id}}, wait)
+        try:
+            self.events_wait("DEVICE_DELETED", {"data": {"device": disk.id}}, wait)
+        except UnplugTimeout:
+            raise
+        except MachineTimeout as exc:
+            raise UnplugTimeout(f"unplug {disk.id}: {exc}") from exc
         seconds = time.monotonic() - started
         self.qmp("blockdev-del", {"node-name": disk.node_name})
         del self._plugged[disk.id]

@@ -22,7 +22,7 @@ from ..agent.testinfra_backend import guest_host
 from ..disks.configcheck import compare, guest_view, mismatches, qemu_view
 from ..disks.plugging import DiskPlugger, probe_block_features, unsupported
 from ..disks.spec import DiskSpec
-from ..errors import AgentError, BootError, CheckFailed, InfraError, MachineTimeout
+from ..errors import AgentError, BootError, CheckFailed, ConfigMismatch, InfraError, MachineTimeout
 from ..machine.accel import choose
 from ..machine.argv import MachineSpec
 from ..machine.machine import Machine, Timeouts
@@ -151,27 +151,24 @@ def _fold_mismatch(result: RunResult) -> None:
 
 
 def _config_check(ctx: ScenarioContext, combo: Combination, names: dict[str, str]) -> CheckResult:
-    """Both sides against the spec; a disagreement is a ``config-mismatch`` check, not a failure."""
-    full = f"{ctx.scenario}/config"
-    ctx.emit(E.CheckStart(full))
-    started = time.monotonic()
-    host = guest_host(ctx.agent)
-    rec: dict = {"disks": {}}
-    bad = []
-    for disk in combo.disks:
-        qv = qemu_view(ctx.machine, disk)
-        gv = guest_view(host, names[disk.id])
-        checks = compare(disk, combo.vcpus, qv, gv)
-        rec["disks"][disk.id] = {"guest_name": names[disk.id], "qemu": qv, "guest": gv,
-                                 "fields": [c.to_dict() for c in checks]}
-        bad += mismatches(checks)
-    status = E.CONFIG_MISMATCH if bad else E.PASS
-    detail = "; ".join(m.describe() for m in bad)
-    status, detail = ctx._judge_console(status, detail)
-    result = CheckResult(ctx.scenario, "config", status, detail, time.monotonic() - started, rec)
-    ctx.checks.append(result)
-    ctx.emit(E.CheckEnd(full, status == E.PASS, detail.splitlines()[0] if detail else "", result.seconds))
-    return result
+    """Both sides against the spec; a disagreement is a ``config-mismatch`` check (ConfigMismatch),
+    not a failure. An ordinary ``ctx.check``: console judging and bookkeeping are the context's."""
+
+    def config(rec: dict) -> None:
+        host = guest_host(ctx.agent)
+        rec["disks"] = {}
+        bad = []
+        for disk in combo.disks:
+            qv = qemu_view(ctx.machine, disk)
+            gv = guest_view(host, names[disk.id])
+            checks = compare(disk, combo.vcpus, qv, gv)
+            rec["disks"][disk.id] = {"guest_name": names[disk.id], "qemu": qv, "guest": gv,
+                                     "fields": [c.to_dict() for c in checks]}
+            bad += mismatches(checks)
+        if bad:
+            raise ConfigMismatch("; ".join(m.describe() for m in bad))
+
+    return ctx.check("config", config)
 
 
 def _bench(path: str, op: str, w, seconds: float) -> list[str]:

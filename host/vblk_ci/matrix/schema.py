@@ -36,6 +36,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ..disks.flags import parse_disk_flag
 from ..disks.spec import DiskSpec, InjectError
 from ..errors import UsageError
 
@@ -271,20 +272,13 @@ def load_matrix(path: Path, image_dir: Path) -> Matrix:
 FLAGS_SOURCE = Path("<--disk flags>")
 
 
-def _toml_value(text: str) -> str:
-    """A flag value as a TOML literal: integers, true/false and numbers stay typed, the rest quoted."""
-    if text in ("true", "false"):
-        return text
-    try:
-        int(text, 0)
-        return str(int(text, 0))
-    except ValueError:
-        pass
-    try:
-        float(text)
-        return text
-    except ValueError:
-        return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
+def _toml_literal(value: object) -> str:
+    """A parsed flag value as a TOML literal (the matrix parser then checks it like a file's)."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int):
+        return str(value)
+    return '"' + str(value).replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
 def matrix_from_flags(disks: list[str], image_dir: Path, vcpus: int = 2, memory_mb: int = 1024,
@@ -295,18 +289,12 @@ def matrix_from_flags(disks: list[str], image_dir: Path, vcpus: int = 2, memory_
              "[workload.qd1]", "qd = 1"]
     ids = []
     for i, flag in enumerate(disks):
-        fields = dict(item.split("=", 1) if "=" in item else (item, "") for item in flag.split(",") if item)
-        disk_id = fields.pop("id", f"disk{i}")
-        if any(v == "" for v in fields.values()):
-            raise UsageError(f"--disk {flag!r}: every item must be KEY=VALUE")
-        if not disk_id.replace("-", "").replace("_", "").replace(".", "").isalnum():
-            raise UsageError(f"--disk {flag!r}: id must use letters, digits, '_', '.', '-'")
+        fields = parse_disk_flag(flag, i, id_prefix="disk")  # the same rules as vblk-ci shell --disk
+        disk_id = fields.pop("id")
         ids.append(disk_id)
         lines.append(f'[disk."{disk_id}"]')
         for key, value in fields.items():
-            if not key.replace("_", "").isalnum():
-                raise UsageError(f"--disk {flag!r}: bad key {key!r}")
-            lines.append(f"{key} = {_toml_value(value)}")
+            lines.append(f"{key} = {_toml_literal(value)}")
     if group and len(ids) > 1:
         lines += ["[group.all]", "disks = [" + ", ".join(f'"{i}"' for i in ids) + "]"]
     return parse_matrix("\n".join(lines) + "\n", FLAGS_SOURCE, image_dir)

@@ -43,10 +43,15 @@ def to_markdown(result: RunResult) -> str:
 
 def append_step_summary(result: RunResult, env: Mapping[str, str] | None = None) -> Path | None:
     """Append the summary to the file GitHub Actions names; ``None`` outside Actions."""
+    return append_markdown(to_markdown(result), env)
+
+
+def append_markdown(text: str, env: Mapping[str, str] | None = None) -> Path | None:
+    """Append Markdown to the job summary (GITHUB_STEP_SUMMARY); ``None`` outside Actions."""
     target = (env if env is not None else os.environ).get(ENV)
     if not target:
         return None
     path = Path(target)
     with open(path, "a", encoding="utf-8") as f:
-        f.write(to_markdown(result))
+        f.write(text)
     return path

@@ -35,7 +35,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..errors import UsageError
+from ..errors import EXIT_INFRA, UsageError
 
 BUNDLE_NAME = "repro-bundle.tar.gz"
 SCHEMA = "vblk-ci/repro-bundle/1"
@@ -52,7 +52,10 @@ SCHEDULE_INPUT = "schedule-input.json"
 
 
 class BundleError(UsageError):
-    """The file is not a readable, intact reproduction bundle."""
+    """The file is not a readable, intact reproduction bundle: nothing can be judged with it,
+    so under ``git bisect run`` it skips (125) rather than marking the commit bad."""
+
+    exit_code = EXIT_INFRA
 
 
 def sha256_file(path: Path) -> str:
@@ -241,7 +244,7 @@ def write_bundle(plan: Any, result: Any, run_dir: Path, dest: Path | None = None
             "status": result.status,
             "reason": (result.reason or "").splitlines()[0] if result.reason else "",
             "signature": dataclasses.asdict(sig),
-            "suite": plan.suite,
+            "suite": getattr(plan, "label", plan.suite),
             "seed": seed,
             "accel": result.accel,
             "qemu_version": result.qemu_version,
@@ -293,7 +296,7 @@ def read_bundle(path: Path, dest: Path) -> Bundle:
     """Extract and verify a bundle into ``dest`` (created)."""
     path = Path(path)
     if not path.is_file():
-        raise BundleError(f"no such bundle: {path}")
+        raise UsageError(f"no such bundle: {path}")  # a wrong path, not a bundle that cannot be judged
     dest = Path(dest)
     dest.mkdir(parents=True, exist_ok=True)
     try:

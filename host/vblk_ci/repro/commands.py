@@ -4,8 +4,8 @@
     Replays a reproduction bundle N times with the bundle's own kernel and initramfs
     (unless overridden) and prints ``reproduced K/N``. Exit codes, chosen so that
     ``git bisect run vblk-ci repro BUNDLE`` works: 1 the failure came back at least once
-    (the bug is there), 0 it never did, 2 bad bundle or usage, 3 every replay ended in
-    an infrastructure error. ``--shell`` then boots the same kernel, initramfs and
+    (the bug is there), 0 it never did, 125 cannot judge (an unusable bundle, or every
+    replay ended in an infrastructure error: git bisect skips the commit), 2 bad usage. ``--shell`` then boots the same kernel, initramfs and
     machine with a shell on the console (see ``vblk-ci shell``).
 
 ``vblk-ci shell [--kernel K] [--initramfs I] [--qemu Q] [--accel A] [--smp N] [--memory MB] [--disk SPEC]...``
@@ -90,11 +90,11 @@ def cmd_repro(args: argparse.Namespace) -> int:
 
 
 def cmd_shell(args: argparse.Namespace) -> int:
-    from ..cli import ENV_INITRAMFS, ENV_KERNEL, _artifact
+    from ..artifacts import initramfs as initramfs_artifact, kernel as kernel_artifact
     from .shell import parse_disk
 
-    kernel = _artifact(args.kernel, ENV_KERNEL, "kernel image", "--kernel")
-    initramfs = _artifact(args.initramfs, ENV_INITRAMFS, "initramfs", "--initramfs")
+    kernel = kernel_artifact(args.kernel)
+    initramfs = initramfs_artifact(args.initramfs)
     disks = [parse_disk(spec, i) for i, spec in enumerate(args.disk)]
     run_dir = Path(args.out) if args.out else Path(tempfile.mkdtemp(prefix="vblk-ci-shell-"))
     _shell(kernel, initramfs, args.qemu, args.accel, args.smp, args.memory, tuple(args.append), disks, run_dir)

@@ -47,7 +47,7 @@ class ReplayReport:
 
     @property
     def exit_code(self) -> int:
-        """1 reproduced at least once (the bug is there), 0 never, 3 every replay was an infra error."""
+        """1 reproduced at least once (the bug is there), 0 never, 125 every replay was an infra error."""
         if self.reproduced:
             return EXIT_FAIL
         if self.runs and all(r.signature.status == E.ERROR for r in self.runs):

@@ -16,7 +16,6 @@ The session also ends when QEMU exits (e.g. the guest shell exits: init powers o
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import re
@@ -24,9 +23,8 @@ import select
 import termios
 import threading
 import tty
-from pathlib import Path
-from typing import Any
 
+from ..disks.flags import parse_disk_flag
 from ..disks.spec import DiskSpec
 from ..errors import QmpError, UsageError
 
@@ -58,44 +56,13 @@ def parse_qmp_line(line: str) -> tuple[str, dict]:
     return cmd, args
 
 
-_SIZE = re.compile(r"(\d+)([KMG]?)i?B?", re.IGNORECASE)
-
-
-def _convert(name: str, text: str, default: Any) -> Any:
-    if isinstance(default, bool):
-        if text.lower() in ("1", "on", "yes", "true", ""):
-            return True
-        if text.lower() in ("0", "off", "no", "false"):
-            return False
-        raise UsageError(f"--disk {name}: not a boolean: {text!r}")
-    if isinstance(default, int):
-        m = _SIZE.fullmatch(text)
-        if not m:
-            raise UsageError(f"--disk {name}: not a number: {text!r}")
-        return int(m.group(1)) << {"": 0, "k": 10, "m": 20, "g": 30}[m.group(2).lower()]
-    if name == "path":
-        return Path(text)
-    return text
 
 
 def parse_disk(spec: str, index: int) -> DiskSpec:
-    """``id=d0,backend=file,path=x.raw,size=64M,num-queues=2,read-only`` -> a validated DiskSpec.
-
-    Keys are DiskSpec's field names (``-`` or ``_``); id and serial default to ``d<index>``
-    and ``vblk-d<index>``. A file backend's image is created sparse when missing.
-    """
-    fields = {f.name: f for f in dataclasses.fields(DiskSpec) if f.name != "inject_errors"}
-    values: dict[str, Any] = {}
-    for item in filter(None, spec.split(",")):
-        key, _, value = item.partition("=")
-        name = key.strip().replace("-", "_")
-        if name == "size":
-            name = "size_bytes"
-        if name not in fields:
-            raise UsageError(f"--disk: unknown key {key!r} (known: {', '.join(sorted(fields))})")
-        default = fields[name].default
-        values[name] = _convert(name, value, default if default is not dataclasses.MISSING else "")
-    values.setdefault("id", f"d{index}")
+    """``id=d0,backend=file,path=x.raw,size=64M,num-queues=2,read-only`` -> a validated DiskSpec
+    (rules: disks/flags.py); serial defaults to ``vblk-<id>``. A file backend's image is
+    created sparse when missing."""
+    values = parse_disk_flag(spec, index)
     values.setdefault("serial", f"vblk-{values['id']}")
     disk = DiskSpec(**values)
     if disk.backend == "file" and disk.path is not None and not disk.path.exists():

@@ -11,12 +11,15 @@ end the run with an ``error`` verdict, not a failure.
 
 from __future__ import annotations
 
+import fnmatch
+import inspect
+import sys
 import time
 from pathlib import Path
 from typing import Any, Callable, ClassVar
 
-from ..errors import AgentError, CheckFailed, InfraError, UsageError
-from ..events import ERROR, FAIL, PASS, CheckEnd, CheckStart, ConsoleFinding, Emit
+from ..errors import AgentError, CheckFailed, ConfigMismatch, InfraError, UnplugTimeout, UsageError
+from ..events import CONFIG_MISMATCH, ERROR, FAIL, PASS, CheckEnd, CheckStart, ConsoleFinding, Emit
 from ..result import SKIP, CheckResult
 
 CheckFn = Callable[[dict], Any]
@@ -62,12 +65,75 @@ def registered() -> dict[str, type[Scenario]]:
     return dict(_REGISTRY)
 
 
+PACKAGE_DIR = Path(__file__).resolve().parent.parent  # host/vblk_ci in the repository
+
+
+def call_site(scenario: str) -> str:
+    """``host/vblk_ci/scenarios/x.py:LINE`` of the ``ctx.check`` call in the scenario's own file
+    (else the nearest caller inside the package): what a failed check's annotation points at."""
+    cls = _REGISTRY.get(scenario)
+    own = Path(inspect.getsourcefile(cls)).resolve() if cls is not None else None
+    frame = sys._getframe(2)  # the caller of ScenarioContext.check
+    fallback = None
+    while frame is not None:
+        path = Path(frame.f_code.co_filename).resolve()
+        if own is not None and path == own:
+            return _relative(path, frame.f_lineno)
+        if fallback is None and PACKAGE_DIR in path.parents:
+            fallback = _relative(path, frame.f_lineno)
+        frame = frame.f_back
+    return fallback or ""
+
+
+def _relative(path: Path, line: int) -> str:
+    try:
+        return f"host/vblk_ci/{path.relative_to(PACKAGE_DIR).as_posix()}:{line}"
+    except ValueError:
+        return f"{path}:{line}"
+
+
+DESELECTED = "deselected"  # a check --check left out: neither run nor recorded
+
+
+class CheckSelection:
+    """``run --check GLOB``: which checks of a scenario run.
+
+    A glob matches a check's name or its ``scenario/check`` full name. The checks before the
+    first match run too, as the chosen check's set-up (hotplug, module parameters, data it
+    reads back); after a match, only matching checks run. So a bug being chased costs its
+    scenario's prefix, not the whole suite.
+    """
+
+    def __init__(self, globs: tuple[str, ...] = ()):
+        self.globs = tuple(globs)
+        self.matched = False
+
+    def matches(self, scenario: str, name: str) -> bool:
+        full = f"{scenario}/{name}"
+        return any(fnmatch.fnmatchcase(name, g) or fnmatch.fnmatchcase(full, g) for g in self.globs)
+
+    def wants_scenario(self, scenario: str) -> bool:
+        """False when every glob names other scenarios (``other/*``): this one need not run."""
+        if not self.globs:
+            return True
+        return any("/" not in g or fnmatch.fnmatchcase(scenario, g.split("/", 1)[0]) for g in self.globs)
+
+    def runs(self, scenario: str, name: str) -> bool:
+        if not self.globs:
+            return True
+        if self.matches(scenario, name):
+            self.matched = True
+            return True
+        return not self.matched
+
+
 class ScenarioContext:
     """What a scenario sees: the machine, its agent, a scratch dir, the event sink."""
 
     def __init__(self, scenario: str, machine, run_dir: Path, emit: Emit, reported_findings: set[str],
-                 options: dict | None = None):
+                 options: dict | None = None, select: tuple[str, ...] = ()):
         self.scenario = scenario
+        self.select = CheckSelection(select)
         self.options = dict(options or {})  # run-wide inputs a scenario may use, e.g. "schedule" (a Path)
         self.machine = machine
         self.run_dir = Path(run_dir)
@@ -90,18 +156,23 @@ class ScenarioContext:
 
     def check(self, name: str, fn: CheckFn) -> CheckResult:
         full = f"{self.scenario}/{name}"
+        if not self.select.runs(self.scenario, name):
+            return CheckResult(self.scenario, name, DESELECTED, "not selected (--check)")
         self.emit(CheckStart(full))
         rec: dict = {}
         started = time.monotonic()
         status, detail, infra = PASS, "", None
         try:
             fn(rec)
-        except (CheckFailed, AgentError) as exc:
+        except (CheckFailed, AgentError, UnplugTimeout) as exc:
             status, detail = FAIL, str(exc)
+        except ConfigMismatch as exc:  # the VM is not what was asked for: nothing judged (matrix)
+            status, detail = CONFIG_MISMATCH, str(exc)
         except InfraError as exc:
             status, detail, infra = ERROR, str(exc), exc
         status, detail = self._judge_console(status, detail)
-        result = CheckResult(self.scenario, name, status, detail, time.monotonic() - started, rec)
+        result = CheckResult(self.scenario, name, status, detail, time.monotonic() - started, rec,
+                             source=call_site(self.scenario))
         self.checks.append(result)
         self.emit(CheckEnd(full, status == PASS, detail.splitlines()[0] if detail else "", result.seconds))
         if infra is not None:

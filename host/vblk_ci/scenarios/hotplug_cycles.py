@@ -19,7 +19,7 @@ import time
 
 from ..agent.testinfra_backend import guest_host
 from ..disks.spec import DiskSpec, create_sparse_file
-from ..errors import AgentError, CheckFailed, MachineTimeout, QmpError, UsageError
+from ..errors import AgentError, CheckFailed, InfraError, MachineTimeout, QmpError, UsageError
 from ..events import DiskPlugged, DiskUnplugged
 from ..machine.machine import INIT_MARKER
 from .base import Scenario, ScenarioContext, register
@@ -229,6 +229,7 @@ def _reset(ctx: ScenarioContext, disk: DiskSpec, rec: dict) -> None:
     mark = machine.console.mark()
     # -no-reboot turns any reset into an exit; let this one reset, then restore.
     machine.qmp("set-action", {"reboot": "reset"})
+    restore_error: QmpError | None = None
     try:
         reset_at = time.monotonic()
         machine.qmp("system_reset")
@@ -243,8 +244,12 @@ def _reset(ctx: ScenarioContext, disk: DiskSpec, rec: dict) -> None:
     finally:
         try:
             machine.qmp("set-action", {"reboot": "shutdown"})
-        except QmpError:
-            pass
+        except QmpError as exc:  # kept with the check even when the reset itself failed
+            restore_error = exc
+            rec["restore_reboot_action_error"] = str(exc)
+    if restore_error is not None:
+        # Left at reboot=reset, a later guest panic would reboot instead of ending the run.
+        raise InfraError(f"set-action reboot=shutdown failed after the reset test: {restore_error}") from restore_error
     try:
         again = ctx.agent.wait_disk(disk.serial, timeout_s=ctx.timeouts(30.0), chardev=True)
     except AgentError as exc:
