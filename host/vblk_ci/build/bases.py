@@ -47,19 +47,19 @@ class KernelBase:
         return root / self.series_dirs[-1]
 
 
-#: 7.3 is the posting base (issue 12): driver/ holds its series once v3 lands.
-#: 6.12 is the LTS backport: driver/6.12/ once it exists, until then driver/ (v2 on 6.12).
+#: 7.3 is the posting base (issue 12): driver/ holds its series.
+#: 6.12 is the LTS backport: driver/6.12/ holds its own series.
 BASES: dict[str, KernelBase] = {
     b.name: b
     for b in (
         KernelBase("7.3", "linux-source-7.3", "trixie-backports", ("driver",), ("linux-7.3.config",)),
-        KernelBase("6.12", "linux-source-6.12", "trixie", ("driver/6.12", "driver")),
+        KernelBase("6.12", "linux-source-6.12", "trixie", ("driver/6.12",)),
     )
 }
 
 #: What `vblk-ci build kernel` and the image (Dockerfile ARG KERNEL_BASE, empty by default) build.
-#: The one line to change when v3 lands: "7.3".
-DEFAULT_BASE = "6.12"
+#: 7.3 since v3 landed (issue 12).
+DEFAULT_BASE = "7.3"
 
 
 class UnknownBase(ValueError):
