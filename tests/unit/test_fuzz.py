@@ -23,6 +23,7 @@ from vblk_ci.fuzz.repro import ANY, expected_plan, write_repro_c
 from vblk_ci.fuzz.shrink import shrink
 from vblk_ci.fuzz.table import (
     EACCES, ECANCELED, EFAULT, EINVAL, ENOTTY, EOPNOTSUPP, EPERM, ERANGE, EROFS, ROW_NAMES, Caller, DiskConfig, expect,
+    takes_fixed_vec,
 )
 
 ENGINE_SRC = Path(__file__).resolve().parents[2] / "guest-agent" / "engine"
@@ -30,6 +31,7 @@ LIBURING_A = Path("/usr/lib/x86_64-linux-gnu/liburing.a")
 
 D512 = DiskConfig("fz0", "fuzz-d0", 16 << 20)
 D4K = DiskConfig("fz1", "fuzz-d1", 8 << 20, lbs=4096, discard=False, write_zeroes=False)
+D612 = DiskConfig("fz0", "fuzz-d0", 16 << 20, fixed_vec=False)  # as the 6.12 backport sees it
 DRO = DiskConfig("fz2", "fuzz-ro", 4 << 20, read_only=True)
 DISKS = [D512, D4K, DRO]
 
@@ -113,7 +115,11 @@ def test_mutations_are_refused_by_the_table():
     (replace(READ, buf="fixed-oob"), D512, {}, {-EFAULT}),
     (replace(READ, cmd_op=CMD_IO_VEC, len=0, iov=(512,) * 255), D512, {}, {-EINVAL}),
     (replace(READ, cmd_op=CMD_IO_VEC, len=0, iov=(512,) * 254), D512, {}, {0}),
-    (replace(READ, cmd_op=CMD_IO_VEC, len=0, iov=(4096,), buf="fixed"), D512, {}, {-EINVAL}),
+    # a registered buffer with an iovec array: valid on 7.3, refused by the 6.12 backport
+    (replace(READ, cmd_op=CMD_IO_VEC, len=0, iov=(4096,), buf="fixed"), D512, {}, {0}),
+    (replace(READ, cmd_op=CMD_IO_VEC, len=0, iov=(4096,), buf="fixed"), D612, {}, {-EINVAL}),
+    (replace(READ, cmd_op=CMD_IO_VEC, len=0, iov=(4096,), buf="fixed-oob"), D512, {}, {0}),
+    (replace(READ, cmd_op=CMD_IO_VEC, len=0, iov=(128 << 10,) * 3, buf="fixed"), D512, {}, {0, -EFAULT}),
     (WRITE, DRO, {}, {-EROFS}),
     (Step(type=T_FLUSH), DRO, {}, {0, -EROFS}),  # left open (review-v2 #11)
     (Step(type=T_DISCARD, ranges=((0, 8, 0),)), D4K, {}, {-EOPNOTSUPP}),
@@ -452,3 +458,10 @@ def test_mutation_names_list_every_mutation():
     steps.append(replace(READ, cmd_op=2, len=0, iov=(512, 512)))
     drawn = {m for d in DISKS for s in steps for m in mutations(s, d)}
     assert drawn == set(MUTATION_NAMES)
+
+
+def test_the_guest_kernel_release_decides_fixed_vectored_buffers():
+    assert takes_fixed_vec("7.3.4") and takes_fixed_vec("6.15.0-rc1") and takes_fixed_vec("")
+    assert not takes_fixed_vec("6.12.118") and not takes_fixed_vec("6.12.117-vblk+")
+    assert not DiskConfig.from_sysfs("fz0", "s", {"size": "32768"}, "6.12.118").fixed_vec
+    assert DiskConfig.from_sysfs("fz0", "s", {"size": "32768"}, "7.3.4").fixed_vec

@@ -88,6 +88,10 @@ class FakeAgent:
                 "queue/discard_max_hw_bytes": str(0xFFFFFFFF * 512), "queue/write_zeroes_max_bytes": str(0xFFFFFFFF * 512),
                 "device/features": "".join(feats)}
 
+    def read_file(self, path, max_bytes=1 << 20, timeout=10.0):
+        assert path == "/proc/sys/kernel/osrelease"
+        return "7.3.4\n"
+
     def exec(self, argv=None, cmd=None, stdin=None, timeout_s=30.0):
         if cmd is not None:  # the campaign hands the nodes to the user
             GUEST_SH.append(cmd)

@@ -186,7 +186,8 @@ def mutate(rng: random.Random, step: Step, disk: DiskConfig, what: str) -> Step:
     if what == "vec-count":  # data_len names fewer iovecs than the array has
         return replace(step, data_len=rng.randint(0, len(step.iov) - 1) if len(step.iov) > 1 else 0)
     if what == "fixed-oob":
-        return replace(step, buf="fixed-oob", len=max(step.len, 4096))
+        # one plain buffer (an iovec array is laid out inside the registered buffer)
+        return replace(step, buf="fixed-oob", iov=(), cmd_op=CMD_IO, len=max(step.len or n, 4096))
     if what == "as-vec":  # cmd_op 2 over a plain data buffer: garbage iovecs
         return replace(step, cmd_op=CMD_IO_VEC, buf="aligned" if step.buf == "fixed" else step.buf)
     if what == "flush-sector":

@@ -192,6 +192,7 @@ class Fuzzer:
         self.machine: Machine | None = None
         self.chardev: dict[str, str] = {}
         self.configs: dict[str, DiskConfig] = {}
+        self.kernel_release = ""  # the guest's uname -r, read at the first plug (the errno table needs it)
         self.models: dict[str, DiskModel] = {}
         self.stats = Stats()
         # mutation -> the crash finding that disabled it (or --disable)
@@ -235,7 +236,9 @@ class Fuzzer:
                                 plugged.chardev))
         self.chardev[disk.id] = plugged.chardev
         values = self.machine.agent.call("sysfs", {"name": plugged.guest_name, "paths": list(SYSFS_PATHS)})
-        config = DiskConfig.from_sysfs(disk.id, disk.serial, values)
+        if not self.kernel_release:
+            self.kernel_release = self.machine.agent.read_file("/proc/sys/kernel/osrelease").strip()
+        config = DiskConfig.from_sysfs(disk.id, disk.serial, values, self.kernel_release)
         if disk.id in self.configs and self.configs[disk.id] != config:
             raise InfraError(f"{disk.id}: the guest shows a different configuration after a re-plug: "
                              f"{self.configs[disk.id]} then {config}")

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from typing import Callable
 
 from .program import (
-    BUF_KINDS, CMD_IO, CMD_IO_VEC, RANGE_BYTES, T_DISCARD, T_FLUSH, T_GET_ID, T_IN, T_OUT, T_WRITE_ZEROES,
+    BUF_KINDS, CMD_IO, CMD_IO_VEC, RANGE_BYTES, STEP_BYTES, T_DISCARD, T_FLUSH, T_GET_ID, T_IN, T_OUT, T_WRITE_ZEROES,
     WRITE_TYPES, Program, Step,
 )
 
@@ -71,6 +71,9 @@ class DiskConfig:
     max_write_zeroes_segments: int = 1
     max_discard_sectors: int = 0xFFFFFFFF
     max_write_zeroes_sectors: int = 0xFFFFFFFF
+    # A property of the kernel, not the disk: io_uring_cmd_import_fixed_vec() (Linux 6.15+) lets
+    # the mainline series take a registered buffer with an iovec array; the 6.12 backport refuses it.
+    fixed_vec: bool = True
 
     @property
     def capacity(self) -> int:
@@ -82,8 +85,9 @@ class DiskConfig:
         return self.lbs // 512
 
     @classmethod
-    def from_sysfs(cls, name: str, serial: str, values: dict[str, str | None]) -> "DiskConfig":
-        """From the agent's ``sysfs`` answer for SYSFS_PATHS."""
+    def from_sysfs(cls, name: str, serial: str, values: dict[str, str | None],
+                   kernel_release: str = "") -> "DiskConfig":
+        """From the agent's ``sysfs`` answer for SYSFS_PATHS and the guest's ``uname -r``."""
         def num(key: str, default: int) -> int:
             v = values.get(key)
             return int(v) if v not in (None, "") else default
@@ -98,7 +102,18 @@ class DiskConfig:
             max_discard_segments=num("queue/max_discard_segments", 1),
             max_discard_sectors=num("queue/discard_max_hw_bytes", 0xFFFFFFFF * 512) // 512,
             max_write_zeroes_sectors=num("queue/write_zeroes_max_bytes", 0xFFFFFFFF * 512) // 512,
+            fixed_vec=takes_fixed_vec(kernel_release),
         )
+
+
+def takes_fixed_vec(kernel_release: str) -> bool:
+    """Whether a kernel of this release (``7.3.4``, ``6.12.118-vblk``) has
+    io_uring_cmd_import_fixed_vec(), which came in 6.15; unparsable: assume the mainline."""
+    parts = kernel_release.split(".")
+    try:
+        return (int(parts[0]), int(parts[1].split("-")[0])) >= (6, 15)
+    except (IndexError, ValueError):
+        return True
 
 
 SYSFS_PATHS = ("size", "ro", "queue/logical_block_size", "queue/max_segments", "queue/max_discard_segments",
@@ -218,7 +233,8 @@ ROWS: tuple[Rule, ...] = (
     ("no write permission (not root)", EACCES,
      lambda s, p, d, c: not c.root and s.type in CHANGE_TYPES and p.mode == "ro"),
     ("write-type on a read-only disk", EROFS, lambda s, p, d, c: s.type in CHANGE_TYPES and d.read_only),
-    ("fixed buffer with an iovec array", EINVAL, lambda s, p, d, c: is_vec(s) and fixed(s)),
+    ("fixed buffer with an iovec array (6.12)", EINVAL,
+     lambda s, p, d, c: is_vec(s) and fixed(s) and not d.fixed_vec),
     ("ioprio invalid", EINVAL, lambda s, p, d, c: ioprio_bad(s.ioprio)),
     # ioprio_check_cap(): the real-time class needs CAP_SYS_ADMIN or CAP_SYS_NICE.
     ("ioprio real-time class without CAP_SYS_NICE", EPERM,
@@ -261,8 +277,9 @@ ROWS: tuple[Rule, ...] = (
     # Memory.
     ("unmapped buffer", EFAULT,
      lambda s, p, d, c: unmapped(s) and (s.type in (T_IN, T_OUT, T_GET_ID) or s.type in RANGE_TYPES)),
+    # (an iovec array in a registered buffer is laid out inside it, fixed-oob or not)
     ("fixed buffer range outside the registered buffer", EFAULT,
-     lambda s, p, d, c: s.buf == "fixed-oob" and s.type in (T_IN, T_OUT, T_GET_ID)),
+     lambda s, p, d, c: s.buf == "fixed-oob" and not is_vec(s) and s.type in (T_IN, T_OUT, T_GET_ID)),
 )
 
 # Rows whose answer the contract leaves open: 0 is accepted as well.
@@ -270,6 +287,10 @@ LENIENT: tuple[Rule, ...] = (
     ("cmd_op 2 or a fixed buffer on a type without data", EINVAL,
      lambda s, p, d, c: s.type == T_FLUSH and (is_vec(s) or fixed(s))),
     ("ioprio bits above 16", EINVAL, lambda s, p, d, c: s.ioprio >= 1 << 16),
+    # Iovecs too long for the step's slot all start at its base (the executor's layout), so
+    # one of them may run past the registered buffer's end, or not.
+    ("iovec array in a registered buffer longer than its slot", EFAULT,
+     lambda s, p, d, c: d.fixed_vec and is_vec(s) and fixed(s) and bool(s.iov) and sum(s.iov) > STEP_BYTES),
     # Stricter than fsync(2), but v2 does it and the contract leaves it open (review-v2.md #11).
     ("flush on a read-only disk", EROFS, lambda s, p, d, c: s.type == T_FLUSH and d.read_only),
 )

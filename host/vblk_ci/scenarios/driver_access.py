@@ -21,7 +21,7 @@ on a node chowned to it (mode 0600), so it can open O_RDWR and O_RDONLY. Every
 change that is allowed is checked through /dev/vdX as root (O_DIRECT): written data,
 zeroes; every change that is refused must have left the region's earlier data intact.
 
-driver-permissions encodes v2's answers (-EBADF); this scenario is meant to fail on v2.
+driver-permissions checks node modes and unprivileged openers; this scenario is the access table (it fails on v2).
 """
 
 from __future__ import annotations

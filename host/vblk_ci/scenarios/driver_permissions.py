@@ -9,7 +9,8 @@ before it opens the node:
 - owned by the user, the user reads and writes (data checked through /dev/vdX
   as root);
 - 0640 with the user's group: O_RDWR is refused at open, an O_RDONLY fd reads
-  but its writes are -EBADF; a user outside the group cannot open it at all;
+  but its writes are -EACCES (v3, as nvme_cmd_allowed(); v2 answered -EBADF);
+  a user outside the group cannot open it at all;
 - a disk plugged read-only: writes, discards and write-zeroes are -EROFS,
   reads work.
 """
@@ -22,7 +23,7 @@ from ..disks.spec import DiskSpec, create_sparse_file
 from ..errors import AgentError, CheckFailed
 from .base import Scenario, ScenarioContext, register
 from .driver_common import (
-    EBADF, EROFS, KiB, MiB, eargs, expect_clean, expect_results, plug, run_engine, run_gated, unplug,
+    EACCES, EROFS, KiB, MiB, eargs, expect_clean, expect_results, plug, run_engine, run_gated, unplug,
 )
 
 DISK_SIZE = 64 * MiB
@@ -43,7 +44,7 @@ class DriverPermissions(Scenario):
     description = (
         "An unprivileged user without access to /dev/vdXc0 (0600 root) cannot open it (EACCES, engine exit 3); "
         "with access (owner, or group read-only) it works without any capability, reads through an O_RDONLY fd "
-        "but writes there are -EBADF; a read-only disk refuses writes, discards and write-zeroes with -EROFS."
+        "but writes there are -EACCES; a read-only disk refuses writes, discards and write-zeroes with -EROFS."
     )
 
     def run(self, ctx: ScenarioContext) -> None:
@@ -110,7 +111,7 @@ class DriverPermissions(Scenario):
             expect_clean("verify-rdonly", job(rec, "verify-rdonly",
                                               as_user(GROUP_MEMBER, c_args("verify", seed=41, rdonly=True))))
             result = job(rec, "write-rdonly", as_user(GROUP_MEMBER, c_args("write", rdonly=True)))
-            expect_results("write-rdonly", result, -EBADF)
+            expect_results("write-rdonly", result, -EACCES)
             open_refused(rec, "open-rdonly-as-stranger", as_user(STRANGER, c_args("read", rdonly=True)))
 
         def read_only_disk(rec: dict) -> None:
@@ -127,7 +128,7 @@ class DriverPermissions(Scenario):
             ("node-is-0600-root", default_mode),
             ("unprivileged-without-access-eacces", no_access),
             ("unprivileged-owner-reads-and-writes", owner_access),
-            ("unprivileged-group-read-only-ebadf", group_read_only),
+            ("unprivileged-group-read-only-eacces", group_read_only),
         ], "not run: hotplug failed")
         second = ctx.check("hotplug-read-only-disk", plug(ctx, ro, st_ro))
         run_gated(ctx, second.status == "pass", [("read-only-disk-erofs", read_only_disk)],

@@ -14,7 +14,7 @@ from ..disks.spec import DiskSpec
 from ..errors import CheckFailed
 from .base import Scenario, ScenarioContext, register
 from .driver_common import (
-    EBADF, EFAULT, EINVAL, ENOTTY, EOPNOTSUPP, ERANGE, KiB, MiB, eargs, expect_results, plug, run_engine,
+    EFAULT, EINVAL, ENOTTY, EOPNOTSUPP, ERANGE, KiB, MiB, eargs, expect_results, plug, run_engine,
     run_gated, unplug,
 )
 
@@ -33,8 +33,8 @@ class DriverRefusals(Scenario):
     description = (
         "Refusals with their errno: bad type -EINVAL, bad cmd_op -ENOTTY, non-zero flag -EINVAL, "
         "64-byte SQE ring -EOPNOTSUPP, misaligned length/sector -EINVAL, beyond capacity -ERANGE, unmapped "
-        "user pointer -EFAULT, iovec count over the queue's max segments -EINVAL, write/flush on a read-only "
-        "fd -EBADF, discard/write-zeroes on a disk that did not negotiate them -EOPNOTSUPP."
+        "user pointer -EFAULT, iovec count over the queue's max segments -EINVAL, discard/write-zeroes on a disk "
+        "that did not negotiate them -EOPNOTSUPP. Refusals by open mode and capability are driver-access's."
     )
 
     def run(self, ctx: ScenarioContext) -> None:
@@ -102,11 +102,6 @@ class DriverRefusals(Scenario):
             refused(rec, f"vec-{limit + 1}", -EINVAL, bs=bs, vec=limit + 1)
             refused(rec, "write-vec-4096", -EINVAL, "write", bs=4096 * 8, vec=4096)
 
-        def readonly_fd(rec: dict) -> None:
-            accepted(rec, "control-read-rdonly", rdonly=True)
-            refused(rec, "write-rdonly", -EBADF, "write", rdonly=True)
-            refused(rec, "flush-rdonly", -EBADF, "flush", rdonly=True, offset=None)
-
         def not_negotiated(rec: dict) -> None:
             name = st_nofeat["name"]
             limits = {k: ctx.agent.read_file(f"/sys/block/{name}/queue/{k}").strip()
@@ -133,7 +128,6 @@ class DriverRefusals(Scenario):
             ("beyond-capacity-erange", beyond_capacity),
             ("unmapped-pointer-efault", unmapped_pointer),
             ("iovec-count-over-limit-einval", iovec_over_limit),
-            ("readonly-fd-ebadf", readonly_fd),
         ], "not run: hotplug failed")
         second = ctx.check("hotplug-no-discard-disk", plug(ctx, nofeat, st_nofeat))
         run_gated(ctx, second.status == "pass", [("not-negotiated-eopnotsupp", not_negotiated)],
