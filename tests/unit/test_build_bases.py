@@ -47,13 +47,14 @@ def _series(root: Path, rel: str) -> None:
     (root / rel / "series").write_text("0001-x.patch\n")
 
 
-def test_series_dir_of_6_12_moves_to_driver_6_12_when_it_exists(tmp_path: Path) -> None:
+def test_each_base_has_its_own_series_dir(tmp_path: Path) -> None:
     b612, b73 = B.BASES["6.12"], B.BASES["7.3"]
-    assert b612.series_dir(tmp_path) == tmp_path / "driver"  # nothing anywhere: the last candidate
-    _series(tmp_path, "driver")  # today: v2 for 6.12 in driver/
-    assert b612.series_dir(tmp_path) == tmp_path / "driver"
+    # nothing anywhere: the last candidate (the kernel builder then applies nothing and says so)
+    assert b612.series_dir(tmp_path) == tmp_path / "driver" / "6.12"
+    _series(tmp_path, "driver")  # the posting series is not the backport's
+    assert b612.series_dir(tmp_path) == tmp_path / "driver" / "6.12"
     assert b73.series_dir(tmp_path) == tmp_path / "driver"
-    _series(tmp_path, "driver/6.12")  # after v3: the backport has its own series
+    _series(tmp_path, "driver/6.12")
     assert b612.series_dir(tmp_path) == tmp_path / "driver" / "6.12"
     assert b73.series_dir(tmp_path) == tmp_path / "driver"
 

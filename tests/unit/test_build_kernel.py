@@ -309,6 +309,32 @@ def test_tree_tracks_what_the_series_touches_and_applies_incrementally(tmp_path:
 
 
 @needs_git
+def test_a_changed_patch_leaves_the_other_patches_files_mtimes_alone(tmp_path: Path) -> None:
+    # The v3 series touches include/linux/blkdev.h in one patch and virtio_blk.c in others: a
+    # fix to virtio_blk.c must not make make(1) recompile everything that includes blkdev.h.
+    tb = _fake_tarball(tmp_path)
+    opts = K.KernelBuildOptions(source_tarball=str(tb), cache_dir=str(tmp_path / "cache"))
+    tree, state_path = tmp_path / "cache" / "trees" / "default", tmp_path / "cache" / "trees" / "s.json"
+    hdr = _make_patch(tmp_path, tb, "hdr", "patched readme\n", rel="README")
+    one = _make_patch(tmp_path, tb, "one", "int virtblk_one;\n")
+    two = _make_patch(tmp_path, tb, "two", "int virtblk_two;\n")
+    series = lambda *ps: [K.Patch(p.name, p, K._cache.sha256_file(p)) for p in ps]  # noqa: E731
+    msgs: list[str] = []
+    state = K._prepare_tree(opts, tree, state_path, "tarball:" + K._cache.sha256_file(tb), msgs.append,
+                            series(hdr, one))
+    K._apply_series(tree, state, state_path, series(hdr, one), msgs.append)
+    os.utime(tree / "README", ns=(1_000_000_000, 1_000_000_000))
+    c_mtime = (tree / "drivers/block/virtio_blk.c").stat().st_mtime_ns
+    time.sleep(0.01)
+    K._apply_series(tree, state, state_path, series(hdr, two), msgs.append)
+    assert (tree / "README").read_text() == "patched readme\n"
+    assert (tree / "README").stat().st_mtime_ns == 1_000_000_000
+    assert (tree / "drivers/block/virtio_blk.c").read_text() == "int virtblk_two;\n"
+    assert (tree / "drivers/block/virtio_blk.c").stat().st_mtime_ns != c_mtime
+    assert any("1 file(s) the series left as they were keep their mtimes" in m for m in msgs)
+
+
+@needs_git
 def test_patch_that_does_not_apply_names_the_patch(tmp_path: Path) -> None:
     tb = _fake_tarball(tmp_path)
     opts = K.KernelBuildOptions(source_tarball=str(tb))
@@ -403,13 +429,14 @@ def test_the_base_picks_tarball_series_and_fragments_unless_given(tmp_path: Path
     assert K.resolve_patches(K.KernelBuildOptions(base="7.3", apply_series=False)) == []
 
 
-def test_default_options_build_what_the_image_built_before_bases() -> None:
-    # The image's default kernel (no KERNEL_BASE) must keep its cache key: 6.12, driver/, base.config.
+def test_default_options_build_the_posting_base() -> None:
+    # The image's default kernel (no KERNEL_BASE): 7.3, the v3 series in driver/, base.config + 7.3's fragment.
     opts = K.KernelBuildOptions()
-    assert opts.base == "6.12" == K.DEFAULT_TARBALL.split("-")[-1].removesuffix(".tar.xz")
-    assert K.resolve_tarball(opts) == "/usr/src/linux-source-6.12.tar.xz"
+    assert opts.base == "7.3" == K.DEFAULT_TARBALL.split("-")[-1].removesuffix(".tar.xz")
+    assert K.resolve_tarball(opts) == "/usr/src/linux-source-7.3.tar.xz"
     assert K.resolve_series_dir(opts) == str(K.repo_root() / "driver")
-    assert [f.name for f in K.resolve_fragments(opts)] == ["base.config"]
+    assert [f.name for f in K.resolve_fragments(opts)] == ["base.config", "linux-7.3.config"]
+    assert K.resolve_series_dir(K.KernelBuildOptions(base="6.12")) == str(K.repo_root() / "driver" / "6.12")
 
 
 def test_unknown_base_is_a_usage_error(tmp_path: Path) -> None:

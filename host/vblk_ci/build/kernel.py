@@ -36,6 +36,7 @@ import argparse
 import contextlib
 import dataclasses
 import fcntl
+import hashlib
 import json
 import os
 import re
@@ -538,6 +539,10 @@ def _apply_series(tree: Path, state: dict, state_path: Path, patches: list[Patch
             say(progress, f"series of {len(patches)} patch(es) already applied")
             return
     say(progress, f"apply series: {len(patches)} patch(es)")
+    # reset + am rewrite every file the old or the new series touches; one whose content
+    # ends up the same gets its old mtime back, so that a change to one patch does not
+    # recompile everything that includes a header another patch touches (blkdev.h).
+    before = _file_stamps(tree, set(state.get("tracked") or []) | set(series_paths(patches)))
     state["applied"] = None
     _cache.write_json_atomic(state_path, state)
     _git(tree, "reset", "-q", "--hard", state["base_commit"], what="git reset to base")
@@ -555,9 +560,35 @@ def _apply_series(tree: Path, state: dict, state_path: Path, patches: list[Patch
             subprocess.run(["git", "am", "--abort"], cwd=tree, env=_env(), capture_output=True)
             msg = "\n".join(proc.stdout.strip().splitlines()[-LOG_TAIL_LINES:])
             raise BuildError(f"patch {i}/{len(patches)} {p.name} does not apply (git am):\n{msg}")
+    kept = _restore_stamps(tree, before)
+    if kept:
+        say(progress, f"{kept} file(s) the series left as they were keep their mtimes")
     state["applied"] = want
     state["head"] = _git(tree, "rev-parse", "HEAD").strip()
     _cache.write_json_atomic(state_path, state)
+
+
+def _file_stamps(tree: Path, paths: set[str]) -> dict[str, tuple[str, int, int]]:
+    """path -> (sha256 of its content, atime_ns, mtime_ns) for the regular files among *paths*."""
+    out = {}
+    for rel in paths:
+        f = tree / rel
+        if f.is_file() and not f.is_symlink():
+            st = f.stat()
+            out[rel] = (hashlib.sha256(f.read_bytes()).hexdigest(), st.st_atime_ns, st.st_mtime_ns)
+    return out
+
+
+def _restore_stamps(tree: Path, before: dict[str, tuple[str, int, int]]) -> int:
+    """Put back the times of the files whose content is what it was; how many."""
+    kept = 0
+    for rel, (digest, atime, mtime) in before.items():
+        f = tree / rel
+        if f.is_file() and hashlib.sha256(f.read_bytes()).hexdigest() == digest:
+            if f.stat().st_mtime_ns != mtime:
+                os.utime(f, ns=(atime, mtime))
+                kept += 1
+    return kept
 
 
 @dataclass
