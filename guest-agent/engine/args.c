@@ -90,7 +90,7 @@ enum {
 	OPT_PROGRESS_FD, OPT_PROGRESS_MS,
 	OPT_IOPRIO, OPT_SECTOR, OPT_RANGE_SECTOR,
 	OPT_LINK, OPT_SCRIBBLE, OPT_ASYNC, OPT_DEFER_TASKRUN, OPT_SQPOLL, OPT_COMPAT_RING,
-	OPT_RANGE_NR, OPT_RANGE_FLAGS, OPT_PROTECT_BUF, OPT_FAIL_NTH_SWEEP,
+	OPT_RANGE_NR, OPT_RANGE_FLAGS, OPT_PROTECT_BUF, OPT_FAIL_NTH_SWEEP, OPT_WRONLY,
 };
 
 static const struct option long_opts[] = {
@@ -104,6 +104,7 @@ static const struct option long_opts[] = {
 	{ "sqe64",		no_argument,	   NULL, OPT_SQE64 },
 	{ "expect-error",	no_argument,	   NULL, OPT_EXPECT_ERROR },
 	{ "rdonly",		no_argument,	   NULL, OPT_RDONLY },
+	{ "wronly",		no_argument,	   NULL, OPT_WRONLY },
 	{ "path2",		required_argument, NULL, OPT_PATH2 },
 	{ "ios",		required_argument, NULL, OPT_IOS },
 	{ "runtime",		required_argument, NULL, OPT_RUNTIME },
@@ -150,6 +151,7 @@ static const struct { int opt; size_t off; } flag_opts[] = {
 	{ OPT_SQE64,		offsetof(struct job, sqe64) },
 	{ OPT_EXPECT_ERROR,	offsetof(struct job, expect_error) },
 	{ OPT_RDONLY,		offsetof(struct job, rdonly) },
+	{ OPT_WRONLY,		offsetof(struct job, wronly) },
 	{ OPT_BAD_PTR,		offsetof(struct job, bad_ptr) },
 	{ OPT_FIXED,		offsetof(struct job, fixed) },
 	{ OPT_IOPOLL,		offsetof(struct job, iopoll) },
@@ -421,6 +423,8 @@ static int check_op_options(const struct job *job)
 {
 	bool basic = op_in(job->op, M_BASIC) && !job->bench;
 
+	if (job->rdonly && job->wronly)
+		return fail("--rdonly and --wronly exclude each other");
 	if (job->path2 && job->op != OP_MIX)
 		return fail("--path2 takes --op mix");
 	if ((job->with_trim || job->have_init_seed) && job->op != OP_MIX)

@@ -144,6 +144,7 @@ struct job {
 	bool sqe64;
 	bool expect_error;
 	bool rdonly;
+	bool wronly;			/* O_WRONLY: reads through it are NVMe-style allowed */
 	bool iopoll;
 	bool fixed;
 	bool bad_ptr;

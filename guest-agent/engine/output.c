@@ -128,8 +128,9 @@ static void print_options(const struct engine *e)
 {
 	const struct job *job = e->job;
 
-	printf(", \"sqe64\": %s, \"expect_error\": %s, \"rdonly\": %s",
-	       bool_str(job->sqe64), bool_str(job->expect_error), bool_str(job->rdonly));
+	printf(", \"sqe64\": %s, \"expect_error\": %s, \"rdonly\": %s, \"wronly\": %s",
+	       bool_str(job->sqe64), bool_str(job->expect_error), bool_str(job->rdonly),
+	       bool_str(job->wronly));
 	printf(", \"iopoll\": %s, \"fixed\": %s, \"vec\": %u, \"bad_ptr\": %s",
 	       bool_str(job->iopoll), bool_str(job->fixed), job->vec,
 	       bool_str(job->bad_ptr));

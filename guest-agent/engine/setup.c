@@ -68,7 +68,8 @@ static int open_target(const struct job *job, struct target *t, const char *path
 	int flags;
 
 	t->path = path;
-	t->fd = open(path, (job->rdonly ? O_RDONLY : O_RDWR) | O_CLOEXEC);
+	flags = job->rdonly ? O_RDONLY : job->wronly ? O_WRONLY : O_RDWR;
+	t->fd = open(path, flags | O_CLOEXEC);
 	if (t->fd < 0) {
 		open_error(job, path, errno);
 		return -1;

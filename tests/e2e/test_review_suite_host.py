@@ -16,7 +16,7 @@ from vblk_ci.scenarios import SUITES
 pytestmark = pytest.mark.e2e
 
 # Exactly this many checks per scenario (the same on v2 and v3, host QEMU 7.2).
-CHECKS_PER_SCENARIO = {"driver-ioprio": 5, "driver-bounds": 11, "driver-access": 18, "driver-links": 13,
+CHECKS_PER_SCENARIO = {"driver-ioprio": 5, "driver-bounds": 11, "driver-access": 19, "driver-links": 13,
                        "driver-coherency": 13, "driver-poll-timeout": 8, "driver-unplug-iopoll": 14,
                        "driver-compat32": 23,
                        # guards of the series' own refusals, for patch-line coverage

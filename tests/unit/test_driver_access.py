@@ -128,6 +128,9 @@ class AccessGuest(FakeGuest):
                 return -30
             return 0
         changes = t in (1, 11, 13)
+        # the first v3 (before the fuzzer's finding): reading needed FMODE_READ
+        if "fmode_read" in self.faults and t in (0, 8) and o.get("wronly") and "uid" in o:
+            return -13
         if changes and o.get("rdonly") and "uid" in o:
             return -13
         if changes and disk.spec.read_only:
@@ -143,13 +146,15 @@ def test_access_all_pass_on_the_v3_model(tmp_path):
     assert set(statuses(checks).values()) == {"pass"}, {n: c.detail for n, c in checks.items() if c.detail}
     assert list(checks) == [
         "hotplug", "node-given-to-user", "root-rdwr-every-command", "root-rdonly-cap-sys-admin-every-command",
-        "user-rdwr-every-command", "user-rdonly-changes-eacces", "prefill-before-mount", "mkfs-and-mount",
+        "user-rdwr-every-command", "user-rdonly-changes-eacces", "user-wronly-every-command",
+        "prefill-before-mount", "mkfs-and-mount",
         "mounted-block-open-ebusy", "mounted-changes-ebusy", "mounted-refused-changes-left-data", "umount",
         "writes-after-umount", "hotplug-read-only-disk", "read-only-node-given-to-user",
         "read-only-disk-changes-erofs", "unplug", "unplug-read-only-disk"]
     got = checks["user-rdonly-changes-eacces"].data["got"]
     assert got == {"uid-1000-rdonly read": 0, "uid-1000-rdonly get-id": 0, "uid-1000-rdonly flush": 0,
                    "uid-1000-rdonly write": -13, "uid-1000-rdonly discard": -13, "uid-1000-rdonly write-zeroes": -13}
+    assert set(checks["user-wronly-every-command"].data["got"].values()) == {0}
     assert checks["mounted-changes-ebusy"].data["got"]["root-rdwr write"] == -16
     refused = checks["mounted-block-open-ebusy"].data["block-write-while-mounted"]
     assert refused["data"]["exit_code"] == 3 and "Device or resource busy" in refused["data"]["stderr"]
@@ -175,6 +180,16 @@ def test_access_on_the_v2_model_fails_where_v2_differs(tmp_path):
     assert "the refused command's effect is wrong" in checks["mounted-refused-changes-left-data"].detail
     assert "root-rdonly write: cqe->res = -9 (-EBADF), expected -30 (-EROFS)" in \
         checks["read-only-disk-changes-erofs"].detail
+
+
+def test_reads_refused_on_a_write_only_fd_fail_the_wronly_row(tmp_path):
+    checks, guest, _ = run_scenario(DriverAccess, tmp_path, AccessGuest({"fmode_read"}))
+    assert failing(checks) == ["user-wronly-every-command"]
+    detail = checks["user-wronly-every-command"].detail
+    assert "uid-1000-wronly read: cqe->res = -13 (-EACCES), expected 0 (success)" in detail
+    assert "uid-1000-wronly get-id: cqe->res = -13 (-EACCES), expected 0 (success)" in detail
+    engine = [c[1] for c in guest.calls if c[0] == "engine"]
+    assert any("--wronly" in e and "--uid" in e for e in engine)
 
 
 def test_access_control_fails_when_a_mounted_disk_stays_writable(tmp_path):

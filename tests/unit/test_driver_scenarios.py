@@ -35,7 +35,7 @@ from vblk_ci.errors import CheckFailed
 MAX_SEGMENTS = 254
 TYPES = {"read": 0, "verify": 0, "write": 1, "flush": 4, "get-id": 8, "discard": 11, "write-zeroes": 13}
 WRITES = {1, 4, 11, 13}
-FLAGS = {"sqe64", "rdonly", "bad-ptr", "iopoll", "fixed", "zero", "unmap", "expect-error", "bench"}
+FLAGS = {"sqe64", "rdonly", "wronly", "bad-ptr", "iopoll", "fixed", "zero", "unmap", "expect-error", "bench"}
 
 
 def parse(args: list[str]) -> dict:

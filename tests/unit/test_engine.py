@@ -251,6 +251,15 @@ def test_rdonly_open_still_reads(engine, disk):
     assert (r["rdonly"], r["errors"], r["mismatches"]) == (True, 0, 0)
 
 
+def test_wronly_open_writes_and_excludes_rdonly(engine, disk):
+    disk.chmod(0o222)  # a regular file a root-run engine could open O_RDWR anyway; the echo shows the mode
+    r = job(engine, "--path", disk, "--op", "write", "--wronly")
+    assert (r["wronly"], r["rdonly"], r["errors"]) == (True, False, 0)
+    proc = run(engine, "--path", disk, "--op", "read", "--rdonly", "--wronly", expect_rc=2)
+    assert proc.stdout == "" and len(proc.stderr.splitlines()) == 1
+    assert "--rdonly and --wronly exclude each other" in proc.stderr
+
+
 def test_make_clean_and_install(tmp_path):
     if not LIBURING_A.exists() or shutil.which("make") is None:
         pytest.skip("needs make and liburing.a")

@@ -54,19 +54,25 @@ class Opener:
     """Who opens the node, and how."""
 
     admin: bool  # root (CAP_SYS_ADMIN) or the unprivileged USER
-    rdonly: bool  # O_RDONLY fd, else O_RDWR
+    rdonly: bool  # O_RDONLY fd, else O_RDWR ...
+    wronly: bool = False  # ... or O_WRONLY
+
+    @property
+    def mode(self) -> str:
+        return "rdonly" if self.rdonly else "wronly" if self.wronly else "rdwr"
 
     @property
     def label(self) -> str:
-        return f"{'root' if self.admin else f'uid-{USER[0]}'}-{'rdonly' if self.rdonly else 'rdwr'}"
+        return f"{'root' if self.admin else f'uid-{USER[0]}'}-{self.mode}"
 
     def argv(self, argv: list[str]) -> list[str]:
-        argv = [*argv, "--rdonly"] if self.rdonly else list(argv)
+        argv = [*argv, f"--{self.mode}"] if self.mode != "rdwr" else list(argv)
         return argv if self.admin else [*argv, "--uid", str(USER[0]), "--gid", str(USER[1])]
 
 
 ROOT_RDWR, ROOT_RDONLY = Opener(True, False), Opener(True, True)
 USER_RDWR, USER_RDONLY = Opener(False, False), Opener(False, True)
+USER_WRONLY = Opener(False, False, wronly=True)
 
 
 def expected_res(op: str, opener: Opener, *, read_only_disk: bool = False, writes_blocked: bool = False) -> int | None:
@@ -120,7 +126,8 @@ class DriverAccess(Scenario):
     name = "driver-access"
     description = (
         "Permissions as NVMe's nvme_cmd_allowed() decides them (review-v2 #5), one cqe->res per command: root "
-        "may send every command on an O_RDONLY fd; an unprivileged opener may read, get-id and flush on any fd, "
+        "may send every command on an O_RDONLY fd; an unprivileged opener may read, get-id and flush on any fd "
+        "(O_WRONLY too), "
         "write/discard/write-zeroes only on an O_RDWR fd, else -EACCES; a read-only disk refuses changes with "
         "-EROFS; with ext2 mounted from /dev/vdX (block node not writable: -EBUSY) changes through /dev/vdXc0 are "
         "-EBUSY for everyone, reads and flushes work, and writes work again after umount. Allowed changes are "
@@ -297,6 +304,8 @@ class DriverAccess(Scenario):
             ("root-rdonly-cap-sys-admin-every-command", row((ROOT_RDONLY,), 2 * MiB, 20, st)),
             ("user-rdwr-every-command", row((USER_RDWR,), 3 * MiB, 30, st)),
             ("user-rdonly-changes-eacces", row((USER_RDONLY,), 4 * MiB, 40, st)),
+            # nvme_cmd_allowed() lets any opener read: the first v3 wanted FMODE_READ (-EACCES)
+            ("user-wronly-every-command", row((USER_WRONLY,), 5 * MiB, 45, st)),
             ("prefill-before-mount", prefill_mounted),
         ], "not run: hotplug failed")
         mounted = run_gated(ctx, first.status == "pass", [("mkfs-and-mount", mkfs_mount)],
