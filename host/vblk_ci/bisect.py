@@ -82,7 +82,8 @@ class BisectResult:
 def git(tree: Path, *args: str, check: bool = True) -> str:
     proc = subprocess.run(["git", "-C", str(tree), *args], capture_output=True, text=True, timeout=600)
     if check and proc.returncode != 0:
-        raise UsageError(f"git {' '.join(args)} in {tree}: {(proc.stderr or proc.stdout).strip().splitlines()[-1:]}")
+        last = ((proc.stderr or proc.stdout).strip().splitlines() or [f"exit {proc.returncode}"])[-1]
+        raise UsageError(f"git {' '.join(args)} in {tree}: {last}")
     return proc.stdout.strip()
 
 

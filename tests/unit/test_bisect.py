@@ -73,7 +73,7 @@ def test_only_skips_left_is_not_a_verdict(repo, tmp_path):
 @pytest.mark.parametrize("change, message", [
     (dict(scenarios=(), suite=None), "exactly one of --suite, --scenario, --bundle"),
     (dict(suite="driver"), "exactly one of"),
-    (dict(good="nope"), "git rev-parse"),
+    (dict(good="nope"), r"git rev-parse --verify nope\^\{commit\} in \S+: fatal: Needed a single revision$"),
     (dict(good="HEAD", bad="HEAD~2"), "is not an ancestor"),
 ])
 def test_bad_plans_are_refused_before_git_bisect_starts(repo, tmp_path, change, message):
