@@ -21,6 +21,7 @@ IMAGE_ARTIFACTS = {
     "kernel_debug": "/opt/vblk-ci/debug/bzImage",
     "initramfs": "/opt/vblk-ci/initramfs.cpio.gz",
     "initramfs_bench": "/opt/vblk-ci/bench/initramfs.cpio.gz",  # + fio, for vblk-ci bench
+    "kernel_manifest": "/opt/vblk-ci/kernel-manifest.json",  # base, release, series (name, sha256)
 }
 
 
@@ -39,14 +40,15 @@ def _from_env() -> dict[str, Path] | None:
     return found
 
 
-def _copy_out_of_image(image: str, dest: Path) -> dict[str, Path]:
+def _copy_out_of_image(image: str, dest: Path, names: tuple[str, ...] = tuple(IMAGE_ARTIFACTS)) -> dict[str, Path]:
     import docker  # only needed on this path
 
     client = docker.from_env()
     container = client.containers.create(image, command=["version"])
     try:
         out = {}
-        for name, path in IMAGE_ARTIFACTS.items():
+        for name in names:
+            path = IMAGE_ARTIFACTS[name]
             stream, _ = container.get_archive(path)
             with tarfile.open(fileobj=io.BytesIO(b"".join(stream))) as tar:
                 member = tar.getmembers()[0]
@@ -97,3 +99,20 @@ def run_suite(appliance, tmp_path_factory):
         return result, recorder, run_dir
 
     return go
+
+
+@pytest.fixture(scope="session")
+def appliance_612(tmp_path_factory) -> dict[str, Path]:
+    """The 6.12 backport image's kernel, its manifest and initramfs (VBLK_CI_IMAGE_612, which
+    ./tests/run builds as vblk-ci:test-6.12: target ``appliance``, KERNEL_BASE=6.12)."""
+    name = os.environ.get("VBLK_CI_IMAGE_612")
+    if not name:
+        pytest.skip("VBLK_CI_IMAGE_612 is not set (./tests/run builds the 6.12 backport image and sets it)")
+    import docker
+
+    try:
+        docker.from_env().images.get(name)
+    except docker.errors.ImageNotFound:
+        pytest.skip(f"VBLK_CI_IMAGE_612={name}: no such image")
+    return _copy_out_of_image(name, tmp_path_factory.mktemp("appliance-612"),
+                              ("kernel", "kernel_manifest", "initramfs"))
