@@ -58,3 +58,24 @@ def test_container_report_or_the_reason_it_has_none():
         gates.report_from_container(2, "", "vblk-ci: quality: sparse is not installed")
     with pytest.raises(InfraError, match="exited 125"):
         gates.report_from_container(125, "", "docker: error")
+
+
+def test_cli_gates_runs_each_base_and_exits_on_the_verdict(monkeypatch, tmp_path, capsys):
+    from vblk_ci.build.bases import BASES, DEFAULT_BASE
+    from vblk_ci.cli import main
+
+    calls = []
+
+    def fake(base, series_dir, where, progress):
+        calls.append((base, series_dir, where))
+        return QualityReport(base=base, applies=True, module_linked=base != "6.12"), gates.Placement("docker", "x")
+
+    monkeypatch.setattr(gates, "run_gates", fake)
+    out = tmp_path / "g.json"
+    assert main(["gates", "--json", str(out)]) == 1  # 6.12's module did not link
+    assert [c[0] for c in calls] == list(BASES) and json.loads(out.read_text())["6.12"]["clean"] is False
+    assert "NOT LINKED" in capsys.readouterr().out
+    calls.clear()
+    # A series directory is one base's: without --base, the default one only.
+    assert main(["gates", "--series-dir", str(tmp_path), "--where", "host"]) == (0 if DEFAULT_BASE != "6.12" else 1)
+    assert calls == [(DEFAULT_BASE, Path(tmp_path), "host")]
