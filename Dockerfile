@@ -117,7 +117,7 @@ RUN rel=$(python3 -c 'import json; print(json.load(open("/artifacts/kernel-manif
 # gates job).  Those mount the checkout on /src, so the series and the gates are the
 # checkout's; alone, the image checks the series it was built with.  Trees and
 # objects go to /cache: mount a volume there to keep them (cold: one kernel's
-# vmlinux.o, about 11 min on 2 idle cores; warm: about a minute).
+# vmlinux.o; 7.3 took 58 min on 2 cores under load 8, 2026-11-30; warm: a minute or two).
 FROM kernel-toolchain AS gates
 ARG KERNEL_BASE
 ENV VBLK_CI_KERNEL_BASE=${KERNEL_BASE}
