@@ -57,6 +57,8 @@ def test_report_is_clean_only_when_every_gate_is():
     assert not QualityReport(base="x", patches=[PatchCheck("p1", 0, 0, 1)], applies=True, module_linked=True).clean
     assert not QualityReport(base="x", applies=True, module_linked=True, w1=["w"]).clean
     assert not QualityReport(base="x", applies=True, module_linked=True, sparse=["s"]).clean
+    # Sparse errors (even old ones) silence its warnings: such a run proves nothing.
+    assert not QualityReport(base="x", applies=True, module_linked=True, sparse_blind=["e"]).clean
     assert not QualityReport(base="x", applies=False).clean
 
 
