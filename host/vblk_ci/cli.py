@@ -21,8 +21,9 @@ from pathlib import Path
 from typing import Sequence
 
 from . import __version__
+from .build.bases import BASES
 from .errors import (
-    EXIT_USAGE, AgentError, BootError, CheckFailed, GuestCrash, InfraError, MissingPrerequisite, UsageError,
+    EXIT_FAIL, EXIT_PASS, EXIT_USAGE, AgentError, BootError, CheckFailed, GuestCrash, InfraError, MissingPrerequisite, UsageError,
     VblkCiError,
 )
 
@@ -151,6 +152,16 @@ def build_parser() -> argparse.ArgumentParser:
                           "beside the runs' kernel, else $VBLK_CI_COVERAGE_DIR)")
     cov.add_argument("--gcov", help="gcov binary of the gcc that built the kernel (default $VBLK_CI_GCOV, gcov-14, gcov)")
     cov.add_argument("--no-html", dest="html", action="store_false", help="no genhtml report")
+
+    g = sub.add_parser("gates", help="the series gates: git am, checkpatch, sparse, W=1 =y/=m, the module links")
+    g.add_argument("--base", action="append", choices=list(BASES), metavar="BASE",
+                   help=f"kernel base ({', '.join(BASES)}); repeat for several (default: every base, or with "
+                        "--series-dir the default base)")
+    g.add_argument("--series-dir", help="series directory (default: each base's own)")
+    g.add_argument("--where", choices=("auto", "host", "docker"), default="auto",
+                   help="host: this machine's tarball; docker: the image's gates stage; auto (default): host "
+                        "when it has the base's tarball and tools")
+    g.add_argument("--json", metavar="FILE", help="also write the reports as JSON, one object per base")
 
     sub.add_parser("version", help="print the version")
     return p
@@ -616,6 +627,29 @@ def cmd_coverage(args: argparse.Namespace) -> int:
     return 0
 
 
+# -- gates -------------------------------------------------------------------------------
+
+
+def cmd_gates(args: argparse.Namespace) -> int:
+    from .build.quality import summary
+    from .gates import default_progress, run_gates
+
+    from .build.bases import DEFAULT_BASE
+
+    # A series directory is written for one base: without --base, the default one.
+    bases = args.base or ([DEFAULT_BASE] if args.series_dir else list(BASES))
+    reports = {}
+    for base in bases:
+        report, placement = run_gates(base, Path(args.series_dir) if args.series_dir else None, args.where,
+                                      default_progress())
+        print(f"== {base} ({placement.where}: {placement.reason})")
+        print(summary(report))
+        reports[base] = {"where": placement.where, **report.to_json()}
+    if args.json:
+        Path(args.json).write_text(json.dumps(reports, indent=2) + "\n", encoding="utf-8")
+    return EXIT_PASS if all(r["clean"] for r in reports.values()) else EXIT_FAIL
+
+
 # -- main --------------------------------------------------------------------------------
 
 
@@ -657,6 +691,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return cmd_bisect(args)
         if args.command == "fuzz":
             return cmd_fuzz(args)
+        if args.command == "gates":
+            return cmd_gates(args)
         return cmd_build(args)
     except VblkCiError as exc:
         first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__

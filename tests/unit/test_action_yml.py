@@ -62,3 +62,11 @@ def test_expressions_name_existing_inputs_step_ids_and_script_variables():
 def test_artifact_upload_runs_even_when_a_suite_failed():
     upload = next(s for s in STEPS if s.get("uses", "").startswith("actions/upload-artifact"))
     assert upload["if"] == "always()" and upload["with"]["path"] == "${{ inputs.out }}"
+
+
+def test_series_gates_step_runs_vblk_ci_gates_when_asked():
+    step = next(s for s in STEPS if s.get("run", "").endswith("/gates.sh"))
+    assert step["if"] == "inputs.gates == 'true'" and ACTION["inputs"]["gates"]["default"] == "false"
+    assert STEPS.index(step) < next(i for i, s in enumerate(STEPS) if s.get("id") == "run"), "gates before suites"
+    body = (ACTION_DIR / "gates.sh").read_text()
+    assert "vblk_ci.cli gates" in body and "--where docker" in body

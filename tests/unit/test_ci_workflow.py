@@ -53,3 +53,22 @@ def test_the_build_step_makes_the_target_that_ships_the_debug_kernel():
 def test_suite_steps_run_strict():
     suites = [s for s in STEPS if "--suite" in s]
     assert suites and all("--strict" in s for s in suites), suites
+
+
+def test_series_gates_run_on_every_base_in_their_own_job():
+    import yaml
+
+    from vblk_ci.build.bases import BASES
+
+    jobs = yaml.safe_load(WORKFLOW.read_text())["jobs"]
+    gate_jobs = [j for j in jobs.values() if any("vblk_ci.cli gates" in s.get("run", "") for s in j["steps"])]
+    assert len(gate_jobs) == 1, "one job runs the series gates"
+    job = gate_jobs[0]
+    assert sorted(job["strategy"]["matrix"]["base"]) == sorted(BASES)
+    assert job["strategy"].get("fail-fast") is False, "one base failing must not hide the other's verdict"
+    step = next(s for s in job["steps"] if "vblk_ci.cli gates" in s.get("run", ""))
+    line = next(ln for ln in step["run"].splitlines() if "vblk_ci.cli gates" in ln)
+    argv = shlex.split(line.replace("${{ matrix.base }}", "7.3"))
+    args = build_parser().parse_args(argv[argv.index("gates"):])
+    assert args.command == "gates" and args.base == ["7.3"] and args.where == "docker"
+    assert re.search(r"^FROM kernel-toolchain AS gates$", DOCKERFILE, re.M)

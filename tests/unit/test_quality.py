@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from vblk_ci.build import BuildError
 from vblk_ci.build.quality import (
-    DRIVER_SOURCE, PatchCheck, QualityReport, diagnostics_for, parse_checkpatch, sparse_only,
+    DRIVER_SOURCE, PatchCheck, QualityReport, diagnostics_for, modpost_findings, new_findings, parse_checkpatch,
+    patch_check, sparse_only, sparse_program,
 )
+from vblk_ci.errors import MissingPrerequisite
 
 # Recorded: checkpatch.pl --strict on tests/data/bad-series (6.12.117 tree).
 CHECKPATCH_BAD = """\
@@ -48,8 +52,105 @@ def test_diagnostics_only_for_the_driver_and_sparse_split_from_gcc():
 
 
 def test_report_is_clean_only_when_every_gate_is():
-    good = QualityReport(base="tarball:x", patches=[PatchCheck("p1", 0, 0, 0)], applies=True)
+    good = QualityReport(base="tarball:x", patches=[PatchCheck("p1", 0, 0, 0)], applies=True, module_linked=True)
     assert good.clean and good.checkpatch_total == {"errors": 0, "warnings": 0, "checks": 0}
-    assert not QualityReport(base="x", patches=[PatchCheck("p1", 0, 0, 1)], applies=True).clean
-    assert not QualityReport(base="x", applies=True, w1=["w"]).clean
+    assert not QualityReport(base="x", patches=[PatchCheck("p1", 0, 0, 1)], applies=True, module_linked=True).clean
+    assert not QualityReport(base="x", applies=True, module_linked=True, w1=["w"]).clean
+    assert not QualityReport(base="x", applies=True, module_linked=True, sparse=["s"]).clean
+    # Sparse errors (even old ones) silence its warnings: such a run proves nothing.
+    assert not QualityReport(base="x", applies=True, module_linked=True, sparse_blind=["e"]).clean
     assert not QualityReport(base="x", applies=False).clean
+
+
+# Recorded: checkpatch.pl --strict --show-types on driver/6.12/0001 (a stable backport with
+# Fixes:) in a 6.12.117 tarball tree; the last finding is made up, on a line not allowed.
+CHECKPATCH_BACKPORT = """\
+WARNING:UNKNOWN_COMMIT_ID: Unknown commit id 'd6211ebbdaa541af197b50b8dd8f22642ce0b87f', maybe rebased or not pulled?
+#8: 
+commit d6211ebbdaa541af197b50b8dd8f22642ce0b87f upstream.
+
+WARNING:UNKNOWN_COMMIT_ID: Unknown commit id '5eff57fa9f3a', maybe rebased or not pulled?
+#25: 
+Fixes: 5eff57fa9f3a ("io_uring/uring_cmd: defer SQE copying until it's needed")
+
+total: 0 errors, 2 warnings, 0 checks, 39 lines checked
+"""
+CHECKPATCH_UNKNOWN_ELSEWHERE = """\
+WARNING:UNKNOWN_COMMIT_ID: Unknown commit id '5eff57fa9f3a', maybe rebased or not pulled?
+#12: 
+As commit 5eff57fa9f3a did, defer the copy.
+
+total: 0 errors, 1 warnings, 0 checks, 39 lines checked
+"""
+
+
+def test_checkpatch_waives_unknown_commit_ids_only_on_fixes_and_upstream_lines():
+    ok = patch_check("0001", CHECKPATCH_BACKPORT)
+    assert (ok.errors, ok.warnings, ok.checks) == (0, 0, 0) and ok.output == ""
+    assert [a.split(" | ")[1] for a in ok.allowed] == [
+        "commit d6211ebbdaa541af197b50b8dd8f22642ce0b87f upstream.",
+        "Fixes: 5eff57fa9f3a (\"io_uring/uring_cmd: defer SQE copying until it's needed\")"]
+    other = patch_check("0001", CHECKPATCH_UNKNOWN_ELSEWHERE)
+    assert other.warnings == 1 and other.allowed == [] and "5eff57fa9f3a" in other.output
+    # Another type on a Fixes: line is not waived either.
+    assert patch_check("p", CHECKPATCH_BACKPORT.replace("UNKNOWN_COMMIT_ID", "GIT_COMMIT_ID")).warnings == 2
+
+
+def test_checkpatch_without_ply_is_a_missing_prerequisite_not_clean():
+    out = "Traceback (most recent call last):\nModuleNotFoundError: No module named 'ply'\n" + CHECKPATCH_CLEAN
+    with pytest.raises(MissingPrerequisite, match="python3-ply"):
+        patch_check("p", out)
+
+
+BASE_SRC = "a\nmodule_param(x, int, 0444);\nb\n"
+PATCHED_SRC = "a\nnew line\nmodule_param(x, int, 0444);\nint f(void) { return 0; }\nb\n"
+
+
+def test_sparse_reports_only_findings_the_unpatched_file_lacks():
+    base = ["/t/drivers/block/virtio_blk.c:2:1: error: bad constant expression"]
+    patched = ["/t/drivers/block/virtio_blk.c:3:1: error: bad constant expression",  # moved, same line text
+               "/t/drivers/block/virtio_blk.c:4:5: warning: symbol 'f' was not declared. Should it be static?"]
+    new, old = new_findings(patched, PATCHED_SRC, base, BASE_SRC)
+    assert new == [patched[1]] and old == [patched[0]]
+    # The same message on another line's text is new; one base finding covers one patched finding.
+    twice = patched[:1] + ["/t/drivers/block/virtio_blk.c:3:7: error: bad constant expression"]
+    assert new_findings(twice, PATCHED_SRC, base, BASE_SRC)[0] == twice[1:]
+    assert new_findings(patched, PATCHED_SRC, [], BASE_SRC)[0] == patched
+
+
+# Recorded shape: make W=1 drivers/block/virtio_blk.ko with bad-link-series (7.3.4).
+MODPOST_UNDEFINED = """\
+  CC [M]  drivers/block/virtio_blk.o
+  MODPOST Module.symvers
+ERROR: modpost: "ioprio_check_cap" [drivers/block/virtio_blk.ko] undefined!
+make[3]: *** [/t/scripts/Makefile.modpost:147: Module.symvers] Error 1
+"""
+
+
+def test_modpost_findings_and_a_report_without_the_module_is_not_clean():
+    assert modpost_findings(MODPOST_UNDEFINED) == [
+        'ERROR: modpost: "ioprio_check_cap" [drivers/block/virtio_blk.ko] undefined!']
+    # 7.3's modpost words it otherwise (recorded: v3 on 7.3.4).
+    assert modpost_findings("ERROR: modpost: drivers/block/virtio_blk.ko: symbol '__import_iovec' undefined!\n") == [
+        "ERROR: modpost: drivers/block/virtio_blk.ko: symbol '__import_iovec' undefined!"]
+    assert modpost_findings("  LD [M]  drivers/block/virtio_blk.ko\n") == []
+    linked = QualityReport(base="x", applies=True, module_linked=True)
+    assert linked.clean
+    assert not QualityReport(base="x", applies=True, module_linked=False).clean
+    assert not QualityReport(base="x", applies=True, module_linked=True, link=["WARNING: modpost: x"]).clean
+
+
+def test_report_round_trips_through_json():
+    r = QualityReport(base="tarball:x", applies=True, patches=[PatchCheck("p", 0, 1, 0, "out", ["UNKNOWN_COMMIT_ID: a"])],
+                      sparse=["s"], link=["l"], timings={"tree": 1.0}, seconds=2.0)
+    back = QualityReport.from_json(json.loads(json.dumps(r.to_json())))
+    assert back == r and back.clean is False
+
+
+def test_sparse_program_defines_typeof_unqual_only_where_the_tree_uses_it(tmp_path):
+    ct = tmp_path / "include/linux/compiler_types.h"
+    ct.parent.mkdir(parents=True)
+    ct.write_text("#define __unqual_scalar_typeof(x) typeof(x)\n")
+    assert sparse_program(tmp_path) == ["sparse"]
+    ct.write_text("#define __unqual_scalar_typeof(x) __typeof_unqual__(x)\n")
+    assert sparse_program(tmp_path) == ["sparse", "-D__typeof_unqual__=__typeof__"]
