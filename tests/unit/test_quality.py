@@ -58,7 +58,9 @@ def test_report_is_clean_only_when_every_gate_is():
     assert not QualityReport(base="x", applies=True, module_linked=True, w1=["w"]).clean
     assert not QualityReport(base="x", applies=True, module_linked=True, sparse=["s"]).clean
     # Sparse errors (even old ones) silence its warnings: such a run proves nothing.
-    assert not QualityReport(base="x", applies=True, module_linked=True, sparse_blind=["e"]).clean
+    blind = QualityReport(base="x", applies=True, module_linked=True, sparse_blind=["e"])
+    assert blind.clean and not blind.complete  # nothing found, but sparse could not look
+    assert good.complete
     assert not QualityReport(base="x", applies=False).clean
 
 

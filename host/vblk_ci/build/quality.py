@@ -105,14 +105,22 @@ class QualityReport:
 
     @property
     def clean(self) -> bool:
+        """Every gate that could look found nothing (a blind sparse found nothing: see ``complete``)."""
         totals = self.checkpatch_total
         return (self.applies and not any(totals.values()) and self.module_linked
-                and not (self.sparse or self.sparse_blind or self.w1 or self.module_w1 or self.link))
+                and not (self.sparse or self.w1 or self.module_w1 or self.link))
+
+    @property
+    def complete(self) -> bool:
+        """Every gate could look: False when sparse stopped at errors in the unpatched file
+        (Debian's sparse 0.6.4 on 7.3's headers), so that "0 new" from it means nothing."""
+        return not self.sparse_blind
 
     def to_json(self) -> dict:
         out = asdict(self)
         out["checkpatch_total"] = self.checkpatch_total
         out["clean"] = self.clean
+        out["complete"] = self.complete
         return out
 
     @classmethod
@@ -370,7 +378,8 @@ def summary(report: QualityReport) -> str:
         f"W=1 (=y): {len(report.w1)}; W=1 (=m): {len(report.module_w1)}",
         f"module link: {'virtio_blk.ko written' if report.module_linked else 'NOT LINKED'}"
         + (f"; modpost: {len(report.link)}" if report.link else ""),
-        f"clean: {report.clean}; {report.seconds:.0f}s "
+        f"clean: {report.clean}" + ("" if report.complete else " (sparse could not check this base)")
+        + f"; {report.seconds:.0f}s "
         + "(" + ", ".join(f"{k} {v:.0f}s" for k, v in report.timings.items()) + ")",
     ])
 
