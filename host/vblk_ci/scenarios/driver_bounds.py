@@ -19,11 +19,11 @@ does show: two oversized lengths get different answers (``data-len-one-rule``).
 
 from __future__ import annotations
 
-from ..disks.spec import DiskSpec, create_sparse_file
+from ..disks.spec import DiskSpec
 from ..errors import CheckFailed
 from ..machine import virtio_queue as VQ
 from .base import Scenario, ScenarioContext, register
-from .driver_common import ERANGE, MiB, eargs, errno_text, plug, run_engine, run_gated, unplug
+from .driver_common import ERANGE, MiB, eargs, errno_text, plug_file_disk, run_engine, run_gated, unplug
 
 DISK_SIZE = 64 * MiB
 BLOCK = 4096
@@ -56,11 +56,9 @@ class DriverBounds(Scenario):
                    "data_len 0xfffffe00 and 0xffffffff over a 4 KiB buffer get the same errno.")
 
     def run(self, ctx: ScenarioContext) -> None:
-        image = create_sparse_file(ctx.scratch() / "bnd0.raw", DISK_SIZE)
-        disk = DiskSpec(id="bnd0", serial="vblk-bnd0", backend="file", path=image, size_bytes=DISK_SIZE,
-                        num_queues=1).validate()
         st: dict = {}
-        if not run_gated(ctx, True, [("hotplug", plug(ctx, disk, st))], ""):
+        disk = plug_file_disk(ctx, "bnd0", DISK_SIZE, st)
+        if disk is None:
             return
         seen = ctx.check("control-counters-move", lambda rec: control(ctx, disk, st, rec)).status == "pass"
         steps = [(name, lambda rec, op=op, key=key, sector=sector: refused(ctx, disk, st, rec, op, key, sector))

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Callable, Iterable
 
-from ..disks.spec import DiskSpec
+from ..disks.spec import DiskSpec, create_sparse_file
 from ..errors import AgentError, CheckFailed, MachineTimeout
 from ..events import DiskPlugged, DiskUnplugged
 from .base import ScenarioContext
@@ -146,6 +146,18 @@ def plug(ctx: ScenarioContext, disk: DiskSpec, state: dict) -> Callable[[dict], 
         ctx.emit(DiskPlugged(disk.id, disk.serial, plugged.seconds_to_visible, plugged.guest_name, info["chardev"]))
 
     return check
+
+
+def plug_file_disk(ctx: ScenarioContext, key: str, size: int, state: dict, **spec: object) -> DiskSpec | None:
+    """The scenario's ``hotplug`` check for a disk backed by a fresh sparse file
+    ``<scratch>/<key>.raw`` (id ``key``, one queue unless ``spec`` says otherwise).
+
+    The disk's spec, or None when the check did not pass (nothing else can run).
+    """
+    image = create_sparse_file(ctx.scratch() / f"{key}.raw", size)
+    disk = DiskSpec(id=key, serial=f"vblk-{key}", backend="file", path=image, size_bytes=size,
+                    **{"num_queues": 1, **spec}).validate()
+    return disk if run_gated(ctx, True, [("hotplug", plug(ctx, disk, state))], "") else None
 
 
 def wait_gone(ctx: ScenarioContext, name: str, rec: dict) -> None:

@@ -16,10 +16,9 @@ Passes on v2.
 
 from __future__ import annotations
 
-from ..disks.spec import DiskSpec, create_sparse_file
 from ..errors import CheckFailed
 from .base import Scenario, ScenarioContext, register
-from .driver_common import EFAULT, MiB, eargs, errno_text, expect_clean, plug, run_engine, run_gated, unplug
+from .driver_common import EFAULT, MiB, eargs, errno_text, expect_clean, plug_file_disk, run_engine, run_gated, unplug
 
 DISK_SIZE = 16 * MiB
 BS = 4096
@@ -36,11 +35,9 @@ class DriverCopyout(Scenario):
                    "0; the same read unprotected returns the written data.")
 
     def run(self, ctx: ScenarioContext) -> None:
-        image = create_sparse_file(ctx.scratch() / "cpo0.raw", DISK_SIZE)
-        disk = DiskSpec(id="cpo0", serial="vblk-cpo0", backend="file", path=image, size_bytes=DISK_SIZE,
-                        num_queues=1).validate()
         st: dict = {}
-        if not run_gated(ctx, True, [("hotplug", plug(ctx, disk, st))], ""):
+        disk = plug_file_disk(ctx, "cpo0", DISK_SIZE, st)
+        if disk is None:
             return
         ok = ctx.check("bounced-read-returns-data", lambda rec: bounced_read(ctx, st, rec)).status == "pass"
         run_gated(ctx, ok, [("bounced-read-copyout-fault-efault", lambda rec: protected_read(ctx, st, rec)),

@@ -23,11 +23,11 @@ from __future__ import annotations
 
 import os
 
-from ..disks.spec import DiskSpec, create_sparse_file
+from ..disks.spec import DiskSpec
 from ..errors import CheckFailed
 from .base import Scenario, ScenarioContext, register
 from .driver_bounds import one as command_effect
-from .driver_common import EINVAL, MiB, eargs, errno_text, plug, run_engine, run_gated, unplug
+from .driver_common import EINVAL, MiB, eargs, errno_text, plug_file_disk, run_engine, run_gated, unplug
 
 DISK_SIZE = 64 * MiB
 LBS = 4096
@@ -65,11 +65,9 @@ class DriverRanges(Scenario):
                    "move); well-formed lists succeed and move it.")
 
     def run(self, ctx: ScenarioContext) -> None:
-        image = create_sparse_file(ctx.scratch() / "rng0.raw", DISK_SIZE)
-        disk = DiskSpec(id="rng0", serial="vblk-rng0", backend="file", path=image, size_bytes=DISK_SIZE,
-                        num_queues=1, logical_block_size=LBS).validate()
         st: dict = {}
-        if not run_gated(ctx, True, [("hotplug", plug(ctx, disk, st))], ""):
+        disk = plug_file_disk(ctx, "rng0", DISK_SIZE, st, logical_block_size=LBS)
+        if disk is None:
             return
         seen = ctx.check("control-ranges-reach-device", lambda rec: control(ctx, disk, st, rec)).status == "pass"
         steps = [(name, lambda rec, op=op, opts=opts: refused(ctx, disk, st, rec, op, opts))

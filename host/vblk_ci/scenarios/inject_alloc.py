@@ -30,12 +30,12 @@ run. CONFIG_FAILSLAB would reach it, at the price of a full kernel rebuild.
 
 from __future__ import annotations
 
-from ..disks.spec import DiskSpec, create_sparse_file
+from ..disks.spec import DiskSpec
 from ..errors import CheckFailed
 from ..machine import virtio_queue as VQ
 from .base import Scenario, ScenarioContext, register
 from .driver_bounds import counters
-from .driver_common import MiB, eargs, errno_text, expect_clean, plug, run_engine, run_gated, unplug
+from .driver_common import MiB, eargs, errno_text, expect_clean, plug_file_disk, run_engine, run_gated, unplug
 from .inject_common import ENOMEM, FaultKnobs, injection_missing
 
 DISK_SIZE = 16 * MiB
@@ -63,11 +63,9 @@ class AllocFailures(Scenario):
         return injection_missing(ctx)
 
     def run(self, ctx: ScenarioContext) -> None:
-        image = create_sparse_file(ctx.scratch() / "inj0.raw", DISK_SIZE)
-        disk = DiskSpec(id="inj0", serial="vblk-inj0", backend="file", path=image, size_bytes=DISK_SIZE,
-                        num_queues=1).validate()
         st: dict = {}
-        if not run_gated(ctx, True, [("hotplug", plug(ctx, disk, st))], ""):
+        disk = plug_file_disk(ctx, "inj0", DISK_SIZE, st)
+        if disk is None:
             return
         fs = FaultKnobs(ctx)
         try:

@@ -31,10 +31,10 @@ appends the .ko to the initramfs and /init loads it). With a disk plugged:
 
 from __future__ import annotations
 
-from ..disks.spec import DiskSpec, create_sparse_file
+from ..disks.spec import DiskSpec
 from ..errors import AgentError, CheckFailed
 from .base import Scenario, ScenarioContext, register
-from .driver_common import MiB, eargs, expect_clean, plug, run_engine, run_gated, unplug, wait_gone
+from .driver_common import MiB, eargs, expect_clean, plug_file_disk, run_engine, run_gated, unplug, wait_gone
 from .inject_common import FaultKnobs, injection_missing, module_missing, module_path
 
 DISK_SIZE = 16 * MiB
@@ -58,11 +58,9 @@ class ModuleReload(Scenario):
         return module_missing(ctx)
 
     def run(self, ctx: ScenarioContext) -> None:
-        image = create_sparse_file(ctx.scratch() / "mod0.raw", DISK_SIZE)
-        disk = DiskSpec(id="mod0", serial="vblk-mod0", backend="file", path=image, size_bytes=DISK_SIZE,
-                        num_queues=1).validate()
         st: dict = {"ko": module_path(ctx)}
-        if not run_gated(ctx, True, [("hotplug", plug(ctx, disk, st))], ""):
+        disk = plug_file_disk(ctx, "mod0", DISK_SIZE, st)
+        if disk is None:
             return
         ok = ctx.check("open-node-pins-module", lambda rec: open_node_pins(ctx, st, rec)).status == "pass"
         ok = run_gated(ctx, ok, [("unload-removes-driver", lambda rec: unload(ctx, st, rec))],
