@@ -23,7 +23,7 @@ pytestmark = pytest.mark.e2e
 
 # Exactly this many checks per scenario (not a floor): a check that silently stops
 # running changes the count. Seen on the default kernel, host QEMU 7.2, 2026-11-30.
-CHECKS_PER_SCENARIO = {"driver-ops": 14, "driver-refusals": 14, "driver-permissions": 9, "driver-iopoll": 19,
+CHECKS_PER_SCENARIO = {"driver-ops": 15, "driver-refusals": 14, "driver-permissions": 9, "driver-iopoll": 19,
                        "driver-unplug": 21, "driver-soak": 3}
 
 

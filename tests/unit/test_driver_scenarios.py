@@ -86,8 +86,9 @@ class FakeGuest:
     """The guest and the driver under test; ``faults`` switches single behaviours to wrong ones."""
 
     def __init__(self, faults: set[str] | frozenset = frozenset(), cpus: int = 2, debugfs: bool = True,
-                 poll_param: bool = True, x_query: bool = True):
+                 poll_param: bool = True, x_query: bool = True, kernel_release: str = "7.3.4"):
         self.faults = set(faults)
+        self.kernel_release = kernel_release
         self.cpus, self.debugfs, self.poll_param, self.x_query = cpus, debugfs, poll_param, x_query
         self.disks: dict[str, FakeDisk] = {}  # by name
         self.by_id: dict[str, FakeDisk] = {}
@@ -184,6 +185,8 @@ class FakeGuest:
             if not self.poll_param:
                 raise AgentError("OSError", f"[Errno 2] No such file or directory: '{path}'")
             return f"{self.poll_queues}\n"
+        if path == "/proc/sys/kernel/osrelease":
+            return f"{self.kernel_release}\n"
         if path == "/sys/devices/system/cpu/possible":
             return f"0-{self.cpus - 1}\n"
         if path == "/proc/interrupts":
@@ -313,6 +316,11 @@ class FakeGuest:
         if t in (0, 1):
             if o.get("vec", 0) > MAX_SEGMENTS:
                 return -22
+            if o.get("fixed") and o.get("vec"):
+                # 6.12 has no io_uring_cmd_import_fixed_vec(): its backport refuses the combination
+                on_612 = self.kernel_release.startswith("6.12")
+                if "fixed_vec_refused" in f or (on_612 and "fixed_vec_accepted" not in f):
+                    return -22
             if off % lbs or n % lbs:
                 return -22
             if off >= spec.size_bytes or off + n > spec.size_bytes:
@@ -533,9 +541,10 @@ def test_iopoll_helpers():
 def test_ops_all_pass(tmp_path):
     checks, guest, rec = run_scenario(DriverOps, tmp_path)
     assert set(statuses(checks).values()) == {"pass"}, failing(checks)
-    assert list(checks) == ["hotplug", "write-read", "block-write-chardev-read", "iovec", "fixed-buffers", "flush",
-                            "get-id", "discard", "write-zeroes", "write-zeroes-unmap", "unplug",
-                            "hotplug-small-queue", "more-in-flight-than-tags", "unplug-small-queue"]
+    assert list(checks) == ["hotplug", "write-read", "block-write-chardev-read", "iovec", "fixed-buffers",
+                            "fixed-buffers-iovec", "flush", "get-id", "discard", "write-zeroes",
+                            "write-zeroes-unmap", "unplug", "hotplug-small-queue", "more-in-flight-than-tags",
+                            "unplug-small-queue"]
     assert checks["more-in-flight-than-tags"].data["qd"] == 256
     engine = [c[1] for c in guest.calls if c[0] == "engine"]
     block_verify = [parse(list(e)) for e in engine if e[:4] == ("--path", "/dev/vda", "--op", "verify")]
@@ -558,11 +567,27 @@ def test_ops_single_faults(tmp_path, fault, check, message):
     assert message in checks[check].detail
 
 
+@pytest.mark.parametrize("release, faults, message", [
+    ("7.3.4", set(), None),
+    ("7.3.4", {"fixed_vec_refused"}, "chardev-write-fixed-vec: 16 I/O errors, first {'res': -22}"),
+    ("6.12.118", set(), None),  # the backport refuses what it cannot import
+    ("6.12.118", {"fixed_vec_accepted"}, "cqe->res = 0 (success), expected -22 (-EINVAL)"),
+])
+def test_ops_registered_buffer_with_an_iovec_array_by_kernel(tmp_path, release, faults, message):
+    checks, guest, _ = run_scenario(DriverOps, tmp_path, FakeGuest(faults, kernel_release=release))
+    check = checks["fixed-buffers-iovec"]
+    assert failing(checks) == ([] if message is None else ["fixed-buffers-iovec"])
+    assert message is None or message in check.detail
+    assert check.data["kernel_release"] == release
+    engine = [c[1] for c in guest.calls if c[0] == "engine"]
+    assert any("--fixed" in e and "--vec" in e and "write" in e for e in engine)
+
+
 def test_ops_lost_writes_fail_every_data_check(tmp_path):
     checks, _, _ = run_scenario(DriverOps, tmp_path, FakeGuest({"lost_writes"}))
     # (discard and write-zeroes only check for zeroes, which lost writes leave intact)
     assert failing(checks) == ["write-read", "block-write-chardev-read", "iovec", "fixed-buffers",
-                               "more-in-flight-than-tags"]
+                               "fixed-buffers-iovec", "more-in-flight-than-tags"]
     assert "chardev-verify: 2048 mismatched words" in checks["write-read"].detail
 
 

@@ -14,8 +14,9 @@ import os
 
 from ..disks.spec import DiskSpec, create_sparse_file
 from ..errors import CheckFailed
+from ..fuzz.table import takes_fixed_vec
 from .base import Scenario, ScenarioContext, register
-from .driver_common import MiB, eargs, expect_clean, expect_results, plug, run_engine, run_gated, unplug
+from .driver_common import EINVAL, MiB, eargs, expect_clean, expect_results, plug, run_engine, run_gated, unplug
 
 DISK_SIZE = 64 * MiB
 REGION = MiB
@@ -54,7 +55,7 @@ class DriverOps(Scenario):
     name = "driver-ops"
     description = (
         "Every passthrough op succeeds with its data checked across /dev/vdXc0 and /dev/vdX: read, "
-        "write, iovec (cmd_op 2), registered buffers, flush, get-id, discard (reads back zeroes, the host "
+        "write, iovec (cmd_op 2), registered buffers, registered buffers with an iovec array (-EINVAL on 6.12), flush, get-id, discard (reads back zeroes, the host "
         "file gets a hole) and write-zeroes (with and without UNMAP); and, on a disk with a 16-entry queue, "
         "writes and reads with 16x more commands in flight than it has tags."
     )
@@ -105,6 +106,20 @@ class DriverOps(Scenario):
             clean(rec, "chardev-write-fixed", c, "write", 3, seed=24, fixed=True)
             clean(rec, "block-verify", b, "verify", 3, seed=24)
             clean(rec, "chardev-verify-fixed", c, "verify", 3, seed=24, fixed=True)
+
+        def fixed_iovec(rec: dict) -> None:
+            # a registered buffer described by an iovec array: io_uring_cmd_import_fixed_vec() (6.15+)
+            # imports it; the 6.12 backport, without that helper, refuses it with -EINVAL
+            c, b = st["chardev"], st["blockdev"]
+            release = ctx.agent.read_file("/proc/sys/kernel/osrelease").strip()
+            rec["kernel_release"] = release
+            if not takes_fixed_vec(release):
+                result = job(rec, "chardev-write-fixed-vec", c, "write", 7, seed=29, fixed=True, vec=4, bs=64 * 1024)
+                expect_results("chardev-write-fixed-vec", result, -EINVAL)
+                return
+            clean(rec, "chardev-write-fixed-vec", c, "write", 7, seed=29, fixed=True, vec=4, bs=64 * 1024)
+            clean(rec, "block-verify", b, "verify", 7, seed=29)
+            clean(rec, "chardev-verify-fixed-vec", c, "verify", 7, seed=29, fixed=True, vec=16, bs=128 * 1024)
 
         def flush(rec: dict) -> None:
             result = run_engine(ctx, rec, "flush", eargs(st["chardev"], "flush", ios=4, qd=2))
@@ -168,6 +183,7 @@ class DriverOps(Scenario):
             ("block-write-chardev-read", block_to_chardev),
             ("iovec", iovec),
             ("fixed-buffers", fixed),
+            ("fixed-buffers-iovec", fixed_iovec),
             ("flush", flush),
             ("get-id", get_id),
             ("discard", discard),
