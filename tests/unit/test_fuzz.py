@@ -206,7 +206,7 @@ def test_model_tracks_writes_zeroes_discards_and_unknowns():
     m.forget(5, 1)
     assert m.check_read(5, [[1, GARBAGE]]) == []
     m.write(98, 10, 3)  # clipped at the end of the disk
-    assert m.allowed(99) == {3} and m.allowed(100) == {0}
+    assert m.allowed(99) == {3} and m.allowed(100) is None  # past the end: not modelled (readable only grown)
     u = DiskModel(10, initial_known=False)
     assert u.check_read(0, [[10, GARBAGE]]) == []
 
@@ -266,6 +266,26 @@ def test_judge_after_an_unplug_accepts_any_failure_but_not_wrong_data():
     model = DiskModel(D512.capacity)
     v = judge(prog(READ), [{"i": 0, "res": 0, "sectors": [[8, 5]]}], D512, model, unplugged=True)
     assert [f.signature for f in v.findings] == ["data|read|aligned|other-seed|unplug"]
+
+
+def test_judge_while_the_disk_grew_takes_either_capacity_and_no_data_past_the_old_end():
+    end = D512.capacity
+    past = replace(READ, sector=end)  # the first sector past the end, 8 of them
+    across = replace(WRITE, sector=end - 4, seed=79)  # 4 sectors before the end, 4 after
+    ok = [{"i": 0, "res": 0, "sectors": [[8, -1]]}, {"i": 1, "res": 0}]
+    # without the fault, a read past the end that succeeds is the capacity check missing
+    v = judge(prog(past, across), ok, D512, DiskModel(end))
+    assert [f.signature for f in v.findings] == ["errno|read|beyond capacity|ok", "errno|write|beyond capacity|ok"]
+    # grown by 8 sectors: both capacities are right, and what is past the old end is not modelled
+    model = DiskModel(end)
+    v = judge(prog(past, across), ok, D512, model, grown=end + 8)
+    assert v.findings == [] and v.rules["the disk had grown"] == 2
+    assert model.allowed(end - 4) == frozenset({79}) and model.allowed(end) is None
+    v = judge(prog(past, across), [{"i": 0, "res": -34}, {"i": 1, "res": -34}], D512, DiskModel(end), grown=end + 8)
+    assert v.findings == []  # checked before the guest saw the new size
+    # grown by less than the read: it is still past the end, and a finding says resize
+    v = judge(prog(past), ok[:1], D512, DiskModel(end), grown=end + 1)
+    assert [f.signature for f in v.findings] == ["errno|read|beyond capacity|ok|resize"]
 
 
 def test_judge_reports_a_hang():

@@ -7,7 +7,7 @@ repro.c, and the figures must add up; a replay of the shrunk program must find i
 
 import json
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import pytest
@@ -40,11 +40,14 @@ ENGINE32_RUNS = True
 UNPLUGGED: set[str] = set()  # disks device_del took away (until plugged again)
 ARMED: dict[str, str] = {}  # disk id -> the blkdebug iotype its requests fail with (EIO)
 DATA: dict[str, dict[int, int]] = {}  # disk -> sector -> tag, kept across boots like the image files
+SIZES: dict[str, int] = {}  # disk -> bytes, where block_resize changed it
+RESIZES: list[tuple[str, int]] = []  # (disk, bytes) per block_resize
 
 
 def fake_driver(text: str, dev: str) -> str:
     prog = parse(text)
     disk = CONFIGS[DEVS[dev]]
+    disk = replace(disk, size_bytes=SIZES.get(disk.name, disk.size_bytes))  # the driver reads the capacity per command
     data = DATA.setdefault(disk.name, {})
     out, broken = [], set()
     chain_of = {i: n for n, c in enumerate(prog.chains()) for i in c}
@@ -89,6 +92,9 @@ class FakeAgent:
                 "device/features": "".join(feats)}
 
     def read_file(self, path, max_bytes=1 << 20, timeout=10.0):
+        if path.startswith("/sys/block/"):  # the campaign waits for the size after a shrink
+            d = CONFIGS[{"vda": "fz0", "vdb": "fz1", "vdc": "fz2"}[path.split("/")[3]]]
+            return f"{SIZES.get(d.name, d.size_bytes) // 512}\n"
         assert path == "/proc/sys/kernel/osrelease"
         return "7.3.4\n"
 
@@ -141,6 +147,10 @@ class FakeMachine:
             ARMED[args["image"].split("-")[0]] = args["inject-error"][0]["iotype"]
         if cmd == "blockdev-del":
             ARMED.clear()
+        if cmd == "block_resize":
+            disk = args["node-name"].split("-")[0]
+            SIZES[disk] = args["size"]
+            RESIZES.append((disk, args["size"]))
 
     def unplug(self, disk_id, timeout=None):
         UNPLUGGED.add(disk_id)
@@ -162,6 +172,8 @@ def fake(monkeypatch, tmp_path):
     EXECUTED.clear()
     ARMED.clear()
     UNPLUGGED.clear()
+    SIZES.clear()
+    RESIZES.clear()
     monkeypatch.setattr(R, "Machine", FakeMachine)
     monkeypatch.setattr(R, "resolve_binary", lambda q: "/usr/bin/qemu-system-x86_64")
     monkeypatch.setattr(R, "probe_caps", lambda q: None)
@@ -307,3 +319,50 @@ def test_unplug_iopoll_unplugs_only_polled_programs_about_half(fake, tmp_path):
     hit = [p for p in progs if fuzzer.faults_for(p)]
     assert hit and all(p.iopoll for p in hit)
     assert 0.35 < len(hit) / sum(p.iopoll for p in progs) < 0.65
+
+
+def test_resize_grows_writable_disks_mid_program_and_shrinks_them_back(fake, tmp_path, monkeypatch):
+    kernel, initrd = fake
+    monkeypatch.setattr(R.time, "sleep", lambda s: None)
+    # the grow lands before the program's first command (in the guest it may land anywhere)
+    monkeypatch.setattr(R.Grow, "start", lambda self: self.run())
+    monkeypatch.setattr(R.Grow, "join", lambda self, timeout=None: None)
+    rec = R.run_campaign(R.FuzzPlan(kernel=kernel, initramfs=initrd, out=tmp_path / "o", seed=3, max_programs=150,
+                                    faults=("resize",)))
+    assert rec["faults"] == ["resize"] and 0.1 < rec["programs_with_fault"] / 150 < 0.3
+    # each grow is followed by the shrink back to the disk's own size; the read-only disk is never resized
+    grows, shrinks = RESIZES[0::2], RESIZES[1::2]
+    assert len(grows) == len(shrinks) and len(grows) >= rec["programs_with_fault"]
+    assert all(d == d2 and n > n2 == CONFIGS[d].size_bytes for (d, n), (d2, n2) in zip(grows, shrinks)), RESIZES
+    assert {d for d, _ in grows} <= {"fz0", "fz1"} and all(n % CONFIGS[d].lbs == 0 for d, n in grows)
+    # commands aimed past the old end succeed on the grown disk, and that is no finding
+    assert rec["rules"]["the disk had grown"] > 0
+    sigs = {f["signature"] for f in rec["findings"]}
+    assert all("wraps past 2^64" in s for s in sigs), sigs
+    assert rec["boots"] == 1
+
+
+def test_a_guest_that_keeps_the_grown_size_is_a_finding(fake, tmp_path, monkeypatch):
+    kernel, initrd = fake
+    monkeypatch.setattr(R.time, "sleep", lambda s: None)
+    ticks = iter(range(0, 10**6))
+    monkeypatch.setattr(R.time, "monotonic", lambda: next(ticks) * 1.0)
+    monkeypatch.setattr(R.Grow, "start", lambda self: self.run())
+    monkeypatch.setattr(R.Grow, "join", lambda self, timeout=None: None)
+    real_qmp = FakeMachine.qmp
+
+    def no_shrink(self, cmd, args=None, timeout=None):  # a guest that misses the second config change
+        if cmd == "block_resize" and args["size"] == CONFIGS[args["node-name"].split("-")[0]].size_bytes:
+            QMP_CALLS.append(cmd)
+            return None
+        return real_qmp(self, cmd, args, timeout)
+
+    monkeypatch.setattr(FakeMachine, "qmp", no_shrink)
+    fuzzer = R.Fuzzer(R.FuzzPlan(kernel=kernel, initramfs=initrd, out=tmp_path / "o", seed=3,
+                                 faults=("resize",)), lambda e: None)
+    fuzzer.boot()
+    program = next(p for p in (R.generate(3, i, list(fuzzer.configs.values())) for i in range(400))
+                   if fuzzer.faults_for(p))
+    outcome = fuzzer.execute(program)
+    assert outcome.status == "hang" and outcome.finding.signature == "hang|resize|the guest kept the grown capacity"
+    assert "still shows" in outcome.finding.detail

@@ -11,7 +11,7 @@ one finding.
 from __future__ import annotations
 
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from .model import GARBAGE, POISON, ZERO, DiskModel
 from .program import T_GET_ID, T_IN, WRITE_TYPES, Program, Step
@@ -56,7 +56,7 @@ def _mismatch_class(got: int) -> str:
 
 def judge(program: Program, results: list[dict], disk: DiskConfig, model: DiskModel,
           caller: Caller | None = None, device_errors: frozenset[int] = frozenset(),
-          unplugged: bool = False) -> Verdict:
+          unplugged: bool = False, grown: int | None = None) -> Verdict:
     """``results``: the executor's JSON lines (``{"i", "res", ...}``), in step order. ``caller``:
     by default who the program runs as (``Caller.of``). A finding of a 32-bit program has the
     abi at the end of its signature: a bug only 32-bit callers meet is its own finding.
@@ -65,7 +65,9 @@ def judge(program: Program, results: list[dict], disk: DiskConfig, model: DiskMo
     ``unplugged``: the disk was hot-unplugged during the program: any failure is accepted (which
     commands ran before it is not known), a command that failed may have written part of its
     data, and a finding's signature ends in ``|unplug`` (a read that succeeded must still hold
-    the right data; a command must still complete)."""
+    the right data; a command must still complete). ``grown``: the disk grew to that many
+    sectors during the program (a resize fault): a command may be judged against either
+    capacity, and a finding's signature ends in ``|resize``."""
     caller = caller or Caller.of(program)
     v = Verdict()
     by_index = {r.get("i"): r for r in results if isinstance(r, dict)}
@@ -84,6 +86,11 @@ def judge(program: Program, results: list[dict], disk: DiskConfig, model: DiskMo
         res = int(r["res"])
         v.completed += 1
         exp = expect(step, program, disk, caller)
+        if grown is not None and res not in exp.accepted:
+            # the command saw the grown disk (the rule counts how often the grow was seen)
+            bigger = expect(step, program, replace(disk, size_bytes=grown * 512), caller)
+            if res in bigger.accepted:
+                exp = Expect(bigger.accepted, bigger.rules + ("the disk had grown",), bigger.notes)
         caller_notes = ";".join(exp.notes)
         late = _issued_late(program, i, chain_of)
         if late:
@@ -124,7 +131,8 @@ def judge(program: Program, results: list[dict], disk: DiskConfig, model: DiskMo
             elif res > 0 or unplugged:  # the device failed it, or went away: part of it may have happened
                 model.forget(sector, count)
     for f in v.findings:
-        f.signature = abi_signature(f.signature, program) + ("|unplug" if unplugged else "")
+        f.signature = abi_signature(f.signature, program) + ("|unplug" if unplugged else "") + \
+            ("|resize" if grown is not None else "")
     return v
 
 

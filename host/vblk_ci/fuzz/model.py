@@ -41,6 +41,9 @@ class DiskModel:
         self._state: dict[int, frozenset[int] | None] = {}
 
     def allowed(self, sector: int) -> frozenset[int] | None:
+        if sector >= self.capacity:
+            # only readable while the disk has grown (a resize fault): what is there is not modelled
+            return UNKNOWN
         return self._state.get(sector, self._initial)
 
     def _set(self, sector: int, count: int, value) -> None:

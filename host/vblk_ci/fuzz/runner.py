@@ -45,7 +45,8 @@ EXECUTOR32 = "/usr/bin/vblk-engine32"  # the same executor built for i386: progr
 CHAIN_TIMEOUT_MS = 20000  # the executor's own limit for one chain to complete
 PROGRAM_TIMEOUT_S = 90.0  # the agent's limit for one program (TCG; scaled)
 PAUSE_S = 0.3  # --faults stop-cont: how long the VM stays stopped
-FAULT_KINDS = ("stop-cont", "blkdebug-eio", "unplug", "unplug-iopoll")
+RESIZE_WAIT_S = 20.0  # --faults resize: how long the guest may take to see the disk's size again
+FAULT_KINDS = ("stop-cont", "blkdebug-eio", "unplug", "unplug-iopoll", "resize")
 BLKDEBUG_OPS = {"read": frozenset({T_IN}), "write": frozenset({T_OUT}), "discard": frozenset({T_DISCARD})}
 OOM = re.compile(r"\S+ invoked oom-killer: [^\n]*")
 
@@ -152,6 +153,34 @@ class Unplug(threading.Thread):
             self.error = str(exc)
 
 
+class Grow(threading.Thread):
+    """--faults resize: ``delay`` seconds into the program, grow its disk by ``extra`` sectors
+    (block_resize; the guest gets a config-change interrupt and a new capacity) with the
+    executor's commands in flight. A command past the old end may then succeed, or still be
+    refused with -ERANGE if it was checked first. After the program the campaign shrinks the
+    disk back (QEMU truncates the file) and waits until the guest sees the old size."""
+
+    def __init__(self, machine: Machine, disk: DiskSpec, delay: float, extra: int):
+        super().__init__(name="fuzz-resize", daemon=True)
+        self.machine = machine
+        self.disk = disk
+        self.delay = delay
+        self.extra = extra  # sectors
+        self.error: str | None = None
+
+    @property
+    def grown(self) -> int:
+        """The capacity while grown, in 512-byte sectors."""
+        return self.disk.size_bytes // 512 + self.extra
+
+    def run(self) -> None:
+        time.sleep(self.delay)
+        try:
+            make_fault("resize", self.disk, {"size_bytes": self.grown * 512}).arm(self.machine)
+        except (QmpError, InfraError, OSError, ValueError) as exc:
+            self.error = str(exc)
+
+
 @dataclass
 class RunOutcome:
     """One program's run: the executor's lines, and what went wrong outside the judge."""
@@ -162,6 +191,7 @@ class RunOutcome:
     finding: Finding | None = None
     device_errors: frozenset[int] = frozenset()  # step types a blkdebug fault may fail (IOERR)
     unplugged: bool = False  # the disk was hot-unplugged during the program
+    grown: int | None = None  # the disk's capacity (sectors) after it grew during the program
 
 
 @dataclass
@@ -191,6 +221,7 @@ class Fuzzer:
         self.specs = fuzz_disks(self.images)
         self.machine: Machine | None = None
         self.chardev: dict[str, str] = {}
+        self.guest_name: dict[str, str] = {}  # disk id -> vdX
         self.configs: dict[str, DiskConfig] = {}
         self.kernel_release = ""  # the guest's uname -r, read at the first plug (the errno table needs it)
         self.models: dict[str, DiskModel] = {}
@@ -235,6 +266,7 @@ class Fuzzer:
         self.emit(E.DiskPlugged(disk.id, disk.serial, plugged.seconds_to_visible, plugged.guest_name,
                                 plugged.chardev))
         self.chardev[disk.id] = plugged.chardev
+        self.guest_name[disk.id] = plugged.guest_name
         values = self.machine.agent.call("sysfs", {"name": plugged.guest_name, "paths": list(SYSFS_PATHS)})
         if not self.kernel_release:
             self.kernel_release = self.machine.agent.read_file("/proc/sys/kernel/osrelease").strip()
@@ -329,6 +361,10 @@ class Fuzzer:
             if isinstance(fault, Unplug):
                 unplug = fault
                 outcome.unplugged = True
+            if isinstance(fault, Grow):
+                if fault.error:
+                    raise InfraError(f"cannot grow {program.disk}: {fault.error}")
+                outcome.grown = fault.grown
         time.sleep(0.1)  # a splat printed as the program ended
         findings = m.console.findings(mark)
         oom = OOM.search(m.console.text_since(mark))
@@ -367,7 +403,29 @@ class Fuzzer:
         elif unplug is not None:
             self.plug(next(d for d in self.specs if d.id == program.disk),
                       [d.id for d in self.specs].index(program.disk))
+        elif outcome.grown is not None:
+            stuck = self._shrink_back(next(d for d in self.specs if d.id == program.disk))
+            if stuck and outcome.finding is None:
+                outcome.status = "hang"
+                outcome.finding = Finding("hang", "hang|resize|the guest kept the grown capacity", stuck, len(results))
+                self.stop()
         return outcome
+
+    def _shrink_back(self, disk: DiskSpec) -> str:
+        """After a resize fault: the disk back to its size, and the guest seeing that size
+        (so that the next program's commands past the end are refused again). Returns why
+        not, if the guest never shows it."""
+        make_fault("resize", disk, {"size_bytes": disk.size_bytes}).arm(self.machine)
+        name = self.guest_name[disk.id]
+        deadline = time.monotonic() + self.timeouts(RESIZE_WAIT_S)
+        while True:
+            sectors = self.machine.agent.read_file(f"/sys/block/{name}/size").strip()
+            if sectors == str(disk.size_bytes // 512):
+                return ""
+            if time.monotonic() > deadline:
+                return (f"{name} still shows {sectors} sectors {RESIZE_WAIT_S:.0f} s (scaled) after "
+                        f"block_resize back to {disk.size_bytes // 512}")
+            time.sleep(0.1)
 
     def faults_for(self, program: Program) -> list:
         """The host faults of ``program``, drawn from its seed (so a shrunk or replayed program
@@ -378,7 +436,10 @@ class Fuzzer:
           type of request (read, write, or discard where negotiated) with EIO.
         - unplug: a tenth of the programs (not those under blkdebug-eio) get their disk
           hot-unplugged 0-0.2 s into their run, and plugged back after it; unplug-iopoll: half
-          of the programs on IOPOLL rings (review #8: unplug racing a polled command)."""
+          of the programs on IOPOLL rings (review #8: unplug racing a polled command).
+        - resize: a fifth of the programs on a writable disk under neither of those get it
+          grown by 1, 8, 256 or 4096 logical blocks 0-0.2 s into their run (the generator aims
+          commands at the end: just past it, across it), and shrunk back after it."""
         out: list = []
         seed = program.seed if program.seed is not None else 0
         if "stop-cont" in self.plan.faults:
@@ -398,6 +459,14 @@ class Fuzzer:
             if ("unplug" in self.plan.faults and draw < 0.1) or \
                     ("unplug-iopoll" in self.plan.faults and program.iopoll and draw < 0.5):
                 out.append(Unplug(self.machine, program.disk, rng.uniform(0.0, 0.2)))
+        if "resize" in self.plan.faults and not disk.read_only and \
+                not any(isinstance(f, (BlkdebugEio, Unplug)) for f in out):
+            # blkdebug re-points the node block_resize names; an unplugged disk has none
+            rng = random.Random(seed ^ 0x5E5125E)
+            if rng.random() < 0.2:
+                lbs_s = disk.logical_block_size // 512
+                extra = rng.choice((1, 8, 256, 4096)) * lbs_s
+                out.append(Grow(self.machine, disk, rng.uniform(0.0, 0.2), extra))
         if out:
             self.stats.faults += 1
         return out
@@ -418,10 +487,10 @@ class Fuzzer:
         outcome = self.execute(program)
         config = self.configs[program.disk]
         verdict = judge(program, outcome.results, config, self.models[program.disk],
-                        device_errors=outcome.device_errors, unplugged=outcome.unplugged)
+                        device_errors=outcome.device_errors, unplugged=outcome.unplugged, grown=outcome.grown)
         if standalone:
             verdict = judge(program, outcome.results, config, DiskModel(config.capacity, initial_known=False),
-                            device_errors=outcome.device_errors, unplugged=outcome.unplugged)
+                            device_errors=outcome.device_errors, unplugged=outcome.unplugged, grown=outcome.grown)
         if outcome.finding is not None:
             outcome.finding.signature = abi_signature(outcome.finding.signature, program)
             verdict.findings.insert(0, outcome.finding)
