@@ -286,6 +286,11 @@ def test_judge_while_the_disk_grew_takes_either_capacity_and_no_data_past_the_ol
     # grown by less than the read: it is still past the end, and a finding says resize
     v = judge(prog(past), ok[:1], D512, DiskModel(end), grown=end + 1)
     assert [f.signature for f in v.findings] == ["errno|read|beyond capacity|ok|resize"]
+    # grown before the program, and the guest showed it: -ERANGE now means a stale capacity
+    v = judge(prog(past), [{"i": 0, "res": -34}], D512, DiskModel(end), grown=end + 8, grown_before=True)
+    assert [f.signature for f in v.findings] == ["errno|read|valid|-ERANGE|resize"]
+    v = judge(prog(past), ok[:1], D512, DiskModel(end), grown=end + 8, grown_before=True)
+    assert v.findings == [] and v.rules["the disk had grown"] == 1
 
 
 def test_judge_reports_a_hang():

@@ -6,6 +6,7 @@ repro.c, and the figures must add up; a replay of the shrunk program must find i
 """
 
 import json
+import os
 import sys
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -42,12 +43,14 @@ ARMED: dict[str, str] = {}  # disk id -> the blkdebug iotype its requests fail w
 DATA: dict[str, dict[int, int]] = {}  # disk -> sector -> tag, kept across boots like the image files
 SIZES: dict[str, int] = {}  # disk -> bytes, where block_resize changed it
 RESIZES: list[tuple[str, int]] = []  # (disk, bytes) per block_resize
+STALE_CAPACITY = False  # a planted bug: the driver checks against the size it had at probe
 
 
 def fake_driver(text: str, dev: str) -> str:
     prog = parse(text)
     disk = CONFIGS[DEVS[dev]]
-    disk = replace(disk, size_bytes=SIZES.get(disk.name, disk.size_bytes))  # the driver reads the capacity per command
+    if not STALE_CAPACITY:  # the driver reads the capacity per command
+        disk = replace(disk, size_bytes=SIZES.get(disk.name, disk.size_bytes))
     data = DATA.setdefault(disk.name, {})
     out, broken = [], set()
     chain_of = {i: n for n, c in enumerate(prog.chains()) for i in c}
@@ -321,12 +324,22 @@ def test_unplug_iopoll_unplugs_only_polled_programs_about_half(fake, tmp_path):
     assert 0.35 < len(hit) / sum(p.iopoll for p in progs) < 0.65
 
 
-def test_resize_grows_writable_disks_mid_program_and_shrinks_them_back(fake, tmp_path, monkeypatch):
+def _grow_in_line(monkeypatch):
+    """A grow during the program lands before its first command here (in the guest, anywhere)."""
+    start, join = R.Grow.start, R.Grow.join
+    monkeypatch.setattr(R.Grow, "start", lambda self: start(self) if self.before else self.run())
+    monkeypatch.setattr(R.Grow, "join", lambda self, timeout=None: join(self) if self.before else None)
+
+
+def test_resize_grows_writable_disks_and_shrinks_them_back(fake, tmp_path, monkeypatch):
     kernel, initrd = fake
     monkeypatch.setattr(R.time, "sleep", lambda s: None)
-    # the grow lands before the program's first command (in the guest it may land anywhere)
-    monkeypatch.setattr(R.Grow, "start", lambda self: self.run())
-    monkeypatch.setattr(R.Grow, "join", lambda self, timeout=None: None)
+    _grow_in_line(monkeypatch)
+    fuzzer = R.Fuzzer(R.FuzzPlan(kernel=kernel, initramfs=initrd, out=tmp_path / "f", seed=3, faults=("resize",)),
+                      lambda e: None)
+    fuzzer.boot()
+    grows = [f for i in range(400) for f in fuzzer.faults_for(R.generate(3, i, list(fuzzer.configs.values())))]
+    assert all(isinstance(g, R.Grow) for g in grows) and 0.3 < sum(g.before for g in grows) / len(grows) < 0.7
     rec = R.run_campaign(R.FuzzPlan(kernel=kernel, initramfs=initrd, out=tmp_path / "o", seed=3, max_programs=150,
                                     faults=("resize",)))
     assert rec["faults"] == ["resize"] and 0.1 < rec["programs_with_fault"] / 150 < 0.3
@@ -347,8 +360,7 @@ def test_a_guest_that_keeps_the_grown_size_is_a_finding(fake, tmp_path, monkeypa
     monkeypatch.setattr(R.time, "sleep", lambda s: None)
     ticks = iter(range(0, 10**6))
     monkeypatch.setattr(R.time, "monotonic", lambda: next(ticks) * 1.0)
-    monkeypatch.setattr(R.Grow, "start", lambda self: self.run())
-    monkeypatch.setattr(R.Grow, "join", lambda self, timeout=None: None)
+    _grow_in_line(monkeypatch)
     real_qmp = FakeMachine.qmp
 
     def no_shrink(self, cmd, args=None, timeout=None):  # a guest that misses the second config change
@@ -362,7 +374,30 @@ def test_a_guest_that_keeps_the_grown_size_is_a_finding(fake, tmp_path, monkeypa
                                  faults=("resize",)), lambda e: None)
     fuzzer.boot()
     program = next(p for p in (R.generate(3, i, list(fuzzer.configs.values())) for i in range(400))
-                   if fuzzer.faults_for(p))
+                   if fuzzer.faults_for(p) and not fuzzer.faults_for(p)[0].before)
     outcome = fuzzer.execute(program)
     assert outcome.status == "hang" and outcome.finding.signature == "hang|resize|the guest kept the grown capacity"
     assert "still shows" in outcome.finding.detail
+
+
+def test_a_driver_that_keeps_the_old_capacity_is_found_when_the_disk_grew_first(fake, tmp_path, monkeypatch):
+    kernel, initrd = fake
+    monkeypatch.setattr(R.time, "sleep", lambda s: None)
+    _grow_in_line(monkeypatch)
+    monkeypatch.setattr(sys.modules[__name__], "STALE_CAPACITY", True)
+    rec = R.run_campaign(R.FuzzPlan(kernel=kernel, initramfs=initrd, out=tmp_path / "o", seed=3, max_programs=150,
+                                    faults=("resize",)))
+    sigs = {f["signature"] for f in rec["findings"]}
+    stale = {s for s in sigs if s.endswith("|resize") and "-ERANGE" in s}
+    assert stale and sigs - stale <= {s for s in sigs if "wraps past 2^64" in s}, sigs
+
+
+def test_a_disk_file_a_grow_left_behind_is_cut_back_at_boot(fake, tmp_path):
+    kernel, initrd = fake
+    fuzzer = R.Fuzzer(R.FuzzPlan(kernel=kernel, initramfs=initrd, out=tmp_path / "o", seed=3), lambda e: None)
+    fuzzer.boot()
+    fuzzer.stop()
+    img = fuzzer.specs[0].path
+    os.truncate(img, fuzzer.specs[0].size_bytes + (1 << 20))  # grown, and the VM went down before the shrink
+    fuzzer.boot()
+    assert img.stat().st_size == fuzzer.specs[0].size_bytes

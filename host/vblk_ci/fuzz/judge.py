@@ -56,7 +56,7 @@ def _mismatch_class(got: int) -> str:
 
 def judge(program: Program, results: list[dict], disk: DiskConfig, model: DiskModel,
           caller: Caller | None = None, device_errors: frozenset[int] = frozenset(),
-          unplugged: bool = False, grown: int | None = None) -> Verdict:
+          unplugged: bool = False, grown: int | None = None, grown_before: bool = False) -> Verdict:
     """``results``: the executor's JSON lines (``{"i", "res", ...}``), in step order. ``caller``:
     by default who the program runs as (``Caller.of``). A finding of a 32-bit program has the
     abi at the end of its signature: a bug only 32-bit callers meet is its own finding.
@@ -66,8 +66,9 @@ def judge(program: Program, results: list[dict], disk: DiskConfig, model: DiskMo
     commands ran before it is not known), a command that failed may have written part of its
     data, and a finding's signature ends in ``|unplug`` (a read that succeeded must still hold
     the right data; a command must still complete). ``grown``: the disk grew to that many
-    sectors during the program (a resize fault): a command may be judged against either
-    capacity, and a finding's signature ends in ``|resize``."""
+    sectors (a resize fault): ``grown_before``, before the program and seen by the guest, so
+    every command is judged against it; else during the program, so against either capacity.
+    A finding's signature ends in ``|resize``."""
     caller = caller or Caller.of(program)
     v = Verdict()
     by_index = {r.get("i"): r for r in results if isinstance(r, dict)}
@@ -86,11 +87,13 @@ def judge(program: Program, results: list[dict], disk: DiskConfig, model: DiskMo
         res = int(r["res"])
         v.completed += 1
         exp = expect(step, program, disk, caller)
-        if grown is not None and res not in exp.accepted:
-            # the command saw the grown disk (the rule counts how often the grow was seen)
+        if grown is not None:
             bigger = expect(step, program, replace(disk, size_bytes=grown * 512), caller)
-            if res in bigger.accepted:
+            if res in bigger.accepted and res not in exp.accepted:
+                # the command saw the grown disk (the rule counts how often that happened)
                 exp = Expect(bigger.accepted, bigger.rules + ("the disk had grown",), bigger.notes)
+            elif grown_before:
+                exp = bigger
         caller_notes = ";".join(exp.notes)
         late = _issued_late(program, i, chain_of)
         if late:

@@ -14,12 +14,14 @@ from __future__ import annotations
 import base64
 import datetime as dt
 import json
+import os
 import random
 import re
 import subprocess
 import threading
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -154,27 +156,50 @@ class Unplug(threading.Thread):
 
 
 class Grow(threading.Thread):
-    """--faults resize: ``delay`` seconds into the program, grow its disk by ``extra`` sectors
-    (block_resize; the guest gets a config-change interrupt and a new capacity) with the
-    executor's commands in flight. A command past the old end may then succeed, or still be
-    refused with -ERANGE if it was checked first. After the program the campaign shrinks the
-    disk back (QEMU truncates the file) and waits until the guest sees the old size."""
+    """--faults resize: grow the program's disk by ``extra`` sectors (block_resize; the guest
+    gets a config-change interrupt and sets the new capacity). ``delay`` None: before the
+    program, waiting until the guest shows the new size (``wait_size``), so every command
+    must see it; else ``delay`` seconds into the program, with commands in flight, so a
+    command past the old end may succeed or still be refused. After the program the
+    campaign shrinks the disk back (QEMU truncates the file) and waits for the old size."""
 
-    def __init__(self, machine: Machine, disk: DiskSpec, delay: float, extra: int):
+    def __init__(self, machine: Machine, disk: DiskSpec, delay: float | None, extra: int,
+                 wait_size: Callable[[DiskSpec, int], str]):
         super().__init__(name="fuzz-resize", daemon=True)
         self.machine = machine
         self.disk = disk
         self.delay = delay
         self.extra = extra  # sectors
-        self.error: str | None = None
+        self.wait_size = wait_size
+        self.error: str | None = None  # QEMU refused the resize
+        self.unseen: str = ""  # the guest never showed the grown size (delay None)
+
+    @property
+    def before(self) -> bool:
+        return self.delay is None
 
     @property
     def grown(self) -> int:
         """The capacity while grown, in 512-byte sectors."""
         return self.disk.size_bytes // 512 + self.extra
 
+    def start(self) -> None:
+        if not self.before:
+            super().start()
+            return
+        self._grow()
+        if self.error is None:
+            self.unseen = self.wait_size(self.disk, self.grown)
+
+    def join(self, timeout: float | None = None) -> None:
+        if not self.before:
+            super().join(timeout)
+
     def run(self) -> None:
-        time.sleep(self.delay)
+        time.sleep(self.delay or 0.0)
+        self._grow()
+
+    def _grow(self) -> None:
         try:
             make_fault("resize", self.disk, {"size_bytes": self.grown * 512}).arm(self.machine)
         except (QmpError, InfraError, OSError, ValueError) as exc:
@@ -191,7 +216,8 @@ class RunOutcome:
     finding: Finding | None = None
     device_errors: frozenset[int] = frozenset()  # step types a blkdebug fault may fail (IOERR)
     unplugged: bool = False  # the disk was hot-unplugged during the program
-    grown: int | None = None  # the disk's capacity (sectors) after it grew during the program
+    grown: int | None = None  # the disk's capacity (sectors) after it grew (a resize fault)
+    grown_before: bool = False  # it grew before the program, and the guest showed the new size
 
 
 @dataclass
@@ -255,6 +281,9 @@ class Fuzzer:
         for slot, disk in enumerate(self.specs):
             if not disk.path.exists():
                 create_sparse_file(disk.path, disk.size_bytes)
+            elif disk.path.stat().st_size != disk.size_bytes:
+                # a resize fault grew it, and the guest went down before the shrink back
+                os.truncate(disk.path, disk.size_bytes)
             self.plug(disk, slot)
         if self.stats.boots == 1:
             self._probe_engine32()
@@ -364,7 +393,11 @@ class Fuzzer:
             if isinstance(fault, Grow):
                 if fault.error:
                     raise InfraError(f"cannot grow {program.disk}: {fault.error}")
-                outcome.grown = fault.grown
+                outcome.grown, outcome.grown_before = fault.grown, fault.before
+                if fault.unseen and outcome.finding is None:
+                    outcome.status = "hang"
+                    outcome.finding = Finding("hang", "hang|resize|the guest never showed the grown capacity",
+                                              fault.unseen, 0)
         time.sleep(0.1)  # a splat printed as the program ended
         findings = m.console.findings(mark)
         oom = OOM.search(m.console.text_since(mark))
@@ -416,15 +449,19 @@ class Fuzzer:
         (so that the next program's commands past the end are refused again). Returns why
         not, if the guest never shows it."""
         make_fault("resize", disk, {"size_bytes": disk.size_bytes}).arm(self.machine)
+        return self._wait_size(disk, disk.size_bytes // 512)
+
+    def _wait_size(self, disk: DiskSpec, sectors: int) -> str:
+        """Wait until the guest's /sys/block/vdX/size shows ``sectors``; why not, if it never does."""
         name = self.guest_name[disk.id]
         deadline = time.monotonic() + self.timeouts(RESIZE_WAIT_S)
         while True:
-            sectors = self.machine.agent.read_file(f"/sys/block/{name}/size").strip()
-            if sectors == str(disk.size_bytes // 512):
+            shown = self.machine.agent.read_file(f"/sys/block/{name}/size").strip()
+            if shown == str(sectors):
                 return ""
             if time.monotonic() > deadline:
-                return (f"{name} still shows {sectors} sectors {RESIZE_WAIT_S:.0f} s (scaled) after "
-                        f"block_resize back to {disk.size_bytes // 512}")
+                return (f"{name} still shows {shown} sectors {RESIZE_WAIT_S:.0f} s (scaled) after "
+                        f"block_resize to {sectors}")
             time.sleep(0.1)
 
     def faults_for(self, program: Program) -> list:
@@ -438,8 +475,9 @@ class Fuzzer:
           hot-unplugged 0-0.2 s into their run, and plugged back after it; unplug-iopoll: half
           of the programs on IOPOLL rings (review #8: unplug racing a polled command).
         - resize: a fifth of the programs on a writable disk under neither of those get it
-          grown by 1, 8, 256 or 4096 logical blocks 0-0.2 s into their run (the generator aims
-          commands at the end: just past it, across it), and shrunk back after it."""
+          grown by 1, 8, 256 or 4096 logical blocks (the generator aims commands at the end:
+          just past it, across it): half of them before the program, once the guest shows the
+          new size, half 0-0.1 s into it; shrunk back after it."""
         out: list = []
         seed = program.seed if program.seed is not None else 0
         if "stop-cont" in self.plan.faults:
@@ -466,7 +504,8 @@ class Fuzzer:
             if rng.random() < 0.2:
                 lbs_s = disk.logical_block_size // 512
                 extra = rng.choice((1, 8, 256, 4096)) * lbs_s
-                out.append(Grow(self.machine, disk, rng.uniform(0.0, 0.2), extra))
+                delay = None if rng.random() < 0.5 else rng.uniform(0.0, 0.1)
+                out.append(Grow(self.machine, disk, delay, extra, self._wait_size))
         if out:
             self.stats.faults += 1
         return out
@@ -487,10 +526,12 @@ class Fuzzer:
         outcome = self.execute(program)
         config = self.configs[program.disk]
         verdict = judge(program, outcome.results, config, self.models[program.disk],
-                        device_errors=outcome.device_errors, unplugged=outcome.unplugged, grown=outcome.grown)
+                        device_errors=outcome.device_errors, unplugged=outcome.unplugged, grown=outcome.grown,
+                        grown_before=outcome.grown_before)
         if standalone:
             verdict = judge(program, outcome.results, config, DiskModel(config.capacity, initial_known=False),
-                            device_errors=outcome.device_errors, unplugged=outcome.unplugged, grown=outcome.grown)
+                            device_errors=outcome.device_errors, unplugged=outcome.unplugged, grown=outcome.grown,
+                            grown_before=outcome.grown_before)
         if outcome.finding is not None:
             outcome.finding.signature = abi_signature(outcome.finding.signature, program)
             verdict.findings.insert(0, outcome.finding)
