@@ -526,12 +526,17 @@ def test_wait_job_timeout_keeps_the_job(fake_root, tmp_path):
 
 def test_signal_job_stops_a_job_that_handles_it(fake_root, tmp_path):
     # Like the engine: SIGINT ends the job early and it still prints its result.
+    ready = tmp_path / "trap-installed"
     body = ('trap \'echo "{\\"stopped\\": true}"; exit 0\' INT\n'
+            f': > {ready}\n'
             'i=0; while [ $i -lt 100 ]; do sleep 0.1; i=$((i + 1)); done; echo "{}"\n')
     a = AgentProc(fake_root, "--engine", str(fake_engine(tmp_path, body)))
     try:
         job = a.call("spawn", args=[])["job"]
-        time.sleep(0.3)  # let the shell install its trap
+        # a fixed sleep raced the shell under load (seen failing once at load 3-4): wait for the trap
+        deadline = time.monotonic() + 10
+        while not ready.exists() and time.monotonic() < deadline:
+            time.sleep(0.02)
         assert a.call("signal_job", job=job, signal="INT") == {"job": job, "running": True}
         assert a.call("wait_job", job=job, timeout_s=10)["stopped"] is True
     finally:
