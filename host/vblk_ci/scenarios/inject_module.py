@@ -33,6 +33,8 @@ appends the .ko to the initramfs and /init loads it). With a disk plugged:
 
 from __future__ import annotations
 
+import time
+
 from ..disks.spec import DiskSpec
 from ..errors import AgentError, CheckFailed
 from .base import Scenario, ScenarioContext, register
@@ -188,6 +190,17 @@ def second_copy_refusal_ok(insmod_stderr: str, console: str) -> bool:
     return "resource busy" in said and CLASS_KOBJECT_EEXIST.format(CLASS_NAME) in console
 
 
+def console_after(ctx: ScenarioContext, mark: int, expected: str, wait_s: float = 5.0) -> str:
+    """The console since ``mark``, once it shows ``expected`` or ``wait_s`` (scaled) passed: the
+    serial console is read in the background and may trail the agent's answer."""
+    deadline = time.monotonic() + ctx.timeouts(wait_s)
+    while True:
+        text = ctx.machine.console.text_since(mark)
+        if expected in text or time.monotonic() > deadline:
+            return text
+        time.sleep(0.1)
+
+
 def majors(ctx: ScenarioContext) -> dict[str, int]:
     devices = ctx.agent.read_file("/proc/devices")
     return {m: sum(line.split()[1:] == [m] for line in devices.splitlines()) for m in MAJORS}
@@ -209,9 +222,9 @@ def second_copy(ctx: ScenarioContext, disk: DiskSpec, st: dict, rec: dict) -> No
     problems = []
     said = (load.get("stderr") or "").strip()
     if load.get("rc") == 0:
-        problems.append(f"the second copy loaded beside the first")
+        problems.append("the second copy loaded beside the first")
         sh(ctx, f"rmmod {SECOND_NAME}")
-    elif not second_copy_refusal_ok(said, ctx.machine.console.text_since(mark)):
+    elif not second_copy_refusal_ok(said, console_after(ctx, mark, CLASS_KOBJECT_EEXIST.format(CLASS_NAME))):
         problems.append(f"insmod said {said!r}, expected EEXIST (File exists), or EBUSY (Device or resource "
                         f"busy) with the console showing class_register()'s -EEXIST for {CLASS_NAME}")
     if after != before or before != {m: 1 for m in MAJORS}:
