@@ -54,3 +54,21 @@ def test_real_stalls_and_other_reports_do_not():
     for name in ("107-real-rcu-stall-default", "106-real-soft-lockup-default", "009-rcu-stall"):
         for finding in classify((DATA / name).read_text().split("\n\n", 1)[1]):
             assert not idle_timer_stall(finding), (name, finding.title)
+
+
+REAL_73 = (DATA / "119-real-rcu-stall-idle-timer-default-7.3").read_text().split("\n\n", 1)[1]
+
+
+def test_the_recorded_7_3_stall_with_a_printed_idle_backtrace_matches():
+    assert idle_timer_stall(_only(REAL_73))
+
+
+def test_a_printed_backtrace_of_a_busy_cpu_does_not():
+    busy = REAL_73.replace("RIP: 0010:pv_native_safe_halt+0x17/0x20", "RIP: 0010:virtblk_poll+0x5c/0x1e0")
+    assert not idle_timer_stall(_only(busy))
+    # in the idle function but not under do_idle (a halt elsewhere): not the idle loop
+    elsewhere = REAL_73.replace("do_idle+0xba/0x190", "some_wait+0xba/0x190")
+    assert not idle_timer_stall(_only(elsewhere))
+    # idle, but the timer was another CPU's
+    other = REAL_73.replace("Possible timer handling issue on cpu=1", "Possible timer handling issue on cpu=0")
+    assert not idle_timer_stall(_only(other))
