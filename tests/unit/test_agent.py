@@ -525,15 +525,23 @@ def test_wait_job_timeout_keeps_the_job(fake_root, tmp_path):
 
 
 def test_signal_job_stops_a_job_that_handles_it(fake_root, tmp_path):
-    # Like the engine: SIGINT ends the job early and it still prints its result.
-    ready = tmp_path / "trap-installed"
-    body = ('trap \'echo "{\\"stopped\\": true}"; exit 0\' INT\n'
-            f': > {ready}\n'
-            'i=0; while [ $i -lt 100 ]; do sleep 0.1; i=$((i + 1)); done; echo "{}"\n')
+    # Like the engine: SIGINT ends the job early and it still prints its result. The handler is
+    # installed with sigaction (Python's signal.signal), as the C engine does: a shell's trap
+    # cannot catch a signal ignored on entry, which it is under a test run started in the
+    # background (seen: the job ran its full 10 s). The marker file says the handler is in.
+    ready = tmp_path / "handler-installed"
+    body = ('exec python3 -c \'import pathlib, signal, sys, time\n'
+            'def stop(*_):\n'
+            '    print("{\\"stopped\\": true}", flush=True)\n'
+            '    sys.exit(0)\n'
+            'signal.signal(signal.SIGINT, stop)\n'
+            'pathlib.Path(sys.argv[1]).touch()\n'
+            'time.sleep(10)\n'
+            'print("{}")\n'
+            f'\' {ready}\n')
     a = AgentProc(fake_root, "--engine", str(fake_engine(tmp_path, body)))
     try:
         job = a.call("spawn", args=[])["job"]
-        # a fixed sleep raced the shell under load (seen failing once at load 3-4): wait for the trap
         deadline = time.monotonic() + 10
         while not ready.exists() and time.monotonic() < deadline:
             time.sleep(0.02)
