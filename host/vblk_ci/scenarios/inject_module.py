@@ -33,7 +33,7 @@ appends the .ko to the initramfs and /init loads it). With a disk plugged:
 
 from __future__ import annotations
 
-import time
+import re
 
 from ..disks.spec import DiskSpec
 from ..errors import AgentError, CheckFailed
@@ -190,15 +190,11 @@ def second_copy_refusal_ok(insmod_stderr: str, console: str) -> bool:
     return "resource busy" in said and CLASS_KOBJECT_EEXIST.format(CLASS_NAME) in console
 
 
-def console_after(ctx: ScenarioContext, mark: int, expected: str, wait_s: float = 5.0) -> str:
-    """The console since ``mark``, once it shows ``expected`` or ``wait_s`` (scaled) passed: the
-    serial console is read in the background and may trail the agent's answer."""
-    deadline = time.monotonic() + ctx.timeouts(wait_s)
-    while True:
-        text = ctx.machine.console.text_since(mark)
-        if expected in text or time.monotonic() > deadline:
-            return text
-        time.sleep(0.1)
+def console_since(ctx: ScenarioContext, mark: int, expected: str) -> str:
+    """The console after ``mark``, once it shows ``expected`` (or 5 s scaled): the serial
+    console is read in the background and may trail the agent's answer."""
+    ctx.machine.console.wait_for(re.compile(re.escape(expected)), ctx.timeouts(5.0), mark)
+    return ctx.machine.console.text_since(mark)
 
 
 def majors(ctx: ScenarioContext) -> dict[str, int]:
@@ -224,7 +220,7 @@ def second_copy(ctx: ScenarioContext, disk: DiskSpec, st: dict, rec: dict) -> No
     if load.get("rc") == 0:
         problems.append("the second copy loaded beside the first")
         sh(ctx, f"rmmod {SECOND_NAME}")
-    elif not second_copy_refusal_ok(said, console_after(ctx, mark, CLASS_KOBJECT_EEXIST.format(CLASS_NAME))):
+    elif not second_copy_refusal_ok(said, console_since(ctx, mark, CLASS_KOBJECT_EEXIST.format(CLASS_NAME))):
         problems.append(f"insmod said {said!r}, expected EEXIST (File exists), or EBUSY (Device or resource "
                         f"busy) with the console showing class_register()'s -EEXIST for {CLASS_NAME}")
     if after != before or before != {m: 1 for m in MAJORS}:
