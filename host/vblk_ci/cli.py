@@ -233,8 +233,8 @@ def _add_fuzz_parser(sub) -> None:
                         "0.3 s, cont during a fifth of the programs), blkdebug-eio (QEMU fails one request type "
                         "with EIO for a fifth of the programs on a writable disk), unplug (hot-unplug the disk "
                         "mid-program in a tenth, plugged back after), unplug-iopoll (the same in half of "
-                        "the programs on IOPOLL rings), resize (block_resize grows the disk mid-program in a fifth "
-                        "of those on a writable disk, shrunk back after)")
+                        "the programs on IOPOLL rings), resize (block_resize grows the disk before or during a fifth "
+                        "of the programs on a writable disk, shrunk back after)")
     f.add_argument("--disable", default="", metavar="MUTATIONS",
                    help="mutations never drawn, comma-separated (e.g. huge-len: a known crash costs a reboot per hit)")
     f.add_argument("--replay", metavar="FILE", help="run one program file (a finding's shrunk.txt) and judge it; "
