@@ -84,22 +84,32 @@ def docker_run_argv(base: str, series_dir: Path, repo: Path, *, image: str | Non
 
 
 def image_build_argv(base: str, tag: str | None = None) -> list[str]:
-    """Build the gates image of *base* the way every image here is built (BuildKit, setup-host.sh)."""
+    """Build the gates image of *base* the way every image here is built (BuildKit, setup-host.sh).
+    The default base is passed as an empty KERNEL_BASE, as the appliance image is built, so the
+    two share their stages: the gates image takes the default kernel's kept vmlinux.o (exports.py)."""
+    arg = "" if base == _bases.DEFAULT_BASE else base
     return ["bash", "-c", 'source ci/setup-host.sh && vblk_docker_build "$0" gates "KERNEL_BASE=$1"',
-            tag or image_tag(base), base]
+            tag or image_tag(base), arg]
+
+
+#: Gates images brought up to date by this process (a build that changes nothing takes seconds).
+_built: set[str] = set()
 
 
 def ensure_image(base: str, repo: Path, progress: Progress | None = None, docker: str = "docker") -> str:
-    """The gates image of *base*, built when it is not there yet."""
+    """The gates image of *base*, built (or brought up to date with the checkout) once per process:
+    an image left from an older checkout would check the series with an older toolchain stage."""
     tag = image_tag(base)
-    if subprocess.run([docker, "image", "inspect", tag], capture_output=True).returncode == 0:
+    if tag in _built:
         return tag
     if progress:
-        progress(f"building {tag} (Dockerfile stage gates, KERNEL_BASE={base})")
+        progress(f"building {tag} (Dockerfile stage gates, KERNEL_BASE={base}; seconds when up to date, "
+                 "cold one kernel compile)")
     proc = subprocess.run(image_build_argv(base), cwd=repo, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                           text=True, errors="replace", stdin=subprocess.DEVNULL)
     if proc.returncode != 0:
         raise InfraError(f"building {tag} failed (exit {proc.returncode}):\n{proc.stdout[-3000:]}")
+    _built.add(tag)
     return tag
 
 

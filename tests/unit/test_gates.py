@@ -24,9 +24,24 @@ def test_docker_argv_mounts_checkout_series_and_cache_and_asks_for_json(tmp_path
 
 
 def test_image_is_the_gates_stage_built_for_the_base():
-    argv = gates.image_build_argv("7.3")
+    argv = gates.image_build_argv("6.12")
     assert argv[:2] == ["bash", "-c"] and "vblk_docker_build" in argv[2] and " gates " in argv[2]
-    assert argv[3:] == ["vblk-ci-gates:7.3", "7.3"]
+    assert argv[3:] == ["vblk-ci-gates:6.12", "6.12"]
+    # The default base as the appliance image is built (empty KERNEL_BASE): they share stages.
+    assert gates.image_build_argv("7.3")[3:] == ["vblk-ci-gates:7.3", ""]
+
+
+def test_image_is_brought_up_to_date_once_per_process(monkeypatch, tmp_path):
+    calls = []
+
+    class Done:
+        returncode, stdout = 0, ""
+
+    monkeypatch.setattr(gates, "_built", set())
+    monkeypatch.setattr(gates.subprocess, "run", lambda argv, **kw: calls.append(argv) or Done())
+    assert gates.ensure_image("6.12", tmp_path) == "vblk-ci-gates:6.12"
+    assert gates.ensure_image("6.12", tmp_path) == "vblk-ci-gates:6.12"
+    assert len(calls) == 1 and calls[0] == gates.image_build_argv("6.12")
 
 
 def test_placement_host_only_with_tarball_and_tools(monkeypatch):

@@ -52,9 +52,10 @@ from typing import Callable, Iterator
 from vblk_ci.build import BuildError, UsageError, add_builder_args, repo_root, run_builder_cli
 from vblk_ci.build import bases as _bases
 from vblk_ci.build import cache as _cache
+from vblk_ci.build import exports as _exports
 
 #: Bump when the build procedure changes in a way that changes its output.
-BUILDER_VERSION = "1"
+BUILDER_VERSION = "2"  # 2: the default variant keeps vmlinux.o for the link gate (exports.py)
 DEFAULT_TARBALL = _bases.get_base(None).tarball
 KVM_GUEST_FRAGMENT = "kernel/configs/kvm_guest.config"
 BZIMAGE_REL = "arch/x86/boot/bzImage"
@@ -66,6 +67,8 @@ VARIANT_MAKE_ARGS: dict[str, list[str]] = {"coverage": ["GCOV_PROFILE_virtio_blk
 #: The file whose series lines `vblk-ci coverage` reports, and what a gcov kernel publishes for it.
 COVERAGE_SOURCE_REL = "drivers/block/virtio_blk.c"
 COVERAGE_GCNO_REL = "drivers/block/virtio_blk.gcno"
+#: The default variant's kept vmlinux.o and its identity, beside bzImage and in the published dir.
+EXPORTS_DIR = "exports"
 COVERAGE_FILES = ("virtio_blk.gcno", "virtio_blk.c", "virtio_blk.diff", "series-lines.json")
 PROGRESS_INTERVAL_S = 30.0
 
@@ -841,6 +844,10 @@ def build_kernel(opts: KernelBuildOptions | None = None, progress: Progress | No
                     raise BuildError(f"virtio_blk_module set but {MODULE_REL} was not built (is CONFIG_VIRTIO_BLK=m?)")
                 shutil.copy2(ko, stage / "virtio_blk.ko")
             shutil.copy2(log, stage / "build.log")
+            if opts.variant == "default" and not opts.make_args and (objdir / _exports.VMLINUX_O).is_file():
+                # The gates' link check can use it instead of compiling one (exports.py).
+                _exports.keep(objdir, _exports.identity(tree, objdir, base_identity, compiler, series_paths(patches)),
+                              stage / EXPORTS_DIR)
             coverage = None
             if parse_config_lines((objdir / ".config").read_text(encoding="utf-8")).get("CONFIG_GCOV_KERNEL") == "y":
                 coverage = _publish_coverage(tree, objdir, state, stage)
@@ -925,6 +932,8 @@ def publish(art: KernelArtifact, od: Path) -> None:
     shutil.copy2(art.manifest, od / "kernel-manifest.json")
     if art.module:
         shutil.copy2(art.module, od / "virtio_blk.ko")
+    if (art.bzimage.parent / EXPORTS_DIR).is_dir():  # the default variant's kept vmlinux.o
+        shutil.copytree(art.bzimage.parent / EXPORTS_DIR, od / EXPORTS_DIR, dirs_exist_ok=True)
     for name in COVERAGE_FILES:  # a gcov kernel's extras
         if (art.bzimage.parent / name).is_file():
             shutil.copy2(art.bzimage.parent / name, od / name)

@@ -34,6 +34,7 @@ from pathlib import Path
 
 from vblk_ci.build import BuildError, UsageError
 from vblk_ci.build import bases as _bases
+from vblk_ci.build import exports as _exports
 from vblk_ci.build import kernel as K
 from vblk_ci.errors import MissingPrerequisite
 
@@ -95,6 +96,9 @@ class QualityReport:
     module_linked: bool = False
     #: The make output's tail when the module did not link and modpost said nothing.
     link_output: str = ""
+    #: Where the vmlinux.o modpost read came from: a kept one (exports.py) and why it matched,
+    #: or "built here" and why no kept one could stand in.
+    exports: str = ""
     #: Wall time of each phase, seconds.
     timings: dict[str, float] = field(default_factory=dict)
     seconds: float = 0.0
@@ -292,8 +296,10 @@ def _sparse(tree: Path, obj: Path, base_commit: str, report: QualityReport) -> N
     report.sparse_command = cmd[: len(program)]
 
 
-def check_series(opts: K.KernelBuildOptions | None = None, progress: K.Progress | None = None) -> QualityReport:
-    """Apply the series to a clean base tree and run every gate on it."""
+def check_series(opts: K.KernelBuildOptions | None = None, progress: K.Progress | None = None,
+                 exports_dir: Path | None = None) -> QualityReport:
+    """Apply the series to a clean base tree and run every gate on it.  *exports_dir*: a kernel
+    build's kept vmlinux.o (exports.py), used for the link check when its identity matches."""
     opts = opts or K.KernelBuildOptions()
     for tool, pkg in (("sparse", "sparse"), ("perl", "perl"), ("gcc", "build-essential")):
         if shutil.which(tool) is None:
@@ -345,9 +351,21 @@ def check_series(opts: K.KernelBuildOptions | None = None, progress: K.Progress 
         obj = src.objdir("module")
         log = obj / "quality.log"
         K.configure(tree, obj, fragments, True, log, progress)
-        # vmlinux_o: "vmlinux.o" would read as a single-object target (%.o) and make nothing.
-        K.compile_kernel(tree, obj, jobs, ["vmlinux_o"], [], log, progress)
-        t = lap("vmlinux_o", t)
+        ident = _exports.identity(tree, obj, src.base_identity, K.gcc_version(), K.series_paths(patches))
+        kept = _exports.find(exports_dir, ident)
+        # Without its .cmd file, a later `make vmlinux_o` rebuilds whatever vmlinux.o is here.
+        (obj / ".vmlinux.o.cmd").unlink(missing_ok=True)
+        if kept.vmlinux_o is not None:
+            say(f"vmlinux.o: {kept.reason}")
+            shutil.copyfile(kept.vmlinux_o, obj / _exports.VMLINUX_O)
+            report.exports = kept.reason
+            t = lap("vmlinux_o_kept", t)
+        else:
+            say(f"vmlinux.o: built here ({kept.reason})")
+            report.exports = f"built here ({kept.reason})"
+            # vmlinux_o: "vmlinux.o" would read as a single-object target (%.o) and make nothing.
+            K.compile_kernel(tree, obj, jobs, ["vmlinux_o"], [], log, progress)
+            t = lap("vmlinux_o", t)
         say(f"W=1 build and link of {DRIVER_MODULE} (=m)")
         for rel in (DRIVER_OBJECT, DRIVER_MODULE):
             (obj / rel).unlink(missing_ok=True)
@@ -377,7 +395,8 @@ def summary(report: QualityReport) -> str:
            else ""),
         f"W=1 (=y): {len(report.w1)}; W=1 (=m): {len(report.module_w1)}",
         f"module link: {'virtio_blk.ko written' if report.module_linked else 'NOT LINKED'}"
-        + (f"; modpost: {len(report.link)}" if report.link else ""),
+        + (f"; modpost: {len(report.link)}" if report.link else "")
+        + (f"; vmlinux.o: {report.exports}" if report.exports else ""),
         f"clean: {report.clean}" + ("" if report.complete else " (sparse could not check this base)")
         + f"; {report.seconds:.0f}s "
         + "(" + ", ".join(f"{k} {v:.0f}s" for k, v in report.timings.items()) + ")",
@@ -392,12 +411,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--series-dir", help="directory with the quilt 'series' file (default the base's)")
     p.add_argument("--cache-dir", help="cache root (default $VBLK_CI_CACHE or ~/.cache/vblk-ci)")
     p.add_argument("--jobs", type=int, help="make -j (default: the CPUs this process may use)")
+    p.add_argument("--exports-dir", default=os.environ.get("VBLK_CI_EXPORTS") or None,
+                   help="a kernel build's kept vmlinux.o and exports.json, used for the link check when "
+                        "its identity matches this tree's (default $VBLK_CI_EXPORTS; the gates image sets it)")
     p.add_argument("--json", action="store_true", help="print the whole report as JSON")
     a = p.parse_args(argv)
     opts = K.KernelBuildOptions(base=a.base, series_dir=a.series_dir, cache_dir=a.cache_dir, jobs=a.jobs)
     try:
         K.kernel_base(opts)
-        report = check_series(opts, progress=lambda m: print(f"[quality] {m}", file=sys.stderr, flush=True))
+        report = check_series(opts, progress=lambda m: print(f"[quality] {m}", file=sys.stderr, flush=True),
+                              exports_dir=Path(a.exports_dir) if a.exports_dir else None)
     except (BuildError, MissingPrerequisite, UsageError) as e:
         print(f"vblk-ci: quality: {e}", file=sys.stderr)
         return e.exit_code
