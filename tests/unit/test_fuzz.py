@@ -23,8 +23,8 @@ from vblk_ci.fuzz.repro import ANY, expected_plan, write_repro_c
 from vblk_ci.fuzz.shrink import shrink
 from vblk_ci.fuzz.table import (
     EACCES, ECANCELED, EFAULT, EINVAL, ENOTTY, EOPNOTSUPP, EPERM, ERANGE, EROFS, ROW_NAMES, Caller, DiskConfig, expect,
-    takes_fixed_vec,
 )
+from vblk_ci.kernel_features import takes_fixed_vec
 
 ENGINE_SRC = Path(__file__).resolve().parents[2] / "guest-agent" / "engine"
 LIBURING_A = Path("/usr/lib/x86_64-linux-gnu/liburing.a")

@@ -27,6 +27,7 @@ from pathlib import Path
 
 from .. import __version__
 from .. import events as E
+from ..disks.capacity import wait_guest_sectors
 from ..disks.spec import DiskSpec, create_sparse_file
 from ..errors import AgentError, BootError, InfraError, MissingPrerequisite, QmpError
 from ..faults import make_fault
@@ -454,15 +455,10 @@ class Fuzzer:
     def _wait_size(self, disk: DiskSpec, sectors: int) -> str:
         """Wait until the guest's /sys/block/vdX/size shows ``sectors``; why not, if it never does."""
         name = self.guest_name[disk.id]
-        deadline = time.monotonic() + self.timeouts(RESIZE_WAIT_S)
-        while True:
-            shown = self.machine.agent.read_file(f"/sys/block/{name}/size").strip()
-            if shown == str(sectors):
-                return ""
-            if time.monotonic() > deadline:
-                return (f"{name} still shows {shown} sectors {RESIZE_WAIT_S:.0f} s (scaled) after "
-                        f"block_resize to {sectors}")
-            time.sleep(0.1)
+        shown = wait_guest_sectors(self.machine.agent, name, sectors, self.timeouts(RESIZE_WAIT_S))
+        if shown is None:
+            return ""
+        return f"{name} still shows {shown} sectors {RESIZE_WAIT_S:.0f} s (scaled) after block_resize to {sectors}"
 
     def faults_for(self, program: Program) -> list:
         """The host faults of ``program``, drawn from its seed (so a shrunk or replayed program

@@ -24,6 +24,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable
 
+from ..kernel_features import takes_fixed_vec
 from .program import (
     BUF_KINDS, CMD_IO, CMD_IO_VEC, RANGE_BYTES, STEP_BYTES, T_DISCARD, T_FLUSH, T_GET_ID, T_IN, T_OUT, T_WRITE_ZEROES,
     WRITE_TYPES, Program, Step,
@@ -104,16 +105,6 @@ class DiskConfig:
             max_write_zeroes_sectors=num("queue/write_zeroes_max_bytes", 0xFFFFFFFF * 512) // 512,
             fixed_vec=takes_fixed_vec(kernel_release),
         )
-
-
-def takes_fixed_vec(kernel_release: str) -> bool:
-    """Whether a kernel of this release (``7.3.4``, ``6.12.118-vblk``) has
-    io_uring_cmd_import_fixed_vec(), which came in 6.15; unparsable: assume the mainline."""
-    parts = kernel_release.split(".")
-    try:
-        return (int(parts[0]), int(parts[1].split("-")[0])) >= (6, 15)
-    except (IndexError, ValueError):
-        return True
 
 
 SYSFS_PATHS = ("size", "ro", "queue/logical_block_size", "queue/max_segments", "queue/max_discard_segments",

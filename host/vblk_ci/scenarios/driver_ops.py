@@ -14,7 +14,7 @@ import os
 
 from ..disks.spec import DiskSpec, create_sparse_file
 from ..errors import CheckFailed
-from ..fuzz.table import takes_fixed_vec
+from ..kernel_features import takes_fixed_vec
 from .base import Scenario, ScenarioContext, register
 from .driver_common import EINVAL, MiB, eargs, expect_clean, expect_results, plug, run_engine, run_gated, unplug
 

@@ -9,8 +9,7 @@ end works, past it is -ERANGE, and the data at the start reads back intact.
 
 from __future__ import annotations
 
-import time
-
+from ..disks.capacity import wait_guest_sectors
 from ..faults.kinds import make_fault
 from .base import Scenario, ScenarioContext, register
 from .driver_common import ERANGE, CheckFailed, MiB, eargs, expect_clean, plug, run_engine, run_gated, unplug
@@ -23,15 +22,10 @@ SHRUNK = 48 * MiB
 
 
 def wait_capacity(ctx: ScenarioContext, name: str, size: int, rec: dict) -> None:
-    deadline = time.monotonic() + ctx.timeouts(20.0)
-    while True:
-        sectors = ctx.agent.read_file(f"/sys/block/{name}/size").strip()
-        if sectors.isdigit() and int(sectors) * 512 == size:
-            rec["capacity_seen"] = size
-            return
-        if time.monotonic() > deadline:
-            raise CheckFailed(f"the guest still sees {sectors} sectors, expected {size // 512} after block_resize")
-        time.sleep(0.2)
+    shown = wait_guest_sectors(ctx.agent, name, size // 512, ctx.timeouts(20.0), poll_s=0.2)
+    if shown is not None:
+        raise CheckFailed(f"the guest still sees {shown} sectors, expected {size // 512} after block_resize")
+    rec["capacity_seen"] = size
 
 
 @register
