@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import shutil
+import subprocess
 
 import pytest
 
@@ -156,3 +158,28 @@ def test_sparse_program_defines_typeof_unqual_only_where_the_tree_uses_it(tmp_pa
     assert sparse_program(tmp_path) == ["sparse"]
     ct.write_text("#define __unqual_scalar_typeof(x) __typeof_unqual__(x)\n")
     assert sparse_program(tmp_path) == ["sparse", "-D__typeof_unqual__=__typeof__"]
+
+
+def test_sparse_program_folds_builtin_strlen_where_moduleparam_uses_it(tmp_path):
+    mp = tmp_path / "include/linux/moduleparam.h"
+    mp.parent.mkdir(parents=True)
+    mp.write_text("#define MODULE_INFO(tag, info) __MODULE_INFO(tag, tag, info)\n")  # 6.12
+    assert sparse_program(tmp_path) == ["sparse"]
+    mp.write_text("\tstatic_assert(sizeof(info) - 1 == __builtin_strlen(info),\n")  # 7.3
+    assert sparse_program(tmp_path) == ["sparse", "-D__builtin_strlen(s)=(sizeof(s) - 1)"]
+
+
+@pytest.mark.skipif(shutil.which("sparse") is None, reason="sparse is not installed (apt-get install sparse)")
+def test_the_strlen_define_lets_sparse_see_past_a_static_assert(tmp_path):
+    # 7.3's MODULE_INFO() in miniature: without the define, sparse 0.6.4 stops at the assert
+    # ("bad constant expression") and never reports the undeclared symbol below it.
+    src = tmp_path / "m.c"
+    src.write_text('_Static_assert(sizeof("x") - 1 == __builtin_strlen("x"), "nul");\n'
+                   "int vblk_meta_undeclared(void) { return 0; }\n")
+    mp = tmp_path / "include/linux/moduleparam.h"
+    mp.parent.mkdir(parents=True)
+    mp.write_text("static_assert(sizeof(info) - 1 == __builtin_strlen(info));\n")
+    plain = subprocess.run(["sparse", str(src)], capture_output=True, text=True).stderr
+    fixed = subprocess.run([*sparse_program(tmp_path), str(src)], capture_output=True, text=True).stderr
+    assert "bad constant expression" in plain and "vblk_meta_undeclared" not in plain
+    assert "bad constant expression" not in fixed and "vblk_meta_undeclared' was not declared" in fixed

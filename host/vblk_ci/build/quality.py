@@ -222,14 +222,23 @@ def modpost_findings(output: str) -> list[str]:
 
 
 def sparse_program(tree: Path) -> list[str]:
-    """The CHECK program: sparse, plus ``-D__typeof_unqual__=__typeof__`` where the tree's
-    headers use ``__typeof_unqual__`` (7.3 does, when the compiler has it): Debian's sparse
-    0.6.4 does not know that keyword and would stop at every macro using it, so it reads
-    it as ``__typeof__`` (the qualifiers that keeps are not what sparse checks)."""
+    """The CHECK program: sparse, plus a define for each construct of the tree's headers that
+    Debian's sparse 0.6.4 cannot read and after which it prints nothing more:
+    - ``-D__typeof_unqual__=__typeof__`` where compiler_types.h uses ``__typeof_unqual__``
+      (7.3 does, when the compiler has it): sparse would stop at every macro using it; it reads
+      it as ``__typeof__`` (the qualifiers that keeps are not what sparse checks);
+    - ``-D__builtin_strlen(s)=(sizeof(s) - 1)`` where moduleparam.h's static_assert calls
+      ``__builtin_strlen`` (7.3's MODULE_INFO(), checking a string literal for embedded NULs):
+      sparse cannot fold it ("bad constant expression" at every module_param and
+      MODULE_PARM_DESC), and after 8 errors it reports no warning at all. For a literal
+      without an embedded NUL the two are equal; gcc still checks the NULs."""
     prog = ["sparse"]
     ct = tree / "include/linux/compiler_types.h"
     if ct.is_file() and "__typeof_unqual__" in ct.read_text(encoding="utf-8", errors="replace"):
         prog.append("-D__typeof_unqual__=__typeof__")
+    mp = tree / "include/linux/moduleparam.h"
+    if mp.is_file() and "__builtin_strlen(" in mp.read_text(encoding="utf-8", errors="replace"):
+        prog.append("-D__builtin_strlen(s)=(sizeof(s) - 1)")
     return prog
 
 
@@ -275,7 +284,8 @@ def _sparse(tree: Path, obj: Path, base_commit: str, report: QualityReport) -> N
     """Sparse on the patched driver, then the same command on the unpatched file; report the new."""
     program = sparse_program(tree)
     (obj / DRIVER_OBJECT).unlink(missing_ok=True)
-    out = K.make(tree, obj, "V=1", "C=2", f"CHECK={' '.join(program)}", DRIVER_OBJECT)
+    # Quoted: kbuild runs $(CHECK) through the shell, and a define may hold parentheses.
+    out = K.make(tree, obj, "V=1", "C=2", f"CHECK={shlex.join(program)}", DRIVER_OBJECT)
     cmd = _sparse_command(out, program)
     patched = sparse_only(diagnostics_for(out))
     patched_source = (tree / DRIVER_SOURCE).read_text(encoding="utf-8", errors="replace")
