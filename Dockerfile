@@ -70,6 +70,8 @@ COPY host/vblk_ci/build/__init__.py host/vblk_ci/build/bases.py host/vblk_ci/bui
      host/vblk_ci/build/exports.py host/vblk_ci/build/kernel.py /src/host/vblk_ci/build/
 COPY kernel-config/ /src/kernel-config/
 COPY driver/ /src/driver/
+# A modular virtio_blk's cpio, appended to the suites' initramfs for that kernel.
+COPY images/module-cpio /usr/local/bin/
 
 # ---------------------------------------------------------------------- kernels
 # The cache mount outlives the image: a cold build extracts the tree and
@@ -86,12 +88,14 @@ RUN --mount=type=cache,id=vblk-ci-kernel-default,target=/cache \
  && mkdir -p /exports && if [ -d /artifacts/exports ]; then mv /artifacts/exports/* /exports/ && rmdir /artifacts/exports; fi \
  && ls -l /exports
 
-# base.config + debug.config: KASAN, KFENCE, lockdep, debug objects, slub debug.
+# base.config + debug.config: KASAN, KFENCE, lockdep, debug objects, slub debug,
+# and virtio_blk as a module with allocation-failure injection (the inject suite).
 FROM kernel-toolchain AS kernel-debug
 ARG KERNEL_BASE
 RUN --mount=type=cache,id=vblk-ci-kernel-debug,target=/cache \
     python3 -m vblk_ci.build.kernel --base "$KERNEL_BASE" --variant debug --output-dir /artifacts \
- && cat /artifacts/kernel-manifest.json
+ && cat /artifacts/kernel-manifest.json \
+ && module-cpio /artifacts
 
 # base.config + coverage.config: gcov counters for drivers/block/virtio_blk.c only
 # (vblk-ci run --coverage, vblk-ci coverage).  Its own cache mount, like the others.
@@ -103,16 +107,8 @@ RUN --mount=type=cache,id=vblk-ci-kernel-coverage,target=/cache \
     python3 -m vblk_ci.build.kernel --base "$KERNEL_BASE" --variant coverage \
       --output-dir /artifacts \
  && cat /artifacts/kernel-manifest.json \
- && ls -l /artifacts/virtio_blk.gcno /artifacts/virtio_blk.c /artifacts/series-lines.json /artifacts/virtio_blk.ko
-# coverage.config builds virtio_blk as a module: put it in a cpio of its own,
-# appended to the suites' initramfs below (the kernel unpacks concatenated
-# archives in turn), at /lib/modules/<release>/kernel/drivers/block/, where
-# the guest's /init loads it from.
-RUN rel=$(python3 -c 'import json; print(json.load(open("/artifacts/kernel-manifest.json"))["kernel_release"])') \
- && d=/tmp/modules/lib/modules/$rel/kernel/drivers/block && mkdir -p $d \
- && cp /artifacts/virtio_blk.ko $d/ \
- && cd /tmp/modules && find lib | sort | cpio -o -H newc -R 0:0 --reproducible --quiet | gzip -n -9 > /artifacts/modules.cpio.gz \
- && rm -rf /tmp/modules && ls -l /artifacts/modules.cpio.gz
+ && ls -l /artifacts/virtio_blk.gcno /artifacts/virtio_blk.c /artifacts/series-lines.json \
+ && module-cpio /artifacts
 
 # ---------------------------------------------------------------- series gates
 # python3 -m vblk_ci.build.quality: git am, checkpatch --strict, sparse, W=1 (=y and =m)
@@ -222,7 +218,11 @@ CMD ["run", "--out", "/out"]
 # ------------------------------------------------------- with the debug kernel
 FROM runtime AS appliance-debug
 COPY --from=kernel-debug /artifacts/ /opt/vblk-ci/debug/
-ENV VBLK_CI_KERNEL_DEBUG=/opt/vblk-ci/debug/bzImage
+# Its virtio_blk is a module: its initramfs, beside it, is the suites' one + the module's
+# cpio (a command given --kernel .../debug/bzImage boots the initramfs beside it).
+RUN cat /opt/vblk-ci/initramfs.cpio.gz /opt/vblk-ci/debug/modules.cpio.gz > /opt/vblk-ci/debug/initramfs.cpio.gz
+ENV VBLK_CI_KERNEL_DEBUG=/opt/vblk-ci/debug/bzImage \
+    VBLK_CI_INITRAMFS_DEBUG=/opt/vblk-ci/debug/initramfs.cpio.gz
 
 # --------------------------------------------------- with the coverage kernel
 # The gcov kernel and what `vblk-ci coverage` reads beside it, at /opt/vblk-ci/coverage/,
@@ -244,8 +244,9 @@ ENV VBLK_CI_KERNEL_COVERAGE=/opt/vblk-ci/coverage/bzImage \
 
 # Every kernel: default, debug and coverage.
 FROM appliance-coverage AS appliance-full
-COPY --from=kernel-debug /artifacts/ /opt/vblk-ci/debug/
-ENV VBLK_CI_KERNEL_DEBUG=/opt/vblk-ci/debug/bzImage
+COPY --from=appliance-debug /opt/vblk-ci/debug/ /opt/vblk-ci/debug/
+ENV VBLK_CI_KERNEL_DEBUG=/opt/vblk-ci/debug/bzImage \
+    VBLK_CI_INITRAMFS_DEBUG=/opt/vblk-ci/debug/initramfs.cpio.gz
 
 # ----------------------------------------------------- the default build target
 # Last, so a plain `docker build .` makes the smoke-ready image without the debug kernel.

@@ -27,7 +27,7 @@ from .errors import (
     VblkCiError,
 )
 
-from .artifacts import DEFAULT_OUT_ROOT, ENV_INITRAMFS, ENV_INITRAMFS_BENCH, ENV_KERNEL, artifact
+from .artifacts import DEFAULT_OUT_ROOT, ENV_INITRAMFS, ENV_INITRAMFS_BENCH, ENV_KERNEL, INITRAMFS_HELP, artifact
 from .artifacts import initramfs as initramfs_artifact, kernel as kernel_artifact
 
 
@@ -57,7 +57,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--kernel", help=f"bzImage (default ${ENV_KERNEL})")
     run.add_argument("--tree", metavar="DIR",
                      help="build this kernel git tree (incrementally, the appliance's config) and run on it")
-    run.add_argument("--initramfs", help=f"guest initramfs (default ${ENV_INITRAMFS})")
+    run.add_argument("--initramfs", help=INITRAMFS_HELP)
     run.add_argument("--out", help="run directory (default vblk-ci-out/<suite>-<time>)")
     run.add_argument("--qemu", default="qemu-system-x86_64", help="QEMU binary (default %(default)s)")
     run.add_argument("--accel", choices=("auto", "tcg", "kvm"), default="auto")
@@ -215,7 +215,7 @@ def _add_bench_parser(sub) -> None:
 def _add_fuzz_parser(sub) -> None:
     f = sub.add_parser("fuzz", help="structure-aware fuzzing of the passthrough uapi (seeded, replayable)")
     f.add_argument("--kernel", help=f"bzImage (default ${ENV_KERNEL})")
-    f.add_argument("--initramfs", help=f"guest initramfs (default ${ENV_INITRAMFS})")
+    f.add_argument("--initramfs", help=INITRAMFS_HELP)
     f.add_argument("--out", help="output folder (default vblk-ci-out/fuzz-<time>)")
     f.add_argument("--qemu", default="qemu-system-x86_64")
     f.add_argument("--accel", choices=("auto", "tcg", "kvm"), default="auto")
@@ -268,7 +268,7 @@ def cmd_fuzz(args: argparse.Namespace) -> int:
         if not c_repro:
             parse(replay.read_text(encoding="utf-8"), str(replay))  # a bad file is exit 2 before a boot
     kernel = kernel_artifact(args.kernel)
-    initramfs = initramfs_artifact(args.initramfs)
+    initramfs = initramfs_artifact(args.initramfs, kernel)
     stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
     out = Path(args.out) if args.out else DEFAULT_OUT_ROOT / f"fuzz-{stamp}"
     plan = FuzzPlan(kernel=kernel, initramfs=initramfs, out=out, seed=args.seed, budget_s=args.budget,
@@ -353,7 +353,7 @@ def cmd_run_matrix(args: argparse.Namespace) -> int:
         raise UsageError(f"-k {args.select!r} selects none of the {len(matrix.combinations)} combinations "
                          f"in {source or 'the --disk flags'}")
     kernel = kernel_artifact(args.kernel)
-    initramfs = initramfs_artifact(args.initramfs)
+    initramfs = initramfs_artifact(args.initramfs, kernel)
     plan = MatrixPlan(kernel=kernel, initramfs=initramfs, run_dir=run_dir, matrix=matrix, select=args.select,
                       qemu=args.qemu, accel=args.accel)
     with _reporting(run_dir) as report:
@@ -401,7 +401,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         kernel = tree_kernel(args.tree)
     else:
         kernel = kernel_artifact(args.kernel)
-        initramfs = initramfs_artifact(args.initramfs)
+        initramfs = initramfs_artifact(args.initramfs, kernel)
     stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
     label = "-".join(scenarios) if scenarios else suite_name
     run_dir = Path(args.out) if args.out else DEFAULT_OUT_ROOT / f"{label}-{stamp}"

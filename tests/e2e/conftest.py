@@ -1,6 +1,6 @@
 """Where the e2e tests get the real appliance artifacts from.
 
-VBLK_CI_KERNEL + VBLK_CI_INITRAMFS (and VBLK_CI_KERNEL_DEBUG, optional) name
+VBLK_CI_KERNEL + VBLK_CI_INITRAMFS (and VBLK_CI_KERNEL_DEBUG + VBLK_CI_INITRAMFS_DEBUG, optional) name
 files directly; otherwise, with
 VBLK_CI_IMAGE (set by ./tests/run after it builds the image), the kernel and
 initramfs are copied out of that image through the Docker engine, so the host's
@@ -19,6 +19,8 @@ import pytest
 IMAGE_ARTIFACTS = {
     "kernel": "/opt/vblk-ci/bzImage",
     "kernel_debug": "/opt/vblk-ci/debug/bzImage",
+    # The debug kernel's virtio_blk is a module: it boots the initramfs beside it.
+    "initramfs_debug": "/opt/vblk-ci/debug/initramfs.cpio.gz",
     "initramfs": "/opt/vblk-ci/initramfs.cpio.gz",
     "initramfs_bench": "/opt/vblk-ci/bench/initramfs.cpio.gz",  # + fio, for vblk-ci bench
     "kernel_manifest": "/opt/vblk-ci/kernel-manifest.json",  # base, release, series (name, sha256)
@@ -33,7 +35,8 @@ def _from_env() -> dict[str, Path] | None:
     if missing:
         pytest.skip(f"artifact named in the environment does not exist: {', '.join(missing)}")
     found = {k: Path(v) for k, v in paths.items()}
-    for name, env in (("kernel_debug", "VBLK_CI_KERNEL_DEBUG"), ("initramfs_bench", "VBLK_CI_INITRAMFS_BENCH")):
+    for name, env in (("kernel_debug", "VBLK_CI_KERNEL_DEBUG"), ("initramfs_debug", "VBLK_CI_INITRAMFS_DEBUG"),
+                      ("initramfs_bench", "VBLK_CI_INITRAMFS_BENCH")):
         value = os.environ.get(env)
         if value and Path(value).is_file():
             found[name] = Path(value)
@@ -88,13 +91,17 @@ def run_suite(appliance, tmp_path_factory):
     from vblk_ci.runner import Plan, run
 
     def go(suite: str, variant: str):
-        kernel = appliance["kernel"] if variant == "default" else appliance.get("kernel_debug")
-        if kernel is None:
-            pytest.skip("no debug kernel (set VBLK_CI_KERNEL_DEBUG, or use an image that ships one)")
+        if variant == "default":
+            kernel, initramfs = appliance["kernel"], appliance["initramfs"]
+        else:
+            kernel, initramfs = appliance.get("kernel_debug"), appliance.get("initramfs_debug")
+        if kernel is None or initramfs is None:
+            pytest.skip("no debug kernel and its initramfs (set VBLK_CI_KERNEL_DEBUG and VBLK_CI_INITRAMFS_DEBUG, "
+                        "or use an image that ships them)")
         run_dir = tmp_path_factory.mktemp(f"{suite}-{variant}")
         recorder = E.Recorder()
         # Strict, as CI runs: a skip without an allowed reason fails the run.
-        result = run(Plan(kernel=kernel, initramfs=appliance["initramfs"], run_dir=run_dir, suite=suite, strict=True),
+        result = run(Plan(kernel=kernel, initramfs=initramfs, run_dir=run_dir, suite=suite, strict=True),
                      recorder)
         return result, recorder, run_dir
 

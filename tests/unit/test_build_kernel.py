@@ -391,7 +391,7 @@ def test_publish_coverage_ships_gcno_source_and_the_series_lines(tmp_path: Path)
     entry = K._publish_coverage(tree, objdir, state, stage)
     assert sorted(x.name for x in stage.iterdir()) == sorted(K.COVERAGE_FILES)
     lines = json.loads((stage / "series-lines.json").read_text())
-    assert lines["added_lines"] == [2, 3] and lines["file"] == K.COVERAGE_SOURCE_REL
+    assert lines["added_lines"] == [2, 3] and lines["file"] == K.DRIVER_SOURCE
     assert lines["gcov_dir"] == str((objdir / "drivers" / "block").resolve())
     assert entry["added_line_count"] == 2 and "added_lines" not in entry
     assert (stage / "virtio_blk.c").read_text() == "int virtblk;\n/* new */\nint virtblk_two;\n"
@@ -399,14 +399,14 @@ def test_publish_coverage_ships_gcno_source_and_the_series_lines(tmp_path: Path)
 
 
 def test_fragments_that_ask_for_a_modular_virtio_blk_build_the_module(tmp_path):
-    """kernel-config/coverage.config sets CONFIG_VIRTIO_BLK=m: the build then makes and ships the .ko
-    as --virtio-blk-module does; a later fragment's =y wins over an earlier =m."""
+    """kernel-config/coverage.config and debug.config set CONFIG_VIRTIO_BLK=m: the build then makes and
+    ships the .ko as --virtio-blk-module does; a later fragment's =y wins over an earlier =m."""
     from vblk_ci.build import kernel as K
 
     repo_cfg = Path(__file__).resolve().parents[2] / "kernel-config"
     assert K.fragments_want_module([repo_cfg / "base.config", repo_cfg / "coverage.config"])
+    assert K.fragments_want_module([repo_cfg / "base.config", repo_cfg / "debug.config"])
     assert not K.fragments_want_module([repo_cfg / "base.config"])
-    assert not K.fragments_want_module([repo_cfg / "base.config", repo_cfg / "debug.config"])
     m, y = tmp_path / "m.config", tmp_path / "y.config"
     m.write_text("CONFIG_VIRTIO_BLK=m\n")
     y.write_text("CONFIG_VIRTIO_BLK=y\n")

@@ -22,7 +22,7 @@ def test_workflow_runs_every_ci_suite():
     names = [shlex.split(s)[0] for s in STEPS]
     assert len(names) == len(set(names)), "each step needs its own out/ folder"
     suites = {a.split()[a.split().index("--suite") + 1] for a in STEPS if "--suite" in a}
-    assert {"smoke", "driver", "hotplug", "faults"} <= suites
+    assert {"smoke", "driver", "hotplug", "faults", "inject"} <= suites
     assert any("--matrix" in s for s in STEPS) and any(shlex.split(s)[1] == "bench" for s in STEPS)
 
 
@@ -37,6 +37,9 @@ def test_step_parses_and_its_files_are_in_the_image(step):
         shipped = {"debug/bzImage": "COPY --from=kernel-debug /artifacts/ /opt/vblk-ci/debug/",
                    "ci/matrix-default.toml": "ci/matrix-default.toml"}
         assert rel in shipped and shipped[rel] in DOCKERFILE, path
+        if rel == "debug/bzImage" and "--initramfs" not in argv:
+            # Its virtio_blk is a module: the run boots the initramfs beside it, which must exist.
+            assert "> /opt/vblk-ci/debug/initramfs.cpio.gz" in DOCKERFILE
 
 
 def test_the_build_step_makes_the_target_that_ships_the_debug_kernel():

@@ -84,6 +84,32 @@ def _fake_run(status: str = "pass", exc: BaseException | None = None, seen: list
     return run
 
 
+def test_a_kernels_own_initramfs_beside_it_comes_before_the_environment(artifacts, monkeypatch, tmp_path):
+    # The image's debug kernel has a modular virtio_blk: only the initramfs beside it
+    # carries the module, so `--kernel .../debug/bzImage` alone must boot that one.
+    seen: list = []
+    monkeypatch.setattr("vblk_ci.runner.run", _fake_run("pass", seen=seen))
+    _, suites_initrd = artifacts
+    monkeypatch.setenv("VBLK_CI_INITRAMFS", str(suites_initrd))
+    debug = tmp_path / "debug"
+    debug.mkdir()
+    (debug / "bzImage").write_bytes(b"k")
+    (debug / "initramfs.cpio.gz").write_bytes(b"i+ko")
+    assert cli.main(["run", "--kernel", str(debug / "bzImage"), "--out", str(tmp_path / "o1")]) == 0
+    assert seen[-1].initramfs == debug / "initramfs.cpio.gz"
+    # --initramfs still wins; a kernel with nothing beside it takes $VBLK_CI_INITRAMFS.
+    other = tmp_path / "other.gz"
+    other.write_bytes(b"o")
+    assert cli.main(["run", "--kernel", str(debug / "bzImage"), "--initramfs", str(other),
+                     "--out", str(tmp_path / "o2")]) == 0
+    assert seen[-1].initramfs == other
+    lone = tmp_path / "tree" / "bzImage"
+    lone.parent.mkdir()
+    lone.write_bytes(b"k")
+    assert cli.main(["run", "--kernel", str(lone), "--out", str(tmp_path / "o3")]) == 0
+    assert seen[-1].initramfs == suites_initrd
+
+
 @pytest.mark.parametrize("status, code", [("pass", 0), ("fail", 1), ("error", 125)])
 def test_run_maps_verdict_to_exit_code(status, code, artifacts, monkeypatch, tmp_path):
     seen: list = []

@@ -1,6 +1,6 @@
 """The judges of alloc-failures (inject suite) and driver-ranges (review suite) on fake engine output.
 
-Each scenario runs on a real guest only (the inject suite on the coverage kernel); here a fake
+Each scenario runs on a real guest only (the inject suite on the debug and coverage kernels); here a fake
 agent returns engine JSON and a fake QMP returns query-blockstats, so what each judge accepts
 and refuses is pinned down: an errno outside {0, -ENOMEM}, a sweep with no -ENOMEM, a device
 that saw more (or fewer) operations than the successes, a refusal that is not -EINVAL or that

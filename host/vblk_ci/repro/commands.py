@@ -25,6 +25,7 @@ import tempfile
 from pathlib import Path
 from typing import Callable
 
+from ..artifacts import INITRAMFS_HELP
 from ..errors import EXIT_PASS
 
 
@@ -41,7 +42,7 @@ def add_parsers(sub, positive: Callable[[str], int]) -> None:
 
     s = sub.add_parser("shell", help="boot the appliance with a shell on the serial console and a QMP prompt")
     s.add_argument("--kernel", help="bzImage (default $VBLK_CI_KERNEL)")
-    s.add_argument("--initramfs", help="guest initramfs (default $VBLK_CI_INITRAMFS)")
+    s.add_argument("--initramfs", help=INITRAMFS_HELP)
     s.add_argument("--qemu", default="qemu-system-x86_64")
     s.add_argument("--accel", choices=("auto", "tcg", "kvm"), default="auto")
     s.add_argument("--smp", type=positive, default=2)
@@ -94,7 +95,7 @@ def cmd_shell(args: argparse.Namespace) -> int:
     from .shell import parse_disk
 
     kernel = kernel_artifact(args.kernel)
-    initramfs = initramfs_artifact(args.initramfs)
+    initramfs = initramfs_artifact(args.initramfs, kernel)
     disks = [parse_disk(spec, i) for i, spec in enumerate(args.disk)]
     run_dir = Path(args.out) if args.out else Path(tempfile.mkdtemp(prefix="vblk-ci-shell-"))
     _shell(kernel, initramfs, args.qemu, args.accel, args.smp, args.memory, tuple(args.append), disks, run_dir)

@@ -14,7 +14,7 @@ from . import (fault_blkdebug, fault_blkdebug_delay, fault_error_policy, fault_r
 from . import (driver_access, driver_bounds, driver_coherency, driver_compat32, driver_ioprio,  # noqa: F401
                driver_links, driver_pollq, driver_unplug_iopoll)
 from . import driver_copyout, driver_ranges  # noqa: F401
-# The inject suite: module unload/reload and allocation-failure sweeps (coverage kernel only).
+# The inject suite: module unload/reload and allocation-failure sweeps (debug and coverage kernels).
 from . import inject_alloc, inject_module  # noqa: F401
 
 SUITES: dict[str, tuple[str, ...]] = {
@@ -30,8 +30,9 @@ SUITES: dict[str, tuple[str, ...]] = {
     # Checks for the review-v2 findings (issue 11): they fail on the v2 series.
     "review": ("driver-ioprio", "driver-bounds", "driver-access", "driver-links", "driver-coherency",
                "driver-poll-timeout", "driver-unplug-iopoll", "driver-compat32", "driver-ranges", "driver-copyout"),
-    # Paths only a modular driver and allocation-failure injection reach: the coverage kernel
-    # (kernel-config/coverage.config). Elsewhere its scenarios skip, naming the missing feature.
+    # Paths only a modular driver and allocation-failure injection reach: the debug and coverage
+    # kernels (kernel-config/debug.config, coverage.config). Elsewhere its scenarios skip, naming
+    # the missing feature.
     "inject": ("alloc-failures", "module-reload"),
 }
 

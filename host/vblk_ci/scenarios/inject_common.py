@@ -1,9 +1,10 @@
 """What the `inject` suite's scenarios share: the kernel features they need, and fail_page_alloc's set-up.
 
-The `inject` suite runs only on the coverage kernel (kernel-config/coverage.config):
-a modular virtio_blk, and allocation-failure injection (CONFIG_FAIL_PAGE_ALLOC with
-CONFIG_FAULT_INJECTION_DEBUG_FS). On a kernel without them its scenarios skip,
-saying which feature is missing; the suite is not one CI runs strict.
+The `inject` suite needs a modular virtio_blk and allocation-failure injection
+(CONFIG_FAIL_PAGE_ALLOC with CONFIG_FAULT_INJECTION_DEBUG_FS): the debug kernel
+(kernel-config/debug.config, where CI runs it strict, under KASAN and lockdep) and
+the coverage kernel have both. On a kernel without them its scenarios skip, saying
+which feature is missing.
 
 Injection is per thread and per call: ``/proc/thread-self/fail-nth`` makes the
 Nth page allocation of that thread fail (the engine arms it around one
@@ -36,7 +37,7 @@ def injection_missing(ctx: ScenarioContext) -> list[str]:
     if ctx.agent.exec(cmd=f"test -d {FAIL_PAGE_ALLOC} && test -w {FAIL_NTH}").get("rc") != 0:
         return [f"no allocation-failure injection in this kernel ({FAIL_PAGE_ALLOC} and {FAIL_NTH}: "
                 "CONFIG_FAIL_PAGE_ALLOC, CONFIG_FAULT_INJECTION_DEBUG_FS): the inject suite runs on the "
-                "coverage kernel"]
+                "debug and coverage kernels"]
     return []
 
 
@@ -44,7 +45,7 @@ def module_missing(ctx: ScenarioContext) -> list[str]:
     """requires() reasons when virtio_blk is not a loadable module here."""
     if ctx.agent.exec(cmd=f"test -e {MODULE_STATE} && test -f {MODULE_KO}").get("rc") != 0:
         return [f"virtio_blk is not a module here (no {MODULE_STATE} or no {MODULE_KO}): module-reload needs "
-                "a modular virtio_blk (CONFIG_VIRTIO_BLK=m, the coverage kernel)"]
+                "a modular virtio_blk (CONFIG_VIRTIO_BLK=m: the debug and coverage kernels)"]
     return []
 
 
