@@ -466,6 +466,9 @@ def m_wait_disk(agent, serial, timeout_s, chardev):
         what = f"disk {seen['name']} with serial {serial!r} has no usable /dev/{seen['name']}c0"
     else:
         what = f"no disk with serial {serial!r}"
+        if not os.path.isdir(os.path.join(agent.sys, "bus", "virtio", "drivers", "virtio_blk")):
+            what += (" (this guest has no virtio_blk driver: a kernel with CONFIG_VIRTIO_BLK=m boots "
+                     "with the initramfs that carries its module)")
     raise AgentError("Timeout", f"{what} after {timeout_s:g} s")
 
 

@@ -319,6 +319,18 @@ def test_wait_disk_timeout(agent):
     assert err["type"] == "Timeout"
     assert "nope" in err["message"]
     assert 0.2 <= elapsed < 5
+    # the fake sysfs has no virtio_blk driver: the usual cause, a modular one never loaded
+    assert "this guest has no virtio_blk driver" in err["message"]
+
+
+def test_wait_disk_timeout_with_the_driver_bound_says_nothing_of_it(fake_root):
+    (fake_root / "sys" / "bus" / "virtio" / "drivers" / "virtio_blk").mkdir(parents=True)
+    a = AgentProc(fake_root)
+    try:
+        err = a.error("wait_disk", {"serial": "nope", "timeout_s": 0.1})
+    finally:
+        a.close()
+    assert err["message"] == "no disk with serial 'nope' after 0.1 s"
 
 
 def test_wait_disk_timeout_names_missing_chardev(agent):
