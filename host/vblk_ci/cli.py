@@ -234,7 +234,9 @@ def _add_fuzz_parser(sub) -> None:
                         "with EIO for a fifth of the programs on a writable disk), unplug (hot-unplug the disk "
                         "mid-program in a tenth, plugged back after), unplug-iopoll (the same in half of "
                         "the programs on IOPOLL rings), resize (block_resize grows the disk before or during a fifth "
-                        "of the programs on a writable disk, shrunk back after)")
+                        "of the programs on a writable disk, shrunk back after), reset (a PCIe function-level reset "
+                        "of the disk's device mid-program in about a seventh, through the guest's sysfs: "
+                        "virtio_blk's reset_prepare/reset_done; kernels without them skip it)")
     f.add_argument("--disable", default="", metavar="MUTATIONS",
                    help="mutations never drawn, comma-separated (e.g. huge-len: a known crash costs a reboot per hit)")
     f.add_argument("--replay", metavar="FILE", help="run one program file (a finding's shrunk.txt) and judge it; "

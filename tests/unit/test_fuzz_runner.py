@@ -7,6 +7,8 @@ repro.c, and the figures must add up; a replay of the shrunk program must find i
 
 import json
 import os
+import re
+import shlex
 import sys
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -44,6 +46,10 @@ DATA: dict[str, dict[int, int]] = {}  # disk -> sector -> tag, kept across boots
 SIZES: dict[str, int] = {}  # disk -> bytes, where block_resize changed it
 RESIZES: list[tuple[str, int]] = []  # (disk, bytes) per block_resize
 STALE_CAPACITY = False  # a planted bug: the driver checks against the size it had at probe
+RESET_RC = "0"  # what the guest's reset left in its status file ("" : it never returned)
+RESET_PREPARE = True  # the guest's virtio_blk has reset_prepare (in /proc/kallsyms)
+RESETS: list[str] = []  # the wrapped command line of each program run beside a device reset
+PARAMS: list[tuple[str, str]] = []  # (virtio_blk module parameter, value) written, in order
 
 
 def fake_driver(text: str, dev: str) -> str:
@@ -94,6 +100,10 @@ class FakeAgent:
                 "queue/discard_max_hw_bytes": str(0xFFFFFFFF * 512), "queue/write_zeroes_max_bytes": str(0xFFFFFFFF * 512),
                 "device/features": "".join(feats)}
 
+    def write_file(self, path, data, timeout=10.0):
+        assert path.startswith("/sys/module/virtio_blk/parameters/"), path
+        PARAMS.append((path.rsplit("/", 1)[1], data))
+
     def read_file(self, path, max_bytes=1 << 20, timeout=10.0):
         if path.startswith("/sys/block/"):  # the campaign waits for the size after a shrink
             d = CONFIGS[{"vda": "fz0", "vdb": "fz1", "vdc": "fz2"}[path.split("/")[3]]]
@@ -102,7 +112,14 @@ class FakeAgent:
         return "7.3.4\n"
 
     def exec(self, argv=None, cmd=None, stdin=None, timeout_s=30.0):
-        if cmd is not None:  # the campaign hands the nodes to the user
+        if cmd is not None and " exec /usr/bin/vblk-engine" in cmd:  # a program beside a device reset
+            RESETS.append(cmd)
+            argv = shlex.split(cmd.split(" exec ", 1)[1])
+        elif cmd is not None and "virtblk_reset_prepare" in cmd:
+            return {"rc": 0 if RESET_PREPARE else 1, "stdout": "", "stderr": ""}
+        elif cmd is not None and "vblk-fuzz-reset.rc" in cmd and cmd.startswith("for "):
+            return {"rc": 0 if RESET_RC else 1, "stdout": RESET_RC + "\n", "stderr": ""}
+        elif cmd is not None:  # the campaign hands the nodes to the user
             GUEST_SH.append(cmd)
             return {"rc": 0, "stdout": "", "stderr": ""}
         if argv[2] == "/dev/null":  # the vblk-engine32 probe
@@ -177,6 +194,8 @@ def fake(monkeypatch, tmp_path):
     UNPLUGGED.clear()
     SIZES.clear()
     RESIZES.clear()
+    RESETS.clear()
+    PARAMS.clear()
     monkeypatch.setattr(R, "Machine", FakeMachine)
     monkeypatch.setattr(R, "resolve_binary", lambda q: "/usr/bin/qemu-system-x86_64")
     monkeypatch.setattr(R, "probe_caps", lambda q: None)
@@ -401,3 +420,50 @@ def test_a_disk_file_a_grow_left_behind_is_cut_back_at_boot(fake, tmp_path):
     os.truncate(img, fuzzer.specs[0].size_bytes + (1 << 20))  # grown, and the VM went down before the shrink
     fuzzer.boot()
     assert img.stat().st_size == fuzzer.specs[0].size_bytes
+
+
+def test_reset_resets_the_device_mid_program_and_changes_no_result(fake, tmp_path, monkeypatch):
+    kernel, initrd = fake
+    monkeypatch.setattr(R.time, "sleep", lambda s: None)
+    rec = R.run_campaign(R.FuzzPlan(kernel=kernel, initramfs=initrd, out=tmp_path / "o", seed=3, budget_s=1e6,
+                                    max_programs=150, faults=("reset",)))
+    assert rec["reset"] == "drawn" and rec["faults"] == ["reset"] and rec["boots"] == 1
+    assert 0.05 < rec["programs_with_fault"] / 150 < 0.3 and len(RESETS) >= rec["programs_with_fault"]
+    # the reset runs in the background of the program's own shell, on the disk's PCI function
+    for cmd in RESETS:
+        assert re.match(r"\(sleep 0\.\d{3}; echo 1 > \$\(readlink -f /sys/block/vd[abc]/device/\.\.\)/reset; ", cmd), cmd
+    sigs = {f["signature"] for f in rec["findings"]}
+    assert all("wraps past 2^64" in s for s in sigs), sigs
+
+
+def test_a_device_reset_that_never_returns_is_a_hang_finding(fake, tmp_path, monkeypatch):
+    kernel, initrd = fake
+    monkeypatch.setattr(R.time, "sleep", lambda s: None)
+    monkeypatch.setattr(sys.modules[__name__], "RESET_RC", "")
+    fuzzer = R.Fuzzer(R.FuzzPlan(kernel=kernel, initramfs=initrd, out=tmp_path / "o", seed=3, faults=("reset",)),
+                      lambda e: None)
+    fuzzer.boot()
+    program = next(p for p in (R.generate(3, i, list(fuzzer.configs.values())) for i in range(400))
+                   if fuzzer.faults_for(p))
+    outcome = fuzzer.execute(program)
+    assert outcome.status == "hang" and outcome.finding.signature == "hang|reset|the device reset never returned"
+    assert "had not returned" in outcome.finding.detail and not fuzzer.alive()  # rebooted before the next program
+
+
+def test_reset_is_not_drawn_where_virtio_blk_has_no_reset_prepare(fake, tmp_path, monkeypatch):
+    kernel, initrd = fake
+    monkeypatch.setattr(R.time, "sleep", lambda s: None)
+    monkeypatch.setattr(sys.modules[__name__], "RESET_PREPARE", False)
+    rec = R.run_campaign(R.FuzzPlan(kernel=kernel, initramfs=initrd, out=tmp_path / "o", seed=3, budget_s=1e6,
+                                    max_programs=60, faults=("reset",)))
+    assert rec["reset"].startswith("--faults reset not drawn: this kernel's virtio_blk has no reset_prepare")
+    assert not RESETS and rec["programs_with_fault"] == 0
+
+
+def test_every_disk_is_plugged_with_one_poll_queue(fake, tmp_path):
+    # IOPOLL programs poll for real only on a poll queue; virtio_blk reads the parameter at
+    # probe, and again when a device reset rebuilds the virtqueues, so it is the same for all
+    kernel, initrd = fake
+    fuzzer = R.Fuzzer(R.FuzzPlan(kernel=kernel, initramfs=initrd, out=tmp_path / "o", seed=3), lambda e: None)
+    fuzzer.boot()
+    assert [v for k, v in PARAMS if k == "poll_queues"] == ["1"] * len(fuzzer.specs)

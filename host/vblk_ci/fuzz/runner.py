@@ -17,6 +17,7 @@ import json
 import os
 import random
 import re
+import shlex
 import subprocess
 import threading
 import time
@@ -28,6 +29,7 @@ from pathlib import Path
 from .. import __version__
 from .. import events as E
 from ..disks.capacity import wait_guest_sectors
+from ..disks.plugging import DiskPlugger
 from ..disks.spec import DiskSpec, create_sparse_file
 from ..errors import AgentError, BootError, InfraError, MissingPrerequisite, QmpError
 from ..faults import make_fault
@@ -49,21 +51,24 @@ CHAIN_TIMEOUT_MS = 20000  # the executor's own limit for one chain to complete
 PROGRAM_TIMEOUT_S = 90.0  # the agent's limit for one program (TCG; scaled)
 PAUSE_S = 0.3  # --faults stop-cont: how long the VM stays stopped
 RESIZE_WAIT_S = 20.0  # --faults resize: how long the guest may take to see the disk's size again
-FAULT_KINDS = ("stop-cont", "blkdebug-eio", "unplug", "unplug-iopoll", "resize")
+RESET_WAIT_S = 30.0  # --faults reset: how long the device reset may take once the program is done
+FAULT_KINDS = ("stop-cont", "blkdebug-eio", "unplug", "unplug-iopoll", "resize", "reset")
 BLKDEBUG_OPS = {"read": frozenset({T_IN}), "write": frozenset({T_OUT}), "discard": frozenset({T_DISCARD})}
 OOM = re.compile(r"\S+ invoked oom-killer: [^\n]*")
 
 
 def fuzz_disks(images: Path) -> list[DiskSpec]:
     """Three configurations: 512-byte blocks with discard and write-zeroes; 4 KiB blocks
-    without them; a read-only disk."""
+    without them; a read-only disk. Each has a poll queue (one of its two queues), so a
+    program on an IOPOLL ring really polls. The same count on every disk: virtio_blk reads
+    the module parameter again when a device reset rebuilds the virtqueues."""
     return [
         DiskSpec(id="fz0", serial="fuzz-d0", backend="file", path=images / "fz0.img", size_bytes=16 << 20,
-                 logical_block_size=512, discard=True, write_zeroes=True).validate(),
+                 logical_block_size=512, discard=True, write_zeroes=True, guest_poll_queues=1).validate(),
         DiskSpec(id="fz1", serial="fuzz-d1", backend="file", path=images / "fz1.img", size_bytes=8 << 20,
-                 logical_block_size=4096, discard=False, write_zeroes=False).validate(),
+                 logical_block_size=4096, discard=False, write_zeroes=False, guest_poll_queues=1).validate(),
         DiskSpec(id="fz2", serial="fuzz-ro", backend="file", path=images / "fz2.img", size_bytes=4 << 20,
-                 read_only=True).validate(),
+                 read_only=True, guest_poll_queues=1).validate(),
     ]
 
 
@@ -154,6 +159,54 @@ class Unplug(threading.Thread):
             self.seconds = self.machine.unplug(self.disk_id)
         except (QmpError, InfraError, OSError, ValueError) as exc:
             self.error = str(exc)
+
+
+class DeviceReset:
+    """--faults reset: ``delay`` seconds into the program, a reset of its disk's device with
+    the executor's commands in flight: a PCIe function-level reset through the guest's
+    ``/sys/bus/pci/devices/<dev>/reset``, which virtio-pci hands to virtio_blk's
+    reset_prepare (freeze the queue, reset the device, delete the virtqueues) and
+    reset_done (new virtqueues, unquiesce). QMP has no reset for one device, and
+    ``system_reset`` reboots the guest, which runs nothing of the driver. A reset must
+    change no result: the freeze waits for every request the device holds.
+
+    The guest's shell runs it beside the executor (the agent runs one call at a time):
+    ``command()`` wraps the executor's argv; ``join()`` waits for the reset's exit status."""
+
+    RC = "/tmp/vblk-fuzz-reset.rc"
+
+    def __init__(self, machine: Machine, guest_name: str, delay: float, wait_s: float):
+        self.machine = machine
+        self.guest_name = guest_name
+        self.delay = delay
+        self.wait_s = wait_s
+        self.error: str | None = None  # the reset did not happen (the guest refused it)
+        self.stuck: str = ""  # it never returned: the driver's reset_prepare/done hung
+
+    def start(self) -> None:
+        self.machine.agent.exec(cmd=f"rm -f {self.RC}")
+
+    def command(self, argv: list[str]) -> str:
+        # /sys/block/vdX/device is the virtio device; its parent is the PCI function.
+        pci = f"$(readlink -f /sys/block/{self.guest_name}/device/..)"
+        reset = (f"(sleep {self.delay:.3f}; echo 1 > {pci}/reset; echo $? > {self.RC}.new; "
+                 f"mv {self.RC}.new {self.RC}) </dev/null >/dev/null 2>&1 &")
+        return f"{reset} exec {shlex.join(argv)}"
+
+    def join(self) -> None:
+        tries = max(1, int(self.wait_s / 0.1))
+        try:
+            res = self.machine.agent.exec(
+                cmd=f"for i in $(seq {tries}); do [ -f {self.RC} ] && exec cat {self.RC}; sleep 0.1; done; exit 1",
+                timeout_s=self.wait_s + 10.0)
+        except (AgentError, OSError) as exc:  # the guest went down: its console says why
+            self.stuck = f"the guest agent did not answer after the reset of {self.guest_name}'s device: {exc}"
+            return
+        if res.get("rc") != 0:
+            self.stuck = (f"the reset of {self.guest_name}'s device {self.delay:.2f} s into the program "
+                          f"had not returned {self.wait_s:.0f} s (scaled) after it")
+        elif res.get("stdout", "").strip() != "0":
+            self.error = f"writing 1 to {self.guest_name}'s PCI reset exited {res.get('stdout', '').strip()}"
 
 
 class Grow(threading.Thread):
@@ -258,6 +311,7 @@ class Fuzzer:
         self.boot_seconds: list[float] = []
         self.stopped = "budget"  # what ended the campaign: budget | max-programs
         self.engine32: str | None = None  # why vblk-engine32 cannot run (None: it can, or not probed yet)
+        self.no_reset: str | None = None  # why --faults reset is not drawn here (None: it is)
         self.abis: tuple[str, ...] = ("x86_64", "i386")
         self.qemu = resolve_binary(plan.qemu)
         self.caps = probe_caps(self.qemu)
@@ -288,10 +342,13 @@ class Fuzzer:
             self.plug(disk, slot)
         if self.stats.boots == 1:
             self._probe_engine32()
+            if "reset" in self.plan.faults:
+                self._probe_reset()
 
     def plug(self, disk: DiskSpec, slot: int) -> None:
         """Hot-plug ``disk`` (at boot, or again after an unplug fault): its char device, its
         configuration as the guest sees it (the same every time), its node handed to USER_ID."""
+        DiskPlugger(self.machine).set_guest_params(disk)  # virtio_blk reads them at probe
         plugged = self.machine.hotplug(disk, slot, chardev=True)
         self.emit(E.DiskPlugged(disk.id, disk.serial, plugged.seconds_to_visible, plugged.guest_name,
                                 plugged.chardev))
@@ -331,6 +388,17 @@ class Fuzzer:
             self.abis = ("x86_64",)
             self.emit(E.Note(f"fuzz: {self.engine32}"))
 
+    def _probe_reset(self) -> None:
+        """Does this kernel's virtio_blk take part in a device reset? Without reset_prepare
+        (6.12 has none) virtio-pci resets the device under a driver that goes on using its
+        virtqueues: every later command would hang for a reason that is not a bug."""
+        res = self.machine.agent.exec(cmd="grep -qw virtblk_reset_prepare /proc/kallsyms",
+                                      timeout_s=self.timeouts(30.0))
+        if res.get("rc") != 0:
+            self.no_reset = ("--faults reset not drawn: this kernel's virtio_blk has no reset_prepare "
+                             "(not in /proc/kallsyms), so a device reset would go past the driver")
+            self.emit(E.Note(f"fuzz: {self.no_reset}"))
+
     def stop(self) -> None:
         if self.machine is not None:
             try:
@@ -357,12 +425,14 @@ class Fuzzer:
         rc = None
         stdout = ""
         faults = self.faults_for(program)
+        reset = next((f for f in faults if isinstance(f, DeviceReset)), None)
         started_faults: list = []
         try:
             for fault in faults:
                 fault.start()
                 started_faults.append(fault)
-            res = m.agent.exec(argv=argv, stdin=program.text(), timeout_s=self.timeouts(PROGRAM_TIMEOUT_S))
+            run = {"cmd": reset.command(argv)} if reset is not None else {"argv": argv}
+            res = m.agent.exec(**run, stdin=program.text(), timeout_s=self.timeouts(PROGRAM_TIMEOUT_S))
             rc, stdout = res.get("rc"), res.get("stdout", "")
             if rc not in (0, 4):
                 error = f"executor exited {rc}: {(res.get('stderr') or '').strip()[-300:]}"
@@ -391,6 +461,8 @@ class Fuzzer:
             if isinstance(fault, Unplug):
                 unplug = fault
                 outcome.unplugged = True
+            if isinstance(fault, DeviceReset) and fault.error:
+                raise InfraError(f"cannot reset {program.disk}'s device: {fault.error}")
             if isinstance(fault, Grow):
                 if fault.error:
                     raise InfraError(f"cannot grow {program.disk}: {fault.error}")
@@ -418,6 +490,11 @@ class Fuzzer:
             step = len(results)
             outcome.finding = Finding("hang", f"hang|agent|sqe{program.sqe}{'-iopoll' if program.iopoll else ''}",
                                       f"{error}; {step} of {len(program.steps)} steps had completed", step)
+        elif reset is not None and reset.stuck:
+            # reset_prepare waits for the queue to drain, reset_done for new virtqueues:
+            # a command the driver never completes, or a vq it never rebuilds, hangs it here
+            outcome.status = "hang"
+            outcome.finding = Finding("hang", "hang|reset|the device reset never returned", reset.stuck, len(results))
         elif error and not (unplug is not None and rc == 3):  # 3: the node was gone before the open
             outcome.status = "executor"
             outcome.finding = Finding("executor", "executor|" + error.split(":")[0], error)
@@ -473,7 +550,10 @@ class Fuzzer:
         - resize: a fifth of the programs on a writable disk under neither of those get it
           grown by 1, 8, 256 or 4096 logical blocks (the generator aims commands at the end:
           just past it, across it): half of them before the program, once the guest shows the
-          new size, half 0-0.1 s into it; shrunk back after it."""
+          new size, half 0-0.1 s into it; shrunk back after it.
+        - reset: about a seventh of the programs under neither unplug nor resize get their
+          disk's device reset (PCIe FLR, see DeviceReset) 0-0.2 s into their run; only on a
+          kernel whose virtio_blk has reset_prepare. A reset must change no result."""
         out: list = []
         seed = program.seed if program.seed is not None else 0
         if "stop-cont" in self.plan.faults:
@@ -502,6 +582,14 @@ class Fuzzer:
                 extra = rng.choice((1, 8, 256, 4096)) * lbs_s
                 delay = None if rng.random() < 0.5 else rng.uniform(0.0, 0.1)
                 out.append(Grow(self.machine, disk, delay, extra, self._wait_size))
+        if "reset" in self.plan.faults and self.no_reset is None and \
+                not any(isinstance(f, (Unplug, Grow)) for f in out):
+            # an unplugged disk has no PCI function to reset; a grow's config interrupt
+            # would race the reset's own reading of the config
+            rng = random.Random(seed ^ 0x4E5E7)
+            if rng.random() < 0.15:
+                out.append(DeviceReset(self.machine, self.guest_name[disk.id], rng.uniform(0.0, 0.2),
+                                       self.timeouts(RESET_WAIT_S)))
         if out:
             self.stats.faults += 1
         return out
@@ -665,6 +753,7 @@ class Fuzzer:
             "disks": {k: vars(v) for k, v in self.configs.items()},
             "disabled_mutations": dict(self.disabled),
             "callers": dict(sorted(s.callers.items())), "user_id": USER_ID, "engine32": self.engine32 or "ok",
+            "reset": self.no_reset or ("drawn" if "reset" in self.plan.faults else "not asked"),
             "classes": dict(sorted(s.classes.items())), "rules": dict(sorted(s.rules.items())),
             "findings": findings,
         }
