@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from vblk_ci.build.kernel import COVERAGE_SOURCE_REL, parse_added_lines
+from vblk_ci.build.bases import DRIVER_SOURCE
+from vblk_ci.build.kernel import parse_added_lines
 from vblk_ci.coverage.collect import GcdaCollector, find_command, pick_gcda, snapshot_name
 from vblk_ci.errors import AgentError
 
@@ -23,8 +24,8 @@ def test_recorded_series_diff_lines_are_the_plus_lines_of_the_built_file():
     diff = (DATA / "virtio_blk.diff").read_text()
     src = (DATA / "virtio_blk-series-lines.c").read_text().splitlines()
     added = parse_added_lines(diff)
-    assert list(added) == [COVERAGE_SOURCE_REL]
-    lines = added[COVERAGE_SOURCE_REL]
+    assert list(added) == [DRIVER_SOURCE]
+    lines = added[DRIVER_SOURCE]
     plus = [ln[1:] for ln in diff.splitlines() if ln.startswith("+") and not ln.startswith("+++ ")]
     assert len(lines) == len(plus) == 629
     assert lines == sorted(set(lines))
@@ -38,7 +39,7 @@ def test_the_series_patch_files_name_the_same_file():
     names = set()
     for p in sorted((REPO / "driver").glob("00[0-9][1-9]-*.patch")):
         names |= set(parse_added_lines(p.read_text()))
-    assert COVERAGE_SOURCE_REL in names
+    assert DRIVER_SOURCE in names
 
 
 def test_hunks_context_deletions_and_no_newline_marker():

@@ -13,7 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from vblk_ci.build.kernel import COVERAGE_SOURCE_REL, parse_added_lines
+from vblk_ci.build.bases import DRIVER_SOURCE
+from vblk_ci.build.kernel import parse_added_lines
 from vblk_ci.cli import main
 from vblk_ci.coverage import analyze as A
 
@@ -30,7 +31,7 @@ def _source() -> list[str]:
 
 
 def _added() -> list[int]:
-    return parse_added_lines((DATA / "virtio_blk.diff").read_text())[COVERAGE_SOURCE_REL]
+    return parse_added_lines((DATA / "virtio_blk.diff").read_text())[DRIVER_SOURCE]
 
 
 # ----------------------------------------------------------------------------- gcov's stderr
@@ -79,7 +80,7 @@ def test_recorded_snapshots_merge_to_what_lcov_captured():
     ops = A.parse_gcov_json(_json("gcov14-01-driver-ops.json.gz"))
     merged = A.merge_counts([A.parse_gcov_json(_json("gcov14-nocounters.json.gz")), boot, ops])
     lcov = A.parse_lcov_tracefile((DATA / "lcov-00-boot+01-driver-ops.info").read_text())
-    (sf,) = [k for k in lcov if k.endswith(COVERAGE_SOURCE_REL)]
+    (sf,) = [k for k in lcov if k.endswith(DRIVER_SOURCE)]
     assert {n: c.count for n, c in merged.items()} == lcov[sf]
     # and the tracefile we write reads back the same
     mine = A.parse_lcov_tracefile(A.lcov_tracefile("/x/virtio_blk.c", merged))
@@ -105,7 +106,7 @@ def test_classify_added_lines():
         (2, A.NOT_EXECUTABLE, None), (3, A.EXECUTED, 4), (4, A.NOT_EXECUTED, 0), (6, A.NOT_EXECUTABLE, None)]
     assert (r.added, r.executable, r.executed, r.percent) == (4, 2, 1, 50.0)
     assert [ln.line for ln in r.unexecuted] == [4]
-    assert r.to_json()["unexecuted"] == [f"{COVERAGE_SOURCE_REL}:4"]
+    assert r.to_json()["unexecuted"] == [f"{DRIVER_SOURCE}:4"]
     assert A.classify_lines([1], {}, src).percent is None
 
 
@@ -127,7 +128,7 @@ def test_markdown_lists_every_unexecuted_line_grouped():
     r = A.classify_lines([3, 4, 8], counts, src, runs=["r1"], snapshots=2)
     assert [(fn, [ln.line for ln in lines]) for fn, lines in A.group_unexecuted(r)] == [("f", [4]), ("g", [8])]
     md = A.render_markdown(r)
-    assert f"{COVERAGE_SOURCE_REL}:4: b();" in md and f"{COVERAGE_SOURCE_REL}:8: c();" in md
+    assert f"{DRIVER_SOURCE}:4: b();" in md and f"{DRIVER_SOURCE}:8: c();" in md
     assert "1/3 executable added lines ran (33.3%)" in md
 
 

@@ -19,6 +19,10 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+#: The driver's one source file, the same path in every base: the file the series is about
+#: (gates' sparse, the coverage kernel's gcov, a splat's preferred frame) and the module's.
+DRIVER_SOURCE = "drivers/block/virtio_blk.c"
+
 
 @dataclass(frozen=True)
 class KernelBase:

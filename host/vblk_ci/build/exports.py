@@ -25,8 +25,8 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
-#: The module's own source: its content does not change vmlinux.o's exports.
-MODULE_SOURCES = ("drivers/block/virtio_blk.c",)
+from .bases import DRIVER_SOURCE
+
 IDENTITY_FILE = "exports.json"
 VMLINUX_O = "vmlinux.o"
 _IGNORED_CONFIG = ("CONFIG_VIRTIO_BLK=", "# CONFIG_VIRTIO_BLK is not set")
@@ -40,8 +40,10 @@ def config_digest(config_text: str) -> str:
 
 
 def touched_files(tree: Path, paths: list[str]) -> dict[str, str]:
-    """Each of *paths* but the module's source -> its blob id at the tree's HEAD ("absent" if none)."""
-    wanted = sorted(p for p in set(paths) if p not in MODULE_SOURCES)
+    """Each of *paths* but the module's source -> its blob id at the tree's HEAD ("absent" if none).
+
+    The module's source does not change vmlinux.o's exports."""
+    wanted = sorted(p for p in set(paths) if p != DRIVER_SOURCE)
     blobs = dict.fromkeys(wanted, "absent")
     if wanted:
         out = subprocess.run(["git", "ls-tree", "-r", "HEAD", "--", *wanted], cwd=tree, capture_output=True,
@@ -89,13 +91,13 @@ def find(exports_dir: Path | None, ident: dict) -> Match:
         kept = json.loads(meta.read_text(encoding="utf-8"))
     except ValueError as e:
         return Match(None, f"{meta}: not JSON ({e})")
-    for what in ("base", "compiler", "config"):
-        if kept.get(what) != ident[what]:
-            return Match(None, f"the kept vmlinux.o has another {what}")
-    if kept.get("files") != ident["files"]:
-        differ = sorted(p for p in set(kept.get("files") or {}) | set(ident["files"])
-                        if (kept.get("files") or {}).get(p) != ident["files"].get(p))
-        return Match(None, f"the kept vmlinux.o's series differs outside the module in {', '.join(differ[:3])}"
-                     + (f" and {len(differ) - 3} more" if len(differ) > 3 else ""))
+    differ = [what for what in ident if kept.get(what) != ident[what]]
+    if differ and differ[0] != "files":
+        return Match(None, f"the kept vmlinux.o has another {differ[0]}")
+    if differ:  # name the files, the one difference a series author can act on
+        kept_files = kept.get("files") or {}
+        files = sorted(p for p in set(kept_files) | set(ident["files"]) if kept_files.get(p) != ident["files"].get(p))
+        return Match(None, f"the kept vmlinux.o's series differs outside the module in {', '.join(files[:3])}"
+                     + (f" and {len(files) - 3} more" if len(files) > 3 else ""))
     return Match(exports_dir / VMLINUX_O, f"the kept vmlinux.o of {exports_dir} (same base, compiler, "
                  "config but CONFIG_VIRTIO_BLK, and series outside the module)")

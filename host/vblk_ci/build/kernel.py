@@ -64,8 +64,8 @@ LOG_TAIL_LINES = 40
 #: make arguments a variant always gets (on top of --make-arg); part of the key.
 #: coverage: gcov counters for the driver only (see kernel-config/coverage.config).
 VARIANT_MAKE_ARGS: dict[str, list[str]] = {"coverage": ["GCOV_PROFILE_virtio_blk.o=y"]}
-#: The file whose series lines `vblk-ci coverage` reports, and what a gcov kernel publishes for it.
-COVERAGE_SOURCE_REL = "drivers/block/virtio_blk.c"
+DRIVER_SOURCE = _bases.DRIVER_SOURCE  # the file whose series lines `vblk-ci coverage` reports
+#: What a gcov kernel publishes for it.
 COVERAGE_GCNO_REL = "drivers/block/virtio_blk.gcno"
 #: The default variant's kept vmlinux.o and its identity, beside bzImage and in the published dir.
 EXPORTS_DIR = "exports"
@@ -236,7 +236,7 @@ MODULE_FRAGMENT = "# vblk-ci: virtio_blk as a module\nCONFIG_VIRTIO_BLK=m\n"
 
 
 def fragments_want_module(fragments: list[Path]) -> bool:
-    """True when the fragments themselves ask for CONFIG_VIRTIO_BLK=m (the coverage variant).
+    """True when the fragments themselves ask for CONFIG_VIRTIO_BLK=m (the debug and coverage variants).
 
     The build then also makes ``modules`` and ships virtio_blk.ko, as with
     ``--virtio-blk-module``; otherwise the .ko would be built and thrown away.
@@ -749,14 +749,14 @@ def _publish_coverage(tree: Path, objdir: Path, state: dict, stage: Path) -> dic
         raise BuildError(f"CONFIG_GCOV_KERNEL=y but {COVERAGE_GCNO_REL} was not made "
                          f"(is GCOV_PROFILE_virtio_blk.o=y passed to make?)")
     shutil.copy2(gcno, stage / "virtio_blk.gcno")
-    shutil.copy2(tree / COVERAGE_SOURCE_REL, stage / "virtio_blk.c")
+    shutil.copy2(tree / DRIVER_SOURCE, stage / "virtio_blk.c")
     base, head = state.get("base_commit"), state.get("head") or "HEAD"
     diff = _git(tree, "diff", "-U0", "--no-color", "--no-ext-diff", str(base), str(head), "--",
-                COVERAGE_SOURCE_REL, what="git diff of the series") if base else ""
+                DRIVER_SOURCE, what="git diff of the series") if base else ""
     (stage / "virtio_blk.diff").write_text(diff, encoding="utf-8")
-    added = parse_added_lines(diff).get(COVERAGE_SOURCE_REL, [])
+    added = parse_added_lines(diff).get(DRIVER_SOURCE, [])
     entry = {
-        "file": COVERAGE_SOURCE_REL,
+        "file": DRIVER_SOURCE,
         "gcov_dir": str((objdir / COVERAGE_GCNO_REL).parent.resolve()),
         "base_commit": base,
         "head_commit": head,

@@ -38,7 +38,8 @@ from vblk_ci.build import exports as _exports
 from vblk_ci.build import kernel as K
 from vblk_ci.errors import MissingPrerequisite
 
-DRIVER_SOURCE = "drivers/block/virtio_blk.c"
+DRIVER_SOURCE = _bases.DRIVER_SOURCE
+
 DRIVER_OBJECT = "drivers/block/virtio_blk.o"
 DRIVER_MODULE = "drivers/block/virtio_blk.ko"
 #: The tree slot the gates use (``<cache>/trees/<base>/quality``) and its two objects dirs.

@@ -34,12 +34,12 @@ import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from ..build.bases import DRIVER_SOURCE
 from ..errors import InfraError, MissingPrerequisite, UsageError
 from .collect import COVERAGE_SUBDIR
 
 ENV_GCOV = "VBLK_CI_GCOV"
 ENV_COVERAGE_DIR = "VBLK_CI_COVERAGE_DIR"
-SOURCE_REL = "drivers/block/virtio_blk.c"
 ARTIFACT_FILES = ("virtio_blk.gcno", "virtio_blk.c", "series-lines.json")
 
 EXECUTED = "executed"
@@ -56,12 +56,12 @@ class LineCount:
     function: str | None = None
 
 
-def _is_target(path: str, target: str = SOURCE_REL) -> bool:
+def _is_target(path: str, target: str = DRIVER_SOURCE) -> bool:
     p = path.replace("\\", "/")
     return p == target or p.endswith("/" + target)
 
 
-def parse_gcov_json(doc: dict, target: str = SOURCE_REL) -> dict[int, LineCount]:
+def parse_gcov_json(doc: dict, target: str = DRIVER_SOURCE) -> dict[int, LineCount]:
     """Line -> count for *target* from one ``gcov --json-format`` document.
 
     Only lines gcov lists are executable.  A line listed more than once (it
@@ -204,7 +204,7 @@ def enclosing_function(source: list[str], line: int) -> str | None:
     return None
 
 
-def classify_lines(added: list[int], counts: dict[int, LineCount], source: list[str], file: str = SOURCE_REL,
+def classify_lines(added: list[int], counts: dict[int, LineCount], source: list[str], file: str = DRIVER_SOURCE,
                    runs: list[str] | None = None, snapshots: int = 0) -> CoverageReport:
     """The report for the series' *added* lines given the merged *counts* and the source text."""
     lines: list[AddedLine] = []
@@ -344,7 +344,7 @@ def analyze(run_dirs: list[Path], out: Path, artifacts: str | None = None, gcov:
                          f"run the suites with vblk-ci run --coverage on the coverage kernel")
     art = find_artifacts(run_dirs, artifacts)
     meta = json.loads((art / "series-lines.json").read_text(encoding="utf-8"))
-    file = meta.get("file", SOURCE_REL)
+    file = meta.get("file", DRIVER_SOURCE)
     added = [int(n) for n in meta.get("added_lines", [])]
     source_text = (art / "virtio_blk.c").read_text(encoding="utf-8", errors="replace")
     binary = _gcov_binary(gcov)

@@ -14,10 +14,10 @@ decoded frames.
 
 from __future__ import annotations
 
+from ..build.bases import DRIVER_SOURCE
 from ..console.decode import Frame
 from ..result import RunResult
 
-DRIVER_SOURCE = "drivers/block/virtio_blk.c"
 
 
 def _escape_data(text: str) -> str:
