@@ -234,7 +234,7 @@ def _add_fuzz_parser(sub) -> None:
                         "with EIO for a fifth of the programs on a writable disk), unplug (hot-unplug the disk "
                         "mid-program in a tenth, plugged back after), unplug-iopoll (the same in half of "
                         "the programs on IOPOLL rings), resize (block_resize grows the disk before or during a fifth "
-                        "of the programs on a writable disk, shrunk back after), reset (a PCIe function-level reset "
+                        "of the programs on a writable disk, or shrinks it during one; back to its size after), reset (a PCIe function-level reset "
                         "of the disk's device mid-program in about a seventh, through the guest's sysfs: "
                         "virtio_blk's reset_prepare/reset_done; kernels without them skip it)")
     f.add_argument("--disable", default="", metavar="MUTATIONS",

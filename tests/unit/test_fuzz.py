@@ -278,19 +278,38 @@ def test_judge_while_the_disk_grew_takes_either_capacity_and_no_data_past_the_ol
     assert [f.signature for f in v.findings] == ["errno|read|beyond capacity|ok", "errno|write|beyond capacity|ok"]
     # grown by 8 sectors: both capacities are right, and what is past the old end is not modelled
     model = DiskModel(end)
-    v = judge(prog(past, across), ok, D512, model, grown=end + 8)
+    v = judge(prog(past, across), ok, D512, model, resized=end + 8)
     assert v.findings == [] and v.rules["the disk had grown"] == 2
     assert model.allowed(end - 4) == frozenset({79}) and model.allowed(end) is None
-    v = judge(prog(past, across), [{"i": 0, "res": -34}, {"i": 1, "res": -34}], D512, DiskModel(end), grown=end + 8)
+    v = judge(prog(past, across), [{"i": 0, "res": -34}, {"i": 1, "res": -34}], D512, DiskModel(end), resized=end + 8)
     assert v.findings == []  # checked before the guest saw the new size
     # grown by less than the read: it is still past the end, and a finding says resize
-    v = judge(prog(past), ok[:1], D512, DiskModel(end), grown=end + 1)
+    v = judge(prog(past), ok[:1], D512, DiskModel(end), resized=end + 1)
     assert [f.signature for f in v.findings] == ["errno|read|beyond capacity|ok|resize"]
     # grown before the program, and the guest showed it: -ERANGE now means a stale capacity
-    v = judge(prog(past), [{"i": 0, "res": -34}], D512, DiskModel(end), grown=end + 8, grown_before=True)
+    v = judge(prog(past), [{"i": 0, "res": -34}], D512, DiskModel(end), resized=end + 8, resized_before=True)
     assert [f.signature for f in v.findings] == ["errno|read|valid|-ERANGE|resize"]
-    v = judge(prog(past), ok[:1], D512, DiskModel(end), grown=end + 8, grown_before=True)
+    v = judge(prog(past), ok[:1], D512, DiskModel(end), resized=end + 8, resized_before=True)
     assert v.findings == [] and v.rules["the disk had grown"] == 1
+
+
+def test_judge_while_the_disk_shrank_takes_either_capacity_and_the_devices_refusal_past_the_new_end():
+    end = D512.capacity
+    last = replace(READ, sector=end - 8)  # the last 8 sectors: past an end shrunk by 8
+    inside = replace(READ, sector=0)
+    ok = [{"i": 0, "res": 0, "sectors": [[8, 0]]}]  # zeroes, as the model knows the disk
+    # before the guest saw the shrink: it succeeds; after: -ERANGE; between the file's cut and
+    # the guest's new size: QEMU fails it (IOERR, a positive cqe->res)
+    for res, rule in ((0, None), (-34, "the disk had shrunk"), (10, "the disk had shrunk")):
+        v = judge(prog(last), [dict(ok[0], res=res)], D512, DiskModel(end), resized=end - 8)
+        assert v.findings == [], (res, v.findings)
+        assert rule is None or v.rules[rule] == 1
+    # without the fault, -ERANGE inside the disk is a finding; with it, a device error is one
+    # too where the shrunk disk still holds the whole command
+    v = judge(prog(last), [{"i": 0, "res": -34}], D512, DiskModel(end))
+    assert [f.signature for f in v.findings] == ["errno|read|valid|-ERANGE"]
+    v = judge(prog(inside), [{"i": 0, "res": 10}], D512, DiskModel(end), resized=end - 8)
+    assert [f.signature for f in v.findings] == ["errno|read|valid|dev-status-10|resize"]
 
 
 def test_judge_reports_a_hang():

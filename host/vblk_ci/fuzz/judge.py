@@ -56,7 +56,7 @@ def _mismatch_class(got: int) -> str:
 
 def judge(program: Program, results: list[dict], disk: DiskConfig, model: DiskModel,
           caller: Caller | None = None, device_errors: frozenset[int] = frozenset(),
-          unplugged: bool = False, grown: int | None = None, grown_before: bool = False) -> Verdict:
+          unplugged: bool = False, resized: int | None = None, resized_before: bool = False) -> Verdict:
     """``results``: the executor's JSON lines (``{"i", "res", ...}``), in step order. ``caller``:
     by default who the program runs as (``Caller.of``). A finding of a 32-bit program has the
     abi at the end of its signature: a bug only 32-bit callers meet is its own finding.
@@ -65,9 +65,11 @@ def judge(program: Program, results: list[dict], disk: DiskConfig, model: DiskMo
     ``unplugged``: the disk was hot-unplugged during the program: any failure is accepted (which
     commands ran before it is not known), a command that failed may have written part of its
     data, and a finding's signature ends in ``|unplug`` (a read that succeeded must still hold
-    the right data; a command must still complete). ``grown``: the disk grew to that many
-    sectors (a resize fault): ``grown_before``, before the program and seen by the guest, so
-    every command is judged against it; else during the program, so against either capacity.
+    the right data; a command must still complete). ``resized``: the disk grew or shrank to that
+    many sectors (a resize fault): ``resized_before``, before the program and seen by the guest,
+    so every command is judged against it; else during the program, so against either capacity,
+    and past a shrunk end the device may fail a command (QEMU checks the range against the cut
+    file before the guest has seen the new size).
     A finding's signature ends in ``|resize``."""
     caller = caller or Caller.of(program)
     v = Verdict()
@@ -87,13 +89,16 @@ def judge(program: Program, results: list[dict], disk: DiskConfig, model: DiskMo
         res = int(r["res"])
         v.completed += 1
         exp = expect(step, program, disk, caller)
-        if grown is not None:
-            bigger = expect(step, program, replace(disk, size_bytes=grown * 512), caller)
-            if res in bigger.accepted and res not in exp.accepted:
-                # the command saw the grown disk (the rule counts how often that happened)
-                exp = Expect(bigger.accepted, bigger.rules + ("the disk had grown",), bigger.notes)
-            elif grown_before:
-                exp = bigger
+        if resized is not None:
+            other = expect(step, program, replace(disk, size_bytes=resized * 512), caller)
+            change = "the disk had grown" if resized > disk.capacity else "the disk had shrunk"
+            if res in other.accepted and res not in exp.accepted:
+                # the command saw the resized disk (the rule counts how often that happened)
+                exp = Expect(other.accepted, other.rules + (change,), other.notes)
+            elif resized_before:
+                exp = other
+            elif res > 0 and resized < disk.capacity and other.accepted - exp.accepted:
+                exp = Expect(exp.accepted | {res}, exp.rules + (change,), exp.notes)
         caller_notes = ";".join(exp.notes)
         late = _issued_late(program, i, chain_of)
         if late:
@@ -135,7 +140,7 @@ def judge(program: Program, results: list[dict], disk: DiskConfig, model: DiskMo
                 model.forget(sector, count)
     for f in v.findings:
         f.signature = abi_signature(f.signature, program) + ("|unplug" if unplugged else "") + \
-            ("|resize" if grown is not None else "")
+            ("|resize" if resized is not None else "")
     return v
 
 

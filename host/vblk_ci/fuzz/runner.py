@@ -209,17 +209,19 @@ class DeviceReset:
             self.error = f"writing 1 to {self.guest_name}'s PCI reset exited {res.get('stdout', '').strip()}"
 
 
-class Grow(threading.Thread):
-    """--faults resize: grow the program's disk by ``extra`` sectors (block_resize; the guest
-    gets a config-change interrupt and sets the new capacity). ``delay`` None: before the
-    program, waiting until the guest shows the new size (``wait_size``), so every command
-    must see it; else ``delay`` seconds into the program, with commands in flight, so a
-    command past the old end may succeed or still be refused. After the program the
-    campaign shrinks the disk back (QEMU truncates the file) and waits for the old size."""
+class Resize(threading.Thread):
+    """--faults resize: grow the program's disk by ``extra`` sectors, or shrink it (``extra`` < 0)
+    (block_resize; the guest gets a config-change interrupt and sets the new capacity).
+    ``delay`` None: before the program (grow only), waiting until the guest shows the new size
+    (``wait_size``), so every command must see it; else ``delay`` seconds into the program,
+    with commands in flight, so a command between the two ends may see either capacity. After
+    the program the campaign puts the disk back to its size and waits for the guest to show
+    it; what a shrink cut off reads as zeros then (QEMU truncates and extends the file)."""
 
     def __init__(self, machine: Machine, disk: DiskSpec, delay: float | None, extra: int,
                  wait_size: Callable[[DiskSpec, int], str]):
         super().__init__(name="fuzz-resize", daemon=True)
+        assert extra > 0 or delay is not None, "a shrink happens during a program"
         self.machine = machine
         self.disk = disk
         self.delay = delay
@@ -233,17 +235,17 @@ class Grow(threading.Thread):
         return self.delay is None
 
     @property
-    def grown(self) -> int:
-        """The capacity while grown, in 512-byte sectors."""
+    def resized(self) -> int:
+        """The capacity while resized, in 512-byte sectors."""
         return self.disk.size_bytes // 512 + self.extra
 
     def start(self) -> None:
         if not self.before:
             super().start()
             return
-        self._grow()
+        self._resize()
         if self.error is None:
-            self.unseen = self.wait_size(self.disk, self.grown)
+            self.unseen = self.wait_size(self.disk, self.resized)
 
     def join(self, timeout: float | None = None) -> None:
         if not self.before:
@@ -251,11 +253,11 @@ class Grow(threading.Thread):
 
     def run(self) -> None:
         time.sleep(self.delay or 0.0)
-        self._grow()
+        self._resize()
 
-    def _grow(self) -> None:
+    def _resize(self) -> None:
         try:
-            make_fault("resize", self.disk, {"size_bytes": self.grown * 512}).arm(self.machine)
+            make_fault("resize", self.disk, {"size_bytes": self.resized * 512}).arm(self.machine)
         except (QmpError, InfraError, OSError, ValueError) as exc:
             self.error = str(exc)
 
@@ -270,8 +272,9 @@ class RunOutcome:
     finding: Finding | None = None
     device_errors: frozenset[int] = frozenset()  # step types a blkdebug fault may fail (IOERR)
     unplugged: bool = False  # the disk was hot-unplugged during the program
-    grown: int | None = None  # the disk's capacity (sectors) after it grew (a resize fault)
-    grown_before: bool = False  # it grew before the program, and the guest showed the new size
+    reset: bool = False  # the disk's device was reset during the program
+    resized: int | None = None  # the disk's capacity (sectors) after it grew or shrank (a resize fault)
+    resized_before: bool = False  # it grew before the program, and the guest showed the new size
 
 
 @dataclass
@@ -461,12 +464,14 @@ class Fuzzer:
             if isinstance(fault, Unplug):
                 unplug = fault
                 outcome.unplugged = True
-            if isinstance(fault, DeviceReset) and fault.error:
-                raise InfraError(f"cannot reset {program.disk}'s device: {fault.error}")
-            if isinstance(fault, Grow):
+            if isinstance(fault, DeviceReset):
                 if fault.error:
-                    raise InfraError(f"cannot grow {program.disk}: {fault.error}")
-                outcome.grown, outcome.grown_before = fault.grown, fault.before
+                    raise InfraError(f"cannot reset {program.disk}'s device: {fault.error}")
+                outcome.reset = True
+            if isinstance(fault, Resize):
+                if fault.error:
+                    raise InfraError(f"cannot resize {program.disk}: {fault.error}")
+                outcome.resized, outcome.resized_before = fault.resized, fault.before
                 if fault.unseen and outcome.finding is None:
                     outcome.status = "hang"
                     outcome.finding = Finding("hang", "hang|resize|the guest never showed the grown capacity",
@@ -514,15 +519,23 @@ class Fuzzer:
         elif unplug is not None:
             self.plug(next(d for d in self.specs if d.id == program.disk),
                       [d.id for d in self.specs].index(program.disk))
-        elif outcome.grown is not None:
-            stuck = self._shrink_back(next(d for d in self.specs if d.id == program.disk))
+        elif outcome.resized is not None:
+            stuck = self._size_back(next(d for d in self.specs if d.id == program.disk))
             if stuck and outcome.finding is None:
+                kept = "grown" if outcome.resized > self.configs[program.disk].capacity else "shrunk"
                 outcome.status = "hang"
-                outcome.finding = Finding("hang", "hang|resize|the guest kept the grown capacity", stuck, len(results))
+                outcome.finding = Finding("hang", f"hang|resize|the guest kept the {kept} capacity", stuck,
+                                          len(results))
                 self.stop()
         return outcome
 
-    def _shrink_back(self, disk: DiskSpec) -> str:
+    def _forget_cut(self, disk_id: str, resized: int) -> None:
+        """After a shrink: what was past the shrunk end is gone (zeros once the disk is back)."""
+        capacity = self.configs[disk_id].capacity
+        if resized < capacity:
+            self.models[disk_id].forget(resized, capacity - resized)
+
+    def _size_back(self, disk: DiskSpec) -> str:
         """After a resize fault: the disk back to its size, and the guest seeing that size
         (so that the next program's commands past the end are refused again). Returns why
         not, if the guest never shows it."""
@@ -548,9 +561,10 @@ class Fuzzer:
           hot-unplugged 0-0.2 s into their run, and plugged back after it; unplug-iopoll: half
           of the programs on IOPOLL rings (review #8: unplug racing a polled command).
         - resize: a fifth of the programs on a writable disk under neither of those get it
-          grown by 1, 8, 256 or 4096 logical blocks (the generator aims commands at the end:
-          just past it, across it): half of them before the program, once the guest shows the
-          new size, half 0-0.1 s into it; shrunk back after it.
+          resized by 1, 8, 256 or 4096 logical blocks (the generator aims commands at the end:
+          just past it, across it): half of them grown before the program, once the guest
+          shows the new size; the other half 0-0.1 s into it, grown or (half of those) shrunk
+          by at most half the disk; put back to its size after it.
         - reset: about a seventh of the programs under neither unplug nor resize get their
           disk's device reset (PCIe FLR, see DeviceReset) 0-0.2 s into their run; only on a
           kernel whose virtio_blk has reset_prepare. A reset must change no result."""
@@ -581,10 +595,12 @@ class Fuzzer:
                 lbs_s = disk.logical_block_size // 512
                 extra = rng.choice((1, 8, 256, 4096)) * lbs_s
                 delay = None if rng.random() < 0.5 else rng.uniform(0.0, 0.1)
-                out.append(Grow(self.machine, disk, delay, extra, self._wait_size))
+                if delay is not None and rng.random() < 0.5:  # a shrink, by at most half the disk
+                    extra = -min(extra, disk.size_bytes // 1024 // lbs_s * lbs_s)
+                out.append(Resize(self.machine, disk, delay, extra, self._wait_size))
         if "reset" in self.plan.faults and self.no_reset is None and \
-                not any(isinstance(f, (Unplug, Grow)) for f in out):
-            # an unplugged disk has no PCI function to reset; a grow's config interrupt
+                not any(isinstance(f, (Unplug, Resize)) for f in out):
+            # an unplugged disk has no PCI function to reset; a resize's config interrupt
             # would race the reset's own reading of the config
             rng = random.Random(seed ^ 0x4E5E7)
             if rng.random() < 0.15:
@@ -610,15 +626,21 @@ class Fuzzer:
         outcome = self.execute(program)
         config = self.configs[program.disk]
         verdict = judge(program, outcome.results, config, self.models[program.disk],
-                        device_errors=outcome.device_errors, unplugged=outcome.unplugged, grown=outcome.grown,
-                        grown_before=outcome.grown_before)
+                        device_errors=outcome.device_errors, unplugged=outcome.unplugged, resized=outcome.resized,
+                        resized_before=outcome.resized_before)
         if standalone:
             verdict = judge(program, outcome.results, config, DiskModel(config.capacity, initial_known=False),
-                            device_errors=outcome.device_errors, unplugged=outcome.unplugged, grown=outcome.grown,
-                            grown_before=outcome.grown_before)
+                            device_errors=outcome.device_errors, unplugged=outcome.unplugged, resized=outcome.resized,
+                            resized_before=outcome.resized_before)
+        if outcome.resized is not None:  # after the judge, which applied the program's writes
+            self._forget_cut(program.disk, outcome.resized)
         if outcome.finding is not None:
             outcome.finding.signature = abi_signature(outcome.finding.signature, program)
             verdict.findings.insert(0, outcome.finding)
+        if outcome.reset:  # a finding only a device reset brings out is its own (as |unplug, |resize)
+            for f in verdict.findings:
+                if not f.signature.startswith("hang|reset|"):
+                    f.signature += "|reset"
         return outcome, verdict
 
     # -- findings ----------------------------------------------------------------------
