@@ -22,7 +22,8 @@ pytestmark = pytest.mark.e2e
 # Exactly this many checks per scenario (not a floor), seen on host QEMU 7.2, 2026-11-30;
 # fault-blkdebug-delay is skipped there (its only allowed skip).
 CHECKS_PER_SCENARIO = {"fault-blkdebug": 10, "fault-error-policy": 10, "fault-schedule-eio": 5, "fault-unplug": 27,
-                       "fault-vm-stop-reset": 6, "fault-throttle": 5, "fault-resize": 7, "fault-request-break": 10}
+                       "fault-vm-stop-reset": 6, "fault-throttle": 5, "fault-resize": 7, "fault-request-break": 10,
+                       "fault-device-reset": 14}
 
 
 @pytest.fixture(scope="module", params=["default", "debug"])

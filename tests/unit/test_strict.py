@@ -57,3 +57,16 @@ def test_not_run_after_a_failure_is_the_failure_not_a_skip(tmp_path):
         CheckResult("smoke", "hotplug", "pass"),
         CheckResult("smoke", "write", "skip", "not run: hotplug failed")])
     assert unallowed_skips(_result(tmp_path, silent)) == ["smoke/write: not run: hotplug failed"]
+
+
+def test_a_kernel_without_reset_prepare_may_skip_the_device_reset_and_nothing_else_may(tmp_path):
+    # 6.12's virtio_blk has no reset_prepare: fault-device-reset skips there, by design
+    no_reset = ScenarioResult("fault-device-reset", status="skip", skip_reasons=[
+        "virtio_blk has no reset_prepare here (virtblk_reset_prepare not in /proc/kallsyms): a device reset "
+        "would go past the driver"])
+    no_debugfs = ScenarioResult("fault-device-reset", status="skip", skip_reasons=[
+        "no /sys/kernel/debug/block in the guest (debugfs): the scenario reads requests in flight there"])
+    assert unallowed_skips(_result(tmp_path, no_reset)) == []
+    assert unallowed_skips(_result(tmp_path, no_debugfs)) == [
+        "fault-device-reset: no /sys/kernel/debug/block in the guest (debugfs): the scenario reads requests in "
+        "flight there"]

@@ -8,8 +8,8 @@ from . import smoke  # noqa: F401  (registers itself)
 from . import driver_ops, driver_refusals, driver_permissions, driver_iopoll, driver_unplug, driver_soak  # noqa: F401
 from . import hotplug_cycles, meta  # noqa: F401
 from . import (fault_blkdebug, fault_blkdebug_delay, fault_error_policy, fault_request_break,  # noqa: F401
-               fault_resize, fault_schedule_eio, fault_schedule_file, fault_throttle, fault_unplug,
-               fault_vm_stop_reset)
+               fault_device_reset, fault_resize, fault_schedule_eio, fault_schedule_file, fault_throttle,
+               fault_unplug, fault_vm_stop_reset)
 # The review suite: one scenario per group of review-v2 findings (issue 11).
 from . import (driver_access, driver_bounds, driver_coherency, driver_compat32, driver_ioprio,  # noqa: F401
                driver_links, driver_pollq, driver_unplug_iopoll)
@@ -26,7 +26,7 @@ SUITES: dict[str, tuple[str, ...]] = {
     "meta-crash": ("meta-sysrq-crash",),
     "meta-fail": ("meta-failing-check",),
     "faults": ("fault-blkdebug", "fault-error-policy", "fault-schedule-eio", "fault-unplug", "fault-vm-stop-reset",
-               "fault-throttle", "fault-resize", "fault-request-break", "fault-blkdebug-delay"),
+               "fault-throttle", "fault-resize", "fault-request-break", "fault-device-reset", "fault-blkdebug-delay"),
     # Checks for the review-v2 findings (issue 11): they fail on the v2 series.
     "review": ("driver-ioprio", "driver-bounds", "driver-access", "driver-links", "driver-coherency",
                "driver-poll-timeout", "driver-unplug-iopoll", "driver-compat32", "driver-ranges", "driver-copyout"),
