@@ -468,6 +468,8 @@ def test_findings_of_a_program_run_beside_a_reset_end_in_reset(fake, tmp_path, m
                                     max_programs=150, faults=("reset",)))
     sigs = {f["signature"] for f in rec["findings"]}
     assert any(s.endswith("|reset") for s in sigs) and any(not s.endswith("|reset") for s in sigs), sigs
+    # the replay line draws the same faults from the program's seed
+    assert all(f["replay"].endswith(" --faults reset") for f in rec["findings"]), rec["findings"][0]["replay"]
 
 
 def test_reset_is_not_drawn_where_virtio_blk_has_no_reset_prepare(fake, tmp_path, monkeypatch):

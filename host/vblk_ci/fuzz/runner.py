@@ -684,11 +684,14 @@ class Fuzzer:
         (folder / "program.txt").write_text(program.text(), encoding="utf-8")
         (folder / "shrunk.txt").write_text(shrunk.text(), encoding="utf-8")
         title = f"{finding.signature}: {finding.detail.splitlines()[0]}"
+        # the host faults come from the program's seed: the same --faults draws them again
+        replay = f"vblk-ci fuzz --replay {folder / 'shrunk.txt'}" + \
+            (f" --faults {','.join(self.plan.faults)}" if self.plan.faults else "")
         (folder / "repro.c").write_text(write_repro_c(shrunk, self.configs[program.disk], title), encoding="utf-8")
         record = {"n": n, "kind": finding.kind, "signature": finding.signature, "detail": finding.detail,
                   "expected": finding.expected, "got": finding.got, "disk": program.disk,
                   "program_seed": program.seed, "steps": len(program.steps), "shrunk_steps": len(shrunk.steps),
-                  "shrink_runs": runs, "folder": str(folder), "replay": f"vblk-ci fuzz --replay {folder / 'shrunk.txt'}"}
+                  "shrink_runs": runs, "folder": str(folder), "replay": replay}
         (folder / "finding.json").write_text(json.dumps(record, indent=2), encoding="utf-8")
         return record
 
