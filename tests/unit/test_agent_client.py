@@ -87,10 +87,26 @@ def test_internal_error_is_an_agent_bug_not_a_driver_outcome():
 
 def test_stale_replies_and_events_are_set_aside():
     def handler(req):
-        return [{"event": "ready", "boot_ns": 5}, {"id": 999, "result": "stale"}, {"id": req["id"], "result": {"ok": 1}}]
+        return [{"event": "note", "boot_ns": 5}, {"id": 999, "result": "stale"}, {"id": req["id"], "result": {"ok": 1}}]
     client = FakeAgent(handler).client()
     assert client.call("x") == {"ok": 1}
-    assert client.events == [{"event": "ready", "boot_ns": 5}]
+    assert client.events == [{"event": "note", "boot_ns": 5}]
+
+
+def test_a_new_agent_saying_ready_ends_the_call_it_cannot_answer():
+    # the guest rebooted (a QMP system_reset) while the call waited: no reply will come, so
+    # the call ends at once instead of at its deadline; the new agent answers the next one
+    replies = iter([[{"event": "ready", "boot_ns": 7}], None])
+
+    def handler(req):
+        nxt = next(replies)
+        return nxt if nxt is not None else [{"id": req["id"], "result": "new agent"}]
+    client = FakeAgent(handler).client()
+    started = time.monotonic()
+    with pytest.raises(AgentError) as info:
+        client.call("exec", timeout=30)
+    assert info.value.kind == "Restarted" and time.monotonic() - started < 5
+    assert client.call("again", timeout=2) == "new agent"
 
 
 def test_bad_request_with_null_id_raises():

@@ -10,6 +10,8 @@ Errors come back as ``AgentError(kind, message)``: the agent's own error types
 - ``Protocol``     a line that is not a JSON object
 - ``NotReady``     the readiness handshake ran out of time
 - ``GuestGone``    the handshake stopped because the VM is gone (circuit breaker)
+- ``Restarted``    a new agent said ``ready`` while a call waited: the guest rebooted, and
+                   no reply to that call can come
 
 except ``InternalError`` (a handler of the agent's raised something it did not expect),
 which is ``AgentBug``: an infrastructure error, never a verdict on the driver. The
@@ -106,14 +108,17 @@ class AgentClient:
             raise AgentError("Protocol", f"not a JSON object: {text[:200]!r}")
         return msg
 
-    def _await_reply(self, ids: set[int], deadline: float) -> dict | None:
-        """The first reply whose id is in ``ids``; stale replies and events are set aside."""
+    def _await_reply(self, ids: set[int], deadline: float, restart_ends: bool = False) -> dict | None:
+        """The first reply whose id is in ``ids``; stale replies and events are set aside.
+        ``restart_ends``: a ``ready`` event (a new agent) raises ``Restarted``."""
         while True:
             msg = self._next_message(deadline)
             if msg is None:
                 return None
             if "event" in msg and "id" not in msg:
                 self._note_event(msg)
+                if restart_ends and msg.get("event") == "ready":
+                    raise AgentError("Restarted", "the agent started again (the guest rebooted) before it answered")
                 continue
             if msg.get("id") in ids:
                 return msg
@@ -136,7 +141,7 @@ class AgentClient:
             req_id = next(self._ids)
             deadline = time.monotonic() + timeout
             self._send({"id": req_id, "method": method, "params": params or {}}, timeout)
-            msg = self._await_reply({req_id}, deadline)
+            msg = self._await_reply({req_id}, deadline, restart_ends=True)
         if msg is None:
             raise AgentError("HostTimeout", f"{method}: no reply within {timeout:.1f}s")
         if "error" in msg:
