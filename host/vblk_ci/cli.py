@@ -236,7 +236,8 @@ def _add_fuzz_parser(sub) -> None:
                         "the programs on IOPOLL rings), resize (block_resize grows the disk before or during a fifth "
                         "of the programs on a writable disk, or shrinks it during one; back to its size after), reset (a PCIe function-level reset "
                         "of the disk's device mid-program in about a seventh, through the guest's sysfs: "
-                        "virtio_blk's reset_prepare/reset_done; kernels without them skip it)")
+                        "virtio_blk's reset_prepare/reset_done; kernels without them skip it), system-reset (QMP "
+                        "system_reset mid-program in a twentieth: the guest reboots, the campaign goes on)")
     f.add_argument("--disable", default="", metavar="MUTATIONS",
                    help="mutations never drawn, comma-separated (e.g. huge-len: a known crash costs a reboot per hit)")
     f.add_argument("--replay", metavar="FILE", help="run one program file (a finding's shrunk.txt) and judge it; "

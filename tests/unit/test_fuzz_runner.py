@@ -50,6 +50,8 @@ RESET_RC = "0"  # what the guest's reset left in its status file ("" : it never 
 RESET_PREPARE = True  # the guest's virtio_blk has reset_prepare (in /proc/kallsyms)
 RESETS: list[str] = []  # the wrapped command line of each program run beside a device reset
 PARAMS: list[tuple[str, str]] = []  # (virtio_blk module parameter, value) written, in order
+REBOOTING: list[bool] = []  # a system_reset was sent and the guest has not come back yet
+COMES_BACK = True  # the guest boots again after a system_reset
 
 
 def fake_driver(text: str, dev: str) -> str:
@@ -111,7 +113,14 @@ class FakeAgent:
         assert path == "/proc/sys/kernel/osrelease"
         return "7.3.4\n"
 
+    def wait_disk(self, serial, timeout_s=10.0, chardev=True):
+        name = {"fuzz-d0": "vda", "fuzz-d1": "vdb", "fuzz-ro": "vdc"}[serial]
+        return {"name": name, "chardev": f"/dev/{name}c0"}
+
     def exec(self, argv=None, cmd=None, stdin=None, timeout_s=30.0):
+        if REBOOTING and stdin is not None:  # the agent that ran the program went with the guest
+            from vblk_ci.errors import AgentError
+            raise AgentError("Restarted", "the agent started again (the guest rebooted) before it answered")
         if cmd is not None and " exec /usr/bin/vblk-engine" in cmd:  # a program beside a device reset
             RESETS.append(cmd)
             argv = shlex.split(cmd.split(" exec ", 1)[1])
@@ -161,8 +170,17 @@ class FakeMachine:
     def is_running(self):
         return self.running
 
+    def wait_reboot(self, mark):
+        if not COMES_BACK:
+            from vblk_ci.errors import BootError
+            raise BootError("no second boot within 120s after the reset")
+        REBOOTING.clear()
+        return 2.0
+
     def qmp(self, cmd, args=None, timeout=None):
         QMP_CALLS.append(cmd)
+        if cmd == "system_reset":
+            REBOOTING.append(True)
         if cmd == "blockdev-add" and args.get("driver") == "blkdebug":
             ARMED[args["image"].split("-")[0]] = args["inject-error"][0]["iotype"]
         if cmd == "blockdev-del":
@@ -196,6 +214,7 @@ def fake(monkeypatch, tmp_path):
     RESIZES.clear()
     RESETS.clear()
     PARAMS.clear()
+    REBOOTING.clear()
     monkeypatch.setattr(R, "Machine", FakeMachine)
     monkeypatch.setattr(R, "resolve_binary", lambda q: "/usr/bin/qemu-system-x86_64")
     monkeypatch.setattr(R, "probe_caps", lambda q: None)
@@ -489,3 +508,41 @@ def test_every_disk_is_plugged_with_one_poll_queue(fake, tmp_path):
     fuzzer = R.Fuzzer(R.FuzzPlan(kernel=kernel, initramfs=initrd, out=tmp_path / "o", seed=3), lambda e: None)
     fuzzer.boot()
     assert [v for k, v in PARAMS if k == "poll_queues"] == ["1"] * len(fuzzer.specs)
+
+
+def _reset_in_line(monkeypatch):
+    """The system_reset lands before the program's first command (in the guest, anywhere)."""
+    monkeypatch.setattr(R.MachineReset, "start", lambda self: self.run())
+    monkeypatch.setattr(R.MachineReset, "join", lambda self, timeout=None: None)
+
+
+def test_system_reset_reboots_the_guest_mid_program_and_the_campaign_goes_on(fake, tmp_path, monkeypatch):
+    kernel, initrd = fake
+    QMP_CALLS.clear()
+    monkeypatch.setattr(R.time, "sleep", lambda s: None)
+    _reset_in_line(monkeypatch)
+    rec = R.run_campaign(R.FuzzPlan(kernel=kernel, initramfs=initrd, out=tmp_path / "o", seed=3, budget_s=1e6,
+                                    max_programs=200, faults=("system-reset",)))
+    # a twentieth of the programs; each one a reset the guest came back from, in the same QEMU
+    assert 3 <= rec["system_resets"] == rec["programs_with_fault"] <= 25 and rec["boots"] == 1
+    assert QMP_CALLS.count("system_reset") == rec["system_resets"] and not REBOOTING
+    # reboot=reset for the reset, reboot=shutdown again after it
+    assert QMP_CALLS.count("set-action") == 2 * rec["system_resets"]
+    # lost results are no finding; what the programs wrote before is still judged
+    sigs = {f["signature"] for f in rec["findings"]}
+    assert all("wraps past 2^64" in s.removesuffix("|system-reset") for s in sigs), sigs
+
+
+def test_a_guest_that_does_not_come_back_from_a_system_reset_is_a_finding(fake, tmp_path, monkeypatch):
+    kernel, initrd = fake
+    monkeypatch.setattr(R.time, "sleep", lambda s: None)
+    monkeypatch.setattr(sys.modules[__name__], "COMES_BACK", False)
+    _reset_in_line(monkeypatch)
+    fuzzer = R.Fuzzer(R.FuzzPlan(kernel=kernel, initramfs=initrd, out=tmp_path / "o", seed=3,
+                                 faults=("system-reset",)), lambda e: None)
+    fuzzer.boot()
+    program = next(p for p in (R.generate(3, i, list(fuzzer.configs.values())) for i in range(400))
+                   if fuzzer.faults_for(p))
+    outcome = fuzzer.execute(program)
+    assert outcome.status == "hang" and outcome.finding.signature == "hang|system-reset|the guest did not come back"
+    assert "no second boot" in outcome.finding.detail and not fuzzer.alive()

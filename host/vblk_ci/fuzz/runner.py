@@ -52,7 +52,9 @@ PROGRAM_TIMEOUT_S = 90.0  # the agent's limit for one program (TCG; scaled)
 PAUSE_S = 0.3  # --faults stop-cont: how long the VM stays stopped
 RESIZE_WAIT_S = 20.0  # --faults resize: how long the guest may take to see the disk's size again
 RESET_WAIT_S = 30.0  # --faults reset: how long the device reset may take once the program is done
-FAULT_KINDS = ("stop-cont", "blkdebug-eio", "unplug", "unplug-iopoll", "resize", "reset")
+FAULT_KINDS = ("stop-cont", "blkdebug-eio", "unplug", "unplug-iopoll", "resize", "reset", "system-reset")
+#: Every fuzz disk has one poll queue, also when the guest probes it at boot (after a system reset).
+FUZZ_CMDLINE = ("virtio_blk.poll_queues=1",)
 BLKDEBUG_OPS = {"read": frozenset({T_IN}), "write": frozenset({T_OUT}), "discard": frozenset({T_DISCARD})}
 OOM = re.compile(r"\S+ invoked oom-killer: [^\n]*")
 
@@ -166,9 +168,9 @@ class DeviceReset:
     the executor's commands in flight: a PCIe function-level reset through the guest's
     ``/sys/bus/pci/devices/<dev>/reset``, which virtio-pci hands to virtio_blk's
     reset_prepare (freeze the queue, reset the device, delete the virtqueues) and
-    reset_done (new virtqueues, unquiesce). QMP has no reset for one device, and
-    ``system_reset`` reboots the guest, which runs nothing of the driver. A reset must
-    change no result: the freeze waits for every request the device holds.
+    reset_done (new virtqueues, unquiesce). QMP has no reset for one device (MachineReset
+    resets the whole VM, which the old guest's driver never sees). A reset must change no
+    result: the freeze waits for every request the device holds.
 
     The guest's shell runs it beside the executor (the agent runs one call at a time):
     ``command()`` wraps the executor's argv; ``join()`` waits for the reset's exit status."""
@@ -207,6 +209,30 @@ class DeviceReset:
                           f"had not returned {self.wait_s:.0f} s (scaled) after it")
         elif res.get("stdout", "").strip() != "0":
             self.error = f"writing 1 to {self.guest_name}'s PCI reset exited {res.get('stdout', '').strip()}"
+
+
+class MachineReset(threading.Thread):
+    """--faults system-reset: ``delay`` seconds into the program, QMP ``system_reset``: the
+    guest reboots with the program's commands in flight. QEMU keeps the disks and what it
+    wrote to their files. The program's results go with the old agent (``Restarted``), so
+    what it wrote is unknown to the model; what earlier programs wrote must still be there,
+    which the next programs' reads check. ``mark``: the console before the reset."""
+
+    def __init__(self, machine: Machine, delay: float):
+        super().__init__(name="fuzz-system-reset", daemon=True)
+        self.machine = machine
+        self.delay = delay
+        self.fault = make_fault("system-reset")
+        self.mark: int | None = None  # set when the reset was sent
+        self.error: str | None = None  # QEMU refused it
+
+    def run(self) -> None:
+        time.sleep(self.delay)
+        self.mark = self.machine.console.mark()
+        try:
+            self.fault.arm(self.machine)
+        except (QmpError, InfraError, OSError) as exc:
+            self.error = str(exc)
 
 
 class Resize(threading.Thread):
@@ -273,6 +299,7 @@ class RunOutcome:
     device_errors: frozenset[int] = frozenset()  # step types a blkdebug fault may fail (IOERR)
     unplugged: bool = False  # the disk was hot-unplugged during the program
     reset: bool = False  # the disk's device was reset during the program
+    machine_reset: bool = False  # the VM was reset (system_reset) during the program
     resized: int | None = None  # the disk's capacity (sectors) after it grew or shrank (a resize fault)
     resized_before: bool = False  # it grew before the program, and the guest showed the new size
 
@@ -285,6 +312,7 @@ class Stats:
     boots: int = 0
     shrink_runs: int = 0
     faults: int = 0
+    machine_resets: int = 0  # system resets the guest came back from
     classes: Counter = field(default_factory=Counter)
     rules: Counter = field(default_factory=Counter)
     hits: Counter = field(default_factory=Counter)  # finding signature -> programs that hit it
@@ -327,7 +355,8 @@ class Fuzzer:
         vm_dir = self.out / f"vm-{self.stats.boots}"
         vm_dir.mkdir(parents=True, exist_ok=True)
         spec = MachineSpec(qemu=self.qemu, kernel=Path(self.plan.kernel), initrd=Path(self.plan.initramfs),
-                           accel=self.accel.name, smp=self.plan.smp, memory_mb=self.plan.memory_mb, disk_slots=4)
+                           accel=self.accel.name, smp=self.plan.smp, memory_mb=self.plan.memory_mb, disk_slots=4,
+                           append=FUZZ_CMDLINE)
         self.machine = Machine(spec, vm_dir, self.timeouts, self.caps)
         self.stats.boots += 1
         self.emit(E.BootStart(self.accel.name))
@@ -355,9 +384,14 @@ class Fuzzer:
         plugged = self.machine.hotplug(disk, slot, chardev=True)
         self.emit(E.DiskPlugged(disk.id, disk.serial, plugged.seconds_to_visible, plugged.guest_name,
                                 plugged.chardev))
-        self.chardev[disk.id] = plugged.chardev
-        self.guest_name[disk.id] = plugged.guest_name
-        values = self.machine.agent.call("sysfs", {"name": plugged.guest_name, "paths": list(SYSFS_PATHS)})
+        self._adopt(disk, plugged.guest_name, plugged.chardev)
+
+    def _adopt(self, disk: DiskSpec, guest_name: str, chardev: str) -> None:
+        """The guest shows ``disk`` as ``guest_name``/``chardev`` (plugged, or probed again at a
+        reboot): check its configuration is the one it had, and hand the node to USER_ID."""
+        self.chardev[disk.id] = chardev
+        self.guest_name[disk.id] = guest_name
+        values = self.machine.agent.call("sysfs", {"name": guest_name, "paths": list(SYSFS_PATHS)})
         if not self.kernel_release:
             self.kernel_release = self.machine.agent.read_file("/proc/sys/kernel/osrelease").strip()
         config = DiskConfig.from_sysfs(disk.id, disk.serial, values, self.kernel_release)
@@ -368,7 +402,20 @@ class Fuzzer:
         self.models.setdefault(disk.id, DiskModel(config.capacity, initial_known=True))
         # programs with a user line run as USER_ID: the node is theirs (mode 0600), as
         # driver-access does it, so the open mode and the missing capability decide
-        self._guest_sh(f"chown {USER_ID}:{USER_ID} {plugged.chardev} && chmod 0600 {plugged.chardev}")
+        self._guest_sh(f"chown {USER_ID}:{USER_ID} {chardev} && chmod 0600 {chardev}")
+
+    def _after_machine_reset(self, reset: "MachineReset") -> str:
+        """The guest rebooted: wait for its new agent and its disks; why not, if it never comes back."""
+        try:
+            self.machine.wait_reboot(reset.mark or 0)
+            reset.fault.disarm(self.machine)  # reboot=shutdown again
+            for disk in self.specs:
+                info = self.machine.agent.wait_disk(disk.serial, timeout_s=self.timeouts(30.0), chardev=True)
+                self._adopt(disk, info["name"], info["chardev"])
+        except (BootError, AgentError, QmpError) as exc:
+            return f"after system_reset {reset.delay:.2f} s into the program: {exc}"
+        self.stats.machine_resets += 1
+        return ""
 
     def _guest_sh(self, cmd: str) -> str:
         res = self.machine.agent.exec(cmd=cmd, timeout_s=self.timeouts(30.0))
@@ -468,6 +515,15 @@ class Fuzzer:
                 if fault.error:
                     raise InfraError(f"cannot reset {program.disk}'s device: {fault.error}")
                 outcome.reset = True
+            if isinstance(fault, MachineReset):
+                if fault.error:
+                    raise InfraError(f"cannot reset the VM: {fault.error}")
+                outcome.machine_reset = True
+                lost = self._after_machine_reset(fault)
+                if lost:
+                    outcome.status = "hang"
+                    outcome.finding = Finding("hang", "hang|system-reset|the guest did not come back", lost, 0)
+                error = None  # the old agent went with the program's results: no verdict on them
             if isinstance(fault, Resize):
                 if fault.error:
                     raise InfraError(f"cannot resize {program.disk}: {fault.error}")
@@ -512,9 +568,10 @@ class Fuzzer:
                                       len(results))
         if outcome.status == "ok" and any(r.get("hang") for r in results):
             outcome.status = "hang"  # the executor gave up on a command: judge() reports it
-        if outcome.status in ("splat", "hang"):
+        if outcome.status in ("splat", "hang") or (outcome.machine_reset and rc is None):
             # what the program was writing when the guest went down is unknown now
             self._forget(program)
+        if outcome.status in ("splat", "hang"):
             self.stop()
         elif unplug is not None:
             self.plug(next(d for d in self.specs if d.id == program.disk),
@@ -567,7 +624,10 @@ class Fuzzer:
           by at most half the disk; put back to its size after it.
         - reset: about a seventh of the programs under neither unplug nor resize get their
           disk's device reset (PCIe FLR, see DeviceReset) 0-0.2 s into their run; only on a
-          kernel whose virtio_blk has reset_prepare. A reset must change no result."""
+          kernel whose virtio_blk has reset_prepare. A reset must change no result.
+        - system-reset: a twentieth of the programs under none of the others but stop-cont get
+          the VM reset (QMP system_reset) 0-0.3 s into their run; the guest must come back with
+          its disks as they were, and what earlier programs wrote must still read back."""
         out: list = []
         seed = program.seed if program.seed is not None else 0
         if "stop-cont" in self.plan.faults:
@@ -606,6 +666,12 @@ class Fuzzer:
             if rng.random() < 0.15:
                 out.append(DeviceReset(self.machine, self.guest_name[disk.id], rng.uniform(0.0, 0.2),
                                        self.timeouts(RESET_WAIT_S)))
+        if "system-reset" in self.plan.faults and \
+                not any(isinstance(f, (BlkdebugEio, Unplug, Resize, DeviceReset)) for f in out):
+            # alone but for stop-cont: each of the others needs the disk it changed put back
+            rng = random.Random(seed ^ 0x5157E5)
+            if rng.random() < 0.05:
+                out.append(MachineReset(self.machine, rng.uniform(0.0, 0.3)))
         if out:
             self.stats.faults += 1
         return out
@@ -637,10 +703,11 @@ class Fuzzer:
         if outcome.finding is not None:
             outcome.finding.signature = abi_signature(outcome.finding.signature, program)
             verdict.findings.insert(0, outcome.finding)
-        if outcome.reset:  # a finding only a device reset brings out is its own (as |unplug, |resize)
-            for f in verdict.findings:
-                if not f.signature.startswith("hang|reset|"):
-                    f.signature += "|reset"
+        # a finding only a reset brings out is its own (as |unplug, |resize)
+        for happened, suffix in ((outcome.reset, "reset"), (outcome.machine_reset, "system-reset")):
+            for f in verdict.findings if happened else ():
+                if not f.signature.startswith(f"hang|{suffix}|"):
+                    f.signature += f"|{suffix}"
         return outcome, verdict
 
     # -- findings ----------------------------------------------------------------------
@@ -779,6 +846,7 @@ class Fuzzer:
             "disabled_mutations": dict(self.disabled),
             "callers": dict(sorted(s.callers.items())), "user_id": USER_ID, "engine32": self.engine32 or "ok",
             "reset": self.no_reset or ("drawn" if "reset" in self.plan.faults else "not asked"),
+            "system_resets": s.machine_resets,
             "classes": dict(sorted(s.classes.items())), "rules": dict(sorted(s.rules.items())),
             "findings": findings,
         }
