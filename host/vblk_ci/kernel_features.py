@@ -12,3 +12,14 @@ def takes_fixed_vec(kernel_release: str) -> bool:
         return (int(parts[0]), int(parts[1].split("-")[0])) >= (6, 15)
     except (IndexError, ValueError):
         return True
+
+
+#: Guest shell: exits 0 when the guest's virtio_blk has reset_prepare (7.3 has, 6.12 has not),
+#: i.e. a device reset goes through the driver instead of past it.
+HAS_RESET_PREPARE = "grep -qw virtblk_reset_prepare /proc/kallsyms"
+
+
+def pci_function(name: str) -> str:
+    """Guest shell for disk ``name``'s PCI function: /sys/block/vdX/device is the virtio device,
+    its parent the function (where sysfs' ``reset`` is)."""
+    return f"$(readlink -f /sys/block/{name}/device/..)"

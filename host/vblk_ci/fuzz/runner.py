@@ -33,6 +33,7 @@ from ..disks.plugging import DiskPlugger
 from ..disks.spec import DiskSpec, create_sparse_file
 from ..errors import AgentError, BootError, InfraError, MissingPrerequisite, QmpError
 from ..faults import make_fault
+from ..kernel_features import HAS_RESET_PREPARE, pci_function
 from ..machine.accel import choose
 from ..machine.argv import BASE_CMDLINE, MachineSpec
 from ..machine.machine import Machine, Timeouts
@@ -189,9 +190,7 @@ class DeviceReset:
         self.machine.agent.exec(cmd=f"rm -f {self.RC}")
 
     def command(self, argv: list[str]) -> str:
-        # /sys/block/vdX/device is the virtio device; its parent is the PCI function.
-        pci = f"$(readlink -f /sys/block/{self.guest_name}/device/..)"
-        reset = (f"(sleep {self.delay:.3f}; echo 1 > {pci}/reset; echo $? > {self.RC}.new; "
+        reset = (f"(sleep {self.delay:.3f}; echo 1 > {pci_function(self.guest_name)}/reset; echo $? > {self.RC}.new; "
                  f"mv {self.RC}.new {self.RC}) </dev/null >/dev/null 2>&1 &")
         return f"{reset} exec {shlex.join(argv)}"
 
@@ -442,7 +441,7 @@ class Fuzzer:
         """Does this kernel's virtio_blk take part in a device reset? Without reset_prepare
         (6.12 has none) virtio-pci resets the device under a driver that goes on using its
         virtqueues: every later command would hang for a reason that is not a bug."""
-        res = self.machine.agent.exec(cmd="grep -qw virtblk_reset_prepare /proc/kallsyms",
+        res = self.machine.agent.exec(cmd=HAS_RESET_PREPARE,
                                       timeout_s=self.timeouts(30.0))
         if res.get("rc") != 0:
             self.no_reset = ("--faults reset not drawn: this kernel's virtio_blk has no reset_prepare "

@@ -27,6 +27,7 @@ from __future__ import annotations
 import time
 
 from ..errors import AgentError, CheckFailed
+from ..kernel_features import HAS_RESET_PREPARE, pci_function
 from .base import Scenario, ScenarioContext, register
 from .driver_common import (
     DEBUGFS_BLOCK, POLL_QUEUES_PARAM, MiB, KiB, eargs, expect_clean, plug_file_disk, poll_queue_requirements,
@@ -43,12 +44,6 @@ SEED = 0x5E7
 JOB_RUNTIME_S = 120  # upper bound; the jobs are stopped with SIGINT after the resets
 RESET_S = 60.0  # one reset (the drain, the device reset, new virtqueues), scaled
 PAUSE_S = 0.3  # between resets, so the rings submit into a running queue too
-RESET_PREPARE = "virtblk_reset_prepare"
-
-
-def pci_function(name: str) -> str:
-    """Shell for the disk's PCI function: /sys/block/vdX/device is the virtio device, its parent the function."""
-    return f"$(readlink -f /sys/block/{name}/device/..)"
 
 
 @register
@@ -62,8 +57,8 @@ class FaultDeviceReset(Scenario):
 
     def requires(self, ctx: ScenarioContext) -> list[str]:
         reasons = poll_queue_requirements(ctx)
-        if ctx.agent.exec(cmd=f"grep -qw {RESET_PREPARE} /proc/kallsyms").get("rc") != 0:
-            reasons.append(f"virtio_blk has no reset_prepare here ({RESET_PREPARE} not in /proc/kallsyms): "
+        if ctx.agent.exec(cmd=HAS_RESET_PREPARE).get("rc") != 0:
+            reasons.append("virtio_blk has no reset_prepare here (virtblk_reset_prepare not in /proc/kallsyms): "
                            "a device reset would go past the driver")
         return reasons
 
