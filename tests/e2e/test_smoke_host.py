@@ -10,6 +10,7 @@ from __future__ import annotations
 import gzip
 import io
 import json
+import re
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
@@ -17,9 +18,9 @@ import pytest
 
 from vblk_ci import events as E
 from vblk_ci.build.initramfs import CpioWriter
-from vblk_ci.errors import LaunchFailure
+from vblk_ci.errors import BootError, LaunchFailure
 from vblk_ci.machine.argv import MachineSpec
-from vblk_ci.machine.machine import Machine
+from vblk_ci.machine.machine import Machine, Timeouts
 from vblk_ci.runner import Plan, run
 
 pytestmark = pytest.mark.e2e
@@ -86,6 +87,24 @@ def test_launch_failure_explains_itself(tmp_path):
     assert failure.exitcode not in (None, 0)
     assert str(tmp_path / "missing-bzImage") in failure.output
     assert failure.argv[0] == "qemu-system-x86_64" and "-kernel" in failure.argv
+
+
+def test_a_boot_that_stops_progressing_says_where_each_vcpu_is(kernel, initramfs, tmp_path):
+    """A boot timeout carries each vCPU's RIP, interrupt flag and halt state, and vcpus.txt
+    every register, twice: how the 7.3 clocksource-watchdog deadlock was read
+    (docs/boot-hang.md). Here the awaited line never comes but the guest is fine, busy or
+    idle, so the report must not call it a deadlock."""
+    spec = MachineSpec(qemu="qemu-system-x86_64", kernel=kernel, initrd=initramfs, accel="tcg")
+    with pytest.raises(BootError) as info:
+        with Machine(spec, tmp_path / "run", Timeouts(boot=15.0)) as vm:
+            vm.wait_boot(re.compile("a line no kernel prints"))
+    text = str(info.value)
+    for cpu in (0, 1):
+        assert re.search(rf"^vCPU {cpu}: RIP 0x[0-9a-f]{{16}}, interrupts o(n|ff), (running|halted \(idle\))",
+                         text, re.M), text
+    assert "deadlock" not in text
+    registers = (tmp_path / "run" / "vcpus.txt").read_text()
+    assert registers.count("CPU#0") == 2 and registers.count("CPU#1") == 2
 
 
 def _cpio_newc(files: dict[str, tuple[int, bytes]]) -> bytes:

@@ -42,6 +42,8 @@ from ..errors import AgentError, BootError, LaunchFailure, MachineTimeout, QmpEr
 from ..events import DiskPlugged
 from . import argv as A
 from .qemuinfo import probe_caps
+from .vcpus import describe as describe_vcpus
+from .vcpus import parse_registers
 
 ENV_TIMEOUT_SCALE = "VBLK_CI_TIMEOUT_SCALE"
 INIT_MARKER = re.compile(r"Run /\S* as init process")
@@ -347,10 +349,28 @@ class Machine:
         if m is None:
             if self.is_running() and not self.console.eof:
                 raise BootError(f"the console did not show {marker.pattern!r} within {timeout:.0f}s\n"
-                                f"{self.console.tail()}")
+                                f"{self.console.tail()}{self.vcpu_report()}")
             raise BootError(f"QEMU exited ({self.exitcode}) before the kernel started init\n{self.console.tail()}")
         at = self.console.line_time(marker) or time.monotonic()
         return at - self._launched_at
+
+    def vcpu_report(self, gap: float = 2.0) -> str:
+        """Where the vCPUs of a guest that stopped progressing are: ``info registers -a`` twice,
+        ``gap`` seconds apart, raw into ``vcpus.txt``; a few summary lines to append to an
+        error, or "" when the monitor does not answer (QEMU gone or wedged)."""
+        samples = []
+        for i in range(2):
+            if i:
+                time.sleep(gap)
+            try:
+                samples.append(self.qmp("human-monitor-command", {"command-line": "info registers -a"}))
+            except QmpError:
+                return ""
+        (self.run_dir / "vcpus.txt").write_text(
+            f"info registers -a, then again {gap:.0f} s later\n\n" + f"\n{'=' * 60}\n".join(samples),
+            encoding="utf-8")
+        summary = describe_vcpus(parse_registers(samples[0]), parse_registers(samples[1]))
+        return f"\nvCPUs (vcpus.txt in the run dir has every register):\n{summary}" if summary else ""
 
     def wait_agent(self) -> float:
         """Seconds from launch until the agent answered a ping (handshake with circuit breaker)."""
@@ -375,7 +395,8 @@ class Machine:
         started = time.monotonic()
         timeout = self.timeouts(self.timeouts.boot)
         if self.console.wait_for(INIT_MARKER, timeout, mark=mark, abort=lambda: not self.is_running()) is None:
-            raise BootError(f"no second boot within {timeout:.0f}s after the reset\n{self.console.tail()}")
+            raise BootError(f"no second boot within {timeout:.0f}s after the reset\n"
+                            f"{self.console.tail()}{self.vcpu_report()}")
         try:
             self.agent.handshake(self.timeouts(self.timeouts.agent), alive=self.is_running)
         except AgentError as exc:
