@@ -2,9 +2,10 @@
 
 A guest that hangs before init prints nothing more, so the console alone cannot say
 whether it deadlocked, spun or sat idle. QEMU still knows: each CPU's RIP, whether
-interrupts are on (RFLAGS.IF) and whether it is halted (HLT=1 is the idle loop). Two
-CPUs both running with interrupts off and RIPs that do not move is a deadlock between
-them; the RIPs go through the kernel's System.map or ``scripts/faddr2line``.
+interrupts are on (RFLAGS.IF) and whether it is halted (HLT=1 is the idle loop). Every
+CPU running with interrupts off, twice seconds apart, is CPUs waiting on each other: none
+can take the IPI or the tick another waits for. The RIPs go through the kernel's
+System.map or ``scripts/faddr2line``.
 
 Pure functions over the monitor's text; ``tests/unit/test_vcpus.py`` runs them on
 a recording of a real hang.
@@ -57,8 +58,10 @@ def describe(before: list[VcpuState], after: list[VcpuState]) -> str:
         old = was.get(s.index)
         still = old is not None and old.rip == s.rip and not s.halted
         lines.append(s.describe() + (" (same RIP both times)" if still else ""))
-    stuck = [s for s in after if not s.halted and not s.interrupts_on
-             and s.index in was and was[s.index].rip == s.rip]
-    if len(stuck) == len(after) > 1:
-        lines.append("every vCPU spins with interrupts off at the same RIP: a deadlock between them")
+    # Interrupts off on every CPU in both samples: none can take the IPI or timer that the
+    # others wait for. One CPU idle or with interrupts on is only a slow guest.
+    busy = [s for s in after if not s.halted and not s.interrupts_on
+            and s.index in was and not was[s.index].halted and not was[s.index].interrupts_on]
+    if len(busy) == len(after) > 1:
+        lines.append("every vCPU ran with interrupts off in both samples: they are waiting on each other")
     return "\n".join(lines)
