@@ -17,6 +17,7 @@ import pytest
 
 from vblk_ci.fuzz import runner as R
 from vblk_ci.machine.accel import Accel
+from vblk_ci.machine.argv import BASE_CMDLINE
 from vblk_ci.fuzz.program import T_DISCARD, T_GET_ID, T_IN, T_OUT, parse
 from vblk_ci.fuzz.table import U64, DiskConfig, data_bytes, effects, expect
 
@@ -149,6 +150,7 @@ class Plugged:
 
 class FakeMachine:
     def __init__(self, spec, run_dir, timeouts=None, caps=None):
+        self.spec = spec
         self.timeouts = timeouts
         self.console = FakeConsole()
         self.agent = FakeAgent()
@@ -501,13 +503,31 @@ def test_reset_is_not_drawn_where_virtio_blk_has_no_reset_prepare(fake, tmp_path
     assert not RESETS and rec["programs_with_fault"] == 0
 
 
-def test_every_disk_is_plugged_with_one_poll_queue(fake, tmp_path):
+def test_every_disk_has_one_poll_queue_from_the_kernel_command_line(fake, tmp_path):
     # IOPOLL programs poll for real only on a poll queue; virtio_blk reads the parameter at
-    # probe, and again when a device reset rebuilds the virtqueues, so it is the same for all
+    # every probe (hot-plug, device reset, the boot after a system reset): the command line
+    # covers them all, derived from the disks, with no write to /sys/module besides
     kernel, initrd = fake
     fuzzer = R.Fuzzer(R.FuzzPlan(kernel=kernel, initramfs=initrd, out=tmp_path / "o", seed=3), lambda e: None)
     fuzzer.boot()
-    assert [v for k, v in PARAMS if k == "poll_queues"] == ["1"] * len(fuzzer.specs)
+    assert {d.guest_poll_queues for d in fuzzer.specs} == {1}
+    assert fuzzer.machine.spec.append == ("virtio_blk.poll_queues=1", "virtio_blk.num_request_queues=0")
+    assert PARAMS == []
+
+
+def test_the_record_names_the_command_line_the_guest_booted(fake, tmp_path):
+    kernel, initrd = fake
+    rec = R.run_campaign(R.FuzzPlan(kernel=kernel, initramfs=initrd, out=tmp_path / "o", seed=3, budget_s=1e6,
+                                    max_programs=2))
+    assert rec["kernel_cmdline"] == " ".join((*BASE_CMDLINE, "virtio_blk.poll_queues=1",
+                                              "virtio_blk.num_request_queues=0"))
+
+
+def test_disks_that_disagree_on_the_global_queue_parameters_are_refused(tmp_path):
+    disks = R.fuzz_disks(tmp_path)
+    disks[1] = replace(disks[1], guest_poll_queues=2)
+    with pytest.raises(ValueError, match="disagree on virtio_blk's queue parameters"):
+        R.guest_cmdline(disks)
 
 
 def _reset_in_line(monkeypatch):

@@ -29,13 +29,12 @@ from pathlib import Path
 from .. import __version__
 from .. import events as E
 from ..disks.capacity import wait_guest_sectors
-from ..disks.plugging import DiskPlugger
 from ..disks.spec import DiskSpec, create_sparse_file
 from ..errors import AgentError, BootError, InfraError, MissingPrerequisite, QmpError
 from ..faults import make_fault
 from ..kernel_features import HAS_RESET_PREPARE, pci_function
 from ..machine.accel import choose
-from ..machine.argv import BASE_CMDLINE, MachineSpec
+from ..machine.argv import MachineSpec, kernel_cmdline
 from ..machine.machine import Machine, Timeouts
 from ..machine.qemuinfo import DEFAULT_QEMU, probe_caps, resolve_binary
 from .generator import USER_ID, generate
@@ -54,8 +53,6 @@ PAUSE_S = 0.3  # --faults stop-cont: how long the VM stays stopped
 RESIZE_WAIT_S = 20.0  # --faults resize: how long the guest may take to see the disk's size again
 RESET_WAIT_S = 30.0  # --faults reset: how long the device reset may take once the program is done
 FAULT_KINDS = ("stop-cont", "blkdebug-eio", "unplug", "unplug-iopoll", "resize", "reset", "system-reset")
-#: Every fuzz disk has one poll queue, also when the guest probes it at boot (after a system reset).
-FUZZ_CMDLINE = ("virtio_blk.poll_queues=1",)
 BLKDEBUG_OPS = {"read": frozenset({T_IN}), "write": frozenset({T_OUT}), "discard": frozenset({T_DISCARD})}
 OOM = re.compile(r"\S+ invoked oom-killer: [^\n]*")
 
@@ -73,6 +70,18 @@ def fuzz_disks(images: Path) -> list[DiskSpec]:
         DiskSpec(id="fz2", serial="fuzz-ro", backend="file", path=images / "fz2.img", size_bytes=4 << 20,
                  read_only=True, guest_poll_queues=1).validate(),
     ]
+
+
+def guest_cmdline(disks: list[DiskSpec]) -> tuple[str, ...]:
+    """virtio_blk's queue parameters for the fuzz disks, on the kernel command line, where they
+    hold for every probe alike: hot-plug, device reset, and the boot-time probe after a system
+    reset, which no write to /sys/module can come before. They are global, so the disks must
+    agree on them."""
+    values = {(d.guest_poll_queues, d.guest_num_request_queues) for d in disks}
+    if len(values) != 1:
+        raise ValueError(f"the fuzz disks disagree on virtio_blk's queue parameters: {sorted(values)}")
+    poll, request = values.pop()
+    return (f"virtio_blk.poll_queues={poll}", f"virtio_blk.num_request_queues={request}")
 
 
 @dataclass(frozen=True)
@@ -355,7 +364,7 @@ class Fuzzer:
         vm_dir.mkdir(parents=True, exist_ok=True)
         spec = MachineSpec(qemu=self.qemu, kernel=Path(self.plan.kernel), initrd=Path(self.plan.initramfs),
                            accel=self.accel.name, smp=self.plan.smp, memory_mb=self.plan.memory_mb, disk_slots=4,
-                           append=FUZZ_CMDLINE)
+                           append=guest_cmdline(self.specs))
         self.machine = Machine(spec, vm_dir, self.timeouts, self.caps)
         self.stats.boots += 1
         self.emit(E.BootStart(self.accel.name))
@@ -379,7 +388,6 @@ class Fuzzer:
     def plug(self, disk: DiskSpec, slot: int) -> None:
         """Hot-plug ``disk`` (at boot, or again after an unplug fault): its char device, its
         configuration as the guest sees it (the same every time), its node handed to USER_ID."""
-        DiskPlugger(self.machine).set_guest_params(disk)  # virtio_blk reads them at probe
         plugged = self.machine.hotplug(disk, slot, chardev=True)
         self.emit(E.DiskPlugged(disk.id, disk.serial, plugged.seconds_to_visible, plugged.guest_name,
                                 plugged.chardev))
@@ -834,7 +842,7 @@ class Fuzzer:
             "seed": self.plan.seed, "budget_s": self.plan.budget_s, "max_programs": self.plan.max_programs,
             "stopped": self.stopped, "wall_s": round(wall, 1),
             "accel": self.accel.name, "kernel": str(self.plan.kernel), "initramfs": str(self.plan.initramfs),
-            "kernel_cmdline": " ".join(BASE_CMDLINE), "boots": s.boots,
+            "kernel_cmdline": kernel_cmdline(guest_cmdline(self.specs)), "boots": s.boots,
             "boot_seconds": [round(b, 1) for b in self.boot_seconds],
             "programs": s.programs, "commands": s.commands,
             "commands_per_minute": round(60 * s.commands / max(wall, 1e-9), 1),
