@@ -14,7 +14,7 @@ from vblk_ci.machine.qemuinfo import caps_from_help, parse_version
 
 CAPS = A.QemuCaps(version=(7, 2, 22), cpu_max=True, panic_exit_failure=True)
 PATHS = A.MachinePaths.make(Path("/tmp/s"), Path("/run/r1"))
-CMDLINE = "console=ttyS0 panic=-1 oops=panic panic_on_warn=1 softlockup_panic=1 hung_task_panic=1"
+CMDLINE = "console=ttyS0 panic=-1 oops=panic panic_on_warn=1 softlockup_panic=1 hung_task_panic=1 tsc=nowatchdog"
 
 
 def test_full_argv_tcg():
